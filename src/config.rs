@@ -1,0 +1,402 @@
+//! Typed configuration: defaults, then a TOML file, then `SUPERFONE_BRIDGE_*`
+//! environment overrides (`__` separates levels, e.g.
+//! `SUPERFONE_BRIDGE_KAFKA__BROKERS`). Every key and its default is documented
+//! here and in `config/superfone-bridge.example.toml`.
+//!
+//! Secrets are deliberately not config keys: the auth secrets and the registry
+//! password are read from an environment variable or a file (see `auth`), so a
+//! config file or a `check-config` dump never holds one.
+
+use crate::event::EventKind;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "SUPERFONE_BRIDGE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub registry: RegistryConfig,
+    pub log: LogConfig,
+}
+
+/// The public ingest listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the ingest listener binds. Port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// The one path Superfone posts to.
+    pub ingest_path: String,
+    /// Largest accepted body; larger ones get 413. Superfone payloads are a few KiB.
+    pub max_body_bytes: usize,
+    /// Request header carrying the delivery's correlation id, if the
+    /// notification is configured to send one; else the body's `group_id_ref`,
+    /// else a generated UUID v7.
+    pub group_id_header: String,
+    /// How long shutdown waits for in-flight requests before closing them.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            ingest_path: "/superfone/events".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            group_id_header: "x-superfone-group-id".into(),
+            drain_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// How requests prove they come from Superfone: a static header (the vendor
+/// does not sign bodies).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Header that carries the secret.
+    pub header: String,
+    /// Scheme word before the secret (`Authorization: Bearer <secret>`); empty
+    /// means the header value is the secret itself (e.g. `X-Api-Key`).
+    pub scheme: String,
+    /// Environment variable holding the accepted secrets, separated by commas
+    /// or newlines (several, so a secret can be rotated without downtime).
+    pub secrets_env: String,
+    /// File holding more accepted secrets, one per line (a Kubernetes secret mount).
+    pub secrets_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            header: "authorization".into(),
+            scheme: "Bearer".into(),
+            secrets_env: "SUPERFONE_AUTH_SECRETS".into(),
+            secrets_file: None,
+        }
+    }
+}
+
+/// The rdkafka producer. Idempotence and `acks=all` are not configurable: the
+/// bridge answers 2xx only for records the broker has durably acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// `compression.type`: none, gzip, snappy, lz4 or zstd. lz4 is cheap on CPU.
+    pub compression: String,
+    /// `linger.ms`: batches concurrent deliveries without adding much latency.
+    pub linger_ms: u32,
+    /// `message.timeout.ms`: how long librdkafka keeps trying one record before
+    /// the delivery fails (librdkafka's default of 300 s is far beyond a webhook).
+    pub message_timeout_ms: u32,
+    /// `partitioner`: murmur2_random matches the Java client, so a contact key
+    /// maps to the same partition whichever client produced it.
+    pub partitioner: String,
+    /// Create the event and dead-letter topics at start-up if they are missing.
+    pub create_topics: bool,
+    /// Partition count for topics the bridge creates.
+    pub topic_partitions: i32,
+    /// Replication factor for topics the bridge creates; -1 uses the broker's default.
+    pub topic_replication_factor: i32,
+    /// How long start-up waits for broker metadata before giving up.
+    pub startup_timeout_ms: u64,
+    /// Raw librdkafka settings passed through as-is (TLS, SASL, tuning).
+    /// Values whose key mentions password/secret are redacted by `check-config`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            compression: "lz4".into(),
+            linger_ms: 5,
+            message_timeout_ms: 10_000,
+            partitioner: "murmur2_random".into(),
+            create_topics: true,
+            topic_partitions: 6,
+            topic_replication_factor: -1,
+            startup_timeout_ms: 10_000,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Topic names: `<prefix><event in lower case>` unless overridden.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub prefix: String,
+    /// Dead-letter topic; default `<prefix>dead_letter`.
+    pub dead_letter: Option<String>,
+    /// Per-event topic names, keyed by event (e.g. `ALL_CALLS = "calls"`).
+    pub names: BTreeMap<String, String>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            prefix: "superfone.".into(),
+            dead_letter: None,
+            names: BTreeMap::new(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    pub fn topic_for(&self, kind: EventKind) -> String {
+        self.names
+            .get(kind.as_str())
+            .cloned()
+            .unwrap_or_else(|| format!("{}{}", self.prefix, kind.slug()))
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}dead_letter", self.prefix))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value` (Confluent's default TopicNameStrategy).
+    Topic,
+    /// The record's full name, e.g. `com.superfone.events.AllCalls`.
+    Record,
+}
+
+/// The Confluent-compatible schema registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub url: String,
+    pub subject_strategy: SubjectStrategy,
+    /// Register the schemas at start-up. When false, the bridge only looks them
+    /// up and refuses to start if one is missing (registries managed by CI).
+    pub auto_register: bool,
+    /// Directory overriding the schemas compiled into the binary.
+    pub schemas_dir: Option<PathBuf>,
+    pub timeout_ms: u64,
+    /// Basic-auth user; the password comes from the `password_env` variable.
+    pub username: Option<String>,
+    pub password_env: String,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: "http://127.0.0.1:8081".into(),
+            subject_strategy: SubjectStrategy::Topic,
+            auto_register: true,
+            schemas_dir: None,
+            timeout_ms: 10_000,
+            username: None,
+            password_env: "SUPERFONE_REGISTRY_PASSWORD".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directives; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then environment overrides; validated.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !self.server.ingest_path.starts_with('/') {
+            return invalid(format!(
+                "server.ingest_path `{}` must start with /",
+                self.server.ingest_path
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes must be positive".into());
+        }
+        if hyper::header::HeaderName::from_bytes(self.auth.header.as_bytes()).is_err() {
+            return invalid(format!(
+                "auth.header `{}` is not a valid header name",
+                self.auth.header
+            ));
+        }
+        if hyper::header::HeaderName::from_bytes(self.server.group_id_header.as_bytes()).is_err() {
+            return invalid(format!(
+                "server.group_id_header `{}` is not a valid header name",
+                self.server.group_id_header
+            ));
+        }
+        for name in self.topics.names.keys() {
+            if EventKind::from_name(name).is_none() {
+                return invalid(format!("topics.names has unknown event `{name}`"));
+            }
+        }
+        let topics = EventKind::ALL
+            .into_iter()
+            .map(|kind| self.topics.topic_for(kind))
+            .chain(std::iter::once(self.topics.dead_letter_topic()));
+        for topic in topics {
+            let legal = topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if topic.is_empty() || topic.len() > 249 || !legal {
+                return invalid(format!(
+                    "topic name `{topic}` is not a legal Kafka topic name"
+                ));
+            }
+        }
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str()) {
+            return invalid(format!(
+                "kafka.compression `{}` is not one of none, gzip, snappy, lz4, zstd",
+                self.kafka.compression
+            ));
+        }
+        if self.kafka.topic_partitions < 1 {
+            return invalid("kafka.topic_partitions must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with pass-through options that look
+    /// like credentials redacted. Secrets themselves are never config keys.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.options.iter_mut() {
+            let key = key.to_ascii_lowercase();
+            if ["password", "secret", "key", "token"]
+                .iter()
+                .any(|word| key.contains(word))
+            {
+                *value = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_name_topics_per_event() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(
+            config.topics.topic_for(EventKind::AllCalls),
+            "superfone.all_calls"
+        );
+        assert_eq!(config.topics.dead_letter_topic(), "superfone.dead_letter");
+    }
+
+    #[test]
+    fn file_and_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(
+            &path,
+            "[topics]\nprefix = \"acme.\"\n[topics.names]\nALL_CALLS = \"calls\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SUPERFONE_BRIDGE_KAFKA__LINGER_MS", "1");
+            let config = Config::load(Some(&path)).unwrap();
+            assert_eq!(config.kafka.linger_ms, 1);
+            assert_eq!(config.topics.topic_for(EventKind::AllCalls), "calls");
+            assert_eq!(
+                config.topics.topic_for(EventKind::TaskChange),
+                "acme.task_change"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+        std::fs::write(&path, "[topics.names]\nCALL_PARKED = \"x\"\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&path)),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::load(Some(Path::new("/nope.toml"))),
+            Err(ConfigError::MissingFile(_))
+        ));
+    }
+
+    #[test]
+    fn redacts_credential_like_options() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .options
+            .insert("sasl.password".into(), "hunter2".into());
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Bad input is kept, never dropped: why a body was rejected, and the headers
+//! that say so on the dead-letter record (which carries the body unchanged).
+
+use crate::convert::ConvertError;
+use crate::event::{DispatchError, EventKind};
+
+/// Header names on dead-letter records (besides the common delivery headers).
+pub const REASON_HEADER: &str = "superfone-dead-letter-reason";
+pub const FIELD_HEADER: &str = "superfone-dead-letter-field";
+pub const ERROR_HEADER: &str = "superfone-dead-letter-error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The body is not JSON at all.
+    InvalidJson,
+    /// JSON, but not an object.
+    NotAnObject,
+    /// An object without a string `event`.
+    MissingEvent,
+    /// An `event` this bridge does not know.
+    UnknownEvent,
+    /// A known event whose payload does not fit its schema.
+    ConversionFailed,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::InvalidJson => "invalid_json",
+            DeadLetterReason::NotAnObject => "not_an_object",
+            DeadLetterReason::MissingEvent => "missing_event",
+            DeadLetterReason::UnknownEvent => "unknown_event",
+            DeadLetterReason::ConversionFailed => "conversion_failed",
+        }
+    }
+}
+
+/// Why one body goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: DeadLetterReason,
+    pub error: String,
+    /// The field at fault, when there is one.
+    pub field: Option<String>,
+    pub event: Option<EventKind>,
+}
+
+impl Rejection {
+    pub fn invalid_json(error: &serde_json::Error) -> Self {
+        Rejection {
+            reason: DeadLetterReason::InvalidJson,
+            error: format!("body is not valid JSON: {error}"),
+            field: None,
+            event: None,
+        }
+    }
+
+    pub fn conversion(event: EventKind, error: ConvertError) -> Self {
+        Rejection {
+            reason: DeadLetterReason::ConversionFailed,
+            error: format!("{event} payload does not match its schema: {error}"),
+            field: Some(error.field).filter(|field| !field.is_empty()),
+            event: Some(event),
+        }
+    }
+
+    /// The dead-letter-specific headers.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            (REASON_HEADER, self.reason.as_str().to_owned()),
+            (ERROR_HEADER, self.error.clone()),
+        ];
+        if let Some(field) = &self.field {
+            headers.push((FIELD_HEADER, field.clone()));
+        }
+        headers
+    }
+}
+
+impl From<DispatchError> for Rejection {
+    fn from(error: DispatchError) -> Self {
+        let reason = match error {
+            DispatchError::NotAnObject => DeadLetterReason::NotAnObject,
+            DispatchError::MissingEvent => DeadLetterReason::MissingEvent,
+            DispatchError::UnknownEvent(_) => DeadLetterReason::UnknownEvent,
+        };
+        let field = (reason != DeadLetterReason::NotAnObject).then(|| "event".to_owned());
+        Rejection {
+            reason,
+            error: error.to_string(),
+            field,
+            event: None,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The rdkafka producer: one idempotent `acks=all` producer for every topic,
+//! start-up checks (broker metadata, topic creation), the publish future that
+//! resolves only once the broker acknowledged the record, and the final flush.
+
+use crate::config::KafkaConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid Kafka client configuration: {0}")]
+    Client(#[source] KafkaError),
+    #[error("Kafka brokers {brokers} unreachable: {source}")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("the broker did not acknowledge the record: {0}")]
+    Delivery(#[source] KafkaError),
+}
+
+/// What the broker acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One record to publish; headers are `(name, value)` pairs.
+#[derive(Debug)]
+pub struct OutgoingRecord<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    pub payload: &'a [u8],
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    client_config: ClientConfig,
+    brokers: String,
+}
+
+impl Publisher {
+    pub fn new(config: &KafkaConfig) -> Result<Self, PublishError> {
+        let mut client_config = ClientConfig::new();
+        client_config
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", "superfone-bridge")
+            .set("compression.type", &config.compression)
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .set("partitioner", &config.partitioner);
+        for (key, value) in &config.options {
+            client_config.set(key, value);
+        }
+        // Set last so pass-through options cannot weaken the delivery guarantee.
+        client_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        let producer = client_config.create().map_err(PublishError::Client)?;
+        Ok(Publisher {
+            producer,
+            client_config,
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// Waits until broker metadata can be fetched: the brokers are reachable.
+    pub async fn check_broker(&self, timeout: Duration) -> Result<(), PublishError> {
+        let producer = self.producer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|_| ())
+        })
+        .await
+        .expect("metadata task panicked");
+        result.map_err(|source| PublishError::Unreachable {
+            brokers: self.brokers.clone(),
+            source,
+        })
+    }
+
+    /// Creates the topics that do not exist yet; existing ones are left as they are.
+    pub async fn create_topics(
+        &self,
+        topics: &[String],
+        partitions: i32,
+        replication_factor: i32,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config.create().map_err(PublishError::Client)?;
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|topic| {
+                NewTopic::new(
+                    topic,
+                    partitions,
+                    TopicReplication::Fixed(replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|source| PublishError::Unreachable {
+                brokers: self.brokers.clone(),
+                source,
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(PublishError::CreateTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one record and resolves once the broker acknowledged it
+    /// (`acks=all`), or librdkafka gave up after `message.timeout.ms`.
+    pub async fn publish(&self, record: OutgoingRecord<'_>) -> Result<Delivered, PublishError> {
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (name, value)| {
+                headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                })
+            });
+        let mut future_record = FutureRecord::<str, [u8]>::to(record.topic)
+            .payload(record.payload)
+            .headers(headers);
+        if let Some(key) = record.key {
+            future_record = future_record.key(key);
+        }
+        self.producer
+            .send(future_record, Timeout::Never)
+            .await
+            .map(|delivery| Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            })
+            .map_err(|(error, _)| PublishError::Delivery(error))
+    }
+
+    /// Waits for records still queued in librdkafka, bounded by `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
+            .await
+            .expect("flush task panicked")
+    }
+}

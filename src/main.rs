@@ -1,0 +1,76 @@
+//! The `superfone-bridge` binary: CLI, config loading, signals. `anyhow` lives
+//! only here.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use superfone_bridge::auth::{self, Authenticator};
+use superfone_bridge::config::Config;
+use superfone_bridge::{telemetry, App};
+
+#[derive(Parser)]
+#[command(version, about = "Superfone event notifications -> Avro -> Kafka")]
+struct Cli {
+    /// TOML config file; every key has a default and a SUPERFONE_BRIDGE_* override.
+    #[arg(long, short, env = "SUPERFONE_BRIDGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive notifications and publish them to Kafka.
+    Serve,
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.command {
+        Command::CheckConfig => check_config(&config),
+        Command::Serve => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let secrets = auth::load_secrets(&config.auth)?;
+    Authenticator::new(&config.auth, &secrets)?;
+    print!("{}", config.to_redacted_toml());
+    println!(
+        "# auth: {} secret(s) accepted (from ${}{}), values not shown",
+        secrets.len(),
+        config.auth.secrets_env,
+        config
+            .auth
+            .secrets_file
+            .as_ref()
+            .map(|path| format!(" and {}", path.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(&config.log);
+    let auth = Authenticator::from_config(&config.auth)?;
+    let app = App::build(config, auth).await.context("start-up failed")?;
+    tracing::info!(ingest_addr = %app.local_addr(), "ready");
+    app.run_until_stopped(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

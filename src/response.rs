@@ -1,0 +1,201 @@
+//! The JSON bodies Superfone's delivery log shows next to `group_id_ref`, and
+//! the one place where each outcome gets its HTTP status.
+//!
+//! Superfone treats any status < 400 as delivered and never retries the rest,
+//! so 2xx means "durable in Kafka", and every other body says why, naming the
+//! field at fault. 5xx bodies stay generic; the cause goes to the log.
+
+use crate::dead_letter::{DeadLetterReason, Rejection};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+/// Response header repeating the delivery's correlation id.
+pub const GROUP_ID_HEADER: &str = "x-superfone-group-id";
+
+/// Where a record landed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RecordRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The record is acknowledged by the broker.
+    Published {
+        event: &'static str,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        schema_id: u32,
+        group_id: String,
+    },
+    /// Bad input, kept unchanged on the dead-letter topic.
+    DeadLettered {
+        #[serde(skip)]
+        reason: DeadLetterReason,
+        #[serde(rename = "reason")]
+        reason_name: &'static str,
+        error: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<&'static str>,
+        group_id: String,
+        dead_letter: RecordRef,
+    },
+    Unauthorized {
+        error: String,
+    },
+    PayloadTooLarge {
+        error: String,
+        limit_bytes: usize,
+    },
+    /// The body could not be read (client went away, broken framing).
+    BadRequest {
+        error: String,
+    },
+    NotFound {
+        error: String,
+    },
+    MethodNotAllowed {
+        error: String,
+    },
+    /// Kafka did not take the record; the event is not stored.
+    Unavailable {
+        error: &'static str,
+        group_id: String,
+    },
+}
+
+impl Outcome {
+    pub fn dead_lettered(rejection: Rejection, group_id: String, dead_letter: RecordRef) -> Self {
+        Outcome::DeadLettered {
+            reason: rejection.reason,
+            reason_name: rejection.reason.as_str(),
+            error: rejection.error,
+            field: rejection.field,
+            event: rejection.event.map(|kind| kind.as_str()),
+            group_id,
+            dead_letter,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Outcome::Published { .. } => StatusCode::OK,
+            Outcome::DeadLettered {
+                reason: DeadLetterReason::InvalidJson,
+                ..
+            } => StatusCode::BAD_REQUEST,
+            Outcome::DeadLettered { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Outcome::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Outcome::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Outcome::NotFound { .. } => StatusCode::NOT_FOUND,
+            Outcome::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Outcome::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Published { .. } => "published",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Unauthorized { .. } => "unauthorized",
+            Outcome::PayloadTooLarge { .. } => "payload_too_large",
+            Outcome::BadRequest { .. } => "bad_request",
+            Outcome::NotFound { .. } => "not_found",
+            Outcome::MethodNotAllowed { .. } => "method_not_allowed",
+            Outcome::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    fn group_id(&self) -> Option<&str> {
+        match self {
+            Outcome::Published { group_id, .. }
+            | Outcome::DeadLettered { group_id, .. }
+            | Outcome::Unavailable { group_id, .. } => Some(group_id),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&self).expect("outcome serializes");
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(value) = self
+            .group_id()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(GROUP_ID_HEADER, value);
+        }
+        if matches!(self, Outcome::MethodNotAllowed { .. }) {
+            headers.insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn published_body_is_what_the_vendor_log_shows() {
+        let outcome = Outcome::Published {
+            event: "ALL_CALLS",
+            topic: "superfone.all_calls".into(),
+            partition: 2,
+            offset: 41,
+            schema_id: 7,
+            group_id: "g-1".into(),
+        };
+        assert_eq!(outcome.status(), StatusCode::OK);
+        assert_eq!(
+            serde_json::to_value(&outcome).unwrap(),
+            json!({"status": "published", "event": "ALL_CALLS", "topic": "superfone.all_calls",
+                   "partition": 2, "offset": 41, "schema_id": 7, "group_id": "g-1"})
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_400_other_rejections_422() {
+        let dead_letter = RecordRef {
+            topic: "dl".into(),
+            partition: 0,
+            offset: 3,
+        };
+        let rejection = |reason| Rejection {
+            reason,
+            error: "x".into(),
+            field: None,
+            event: None,
+        };
+        let bad_json = Outcome::dead_lettered(
+            rejection(DeadLetterReason::InvalidJson),
+            "g".into(),
+            dead_letter.clone(),
+        );
+        let unknown = Outcome::dead_lettered(
+            rejection(DeadLetterReason::UnknownEvent),
+            "g".into(),
+            dead_letter,
+        );
+        assert_eq!(bad_json.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            serde_json::to_value(&unknown).unwrap()["reason"],
+            "unknown_event"
+        );
+    }
+}
