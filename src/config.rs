@@ -350,6 +350,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure signature")]
     fn file_and_env_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bridge.toml");

@@ -309,13 +309,10 @@ mod tests {
         store.register("s", V1).unwrap();
         let error = store.register("s", V2_REQUIRED).unwrap_err();
         assert_eq!(error.error_code(), 409);
-        assert_eq!(
-            store
-                .is_compatible("s", "latest", V2_REQUIRED)
-                .unwrap()
-                .is_ok(),
-            false
-        );
+        assert!(store
+            .is_compatible("s", "latest", V2_REQUIRED)
+            .unwrap()
+            .is_err());
         store.set_compatibility(Some("s"), Compatibility::None);
         assert!(store.register("s", V2_REQUIRED).is_ok());
     }

@@ -1,0 +1,107 @@
+//! The binary's edges: `check-config`, and graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+use support::{consume, fixture, Bridge, BridgeOptions, SECRET};
+
+fn bridge_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+    command.env_remove("SUPERFONE_AUTH_SECRETS");
+    command
+}
+
+#[test]
+fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbrokers = \"kafka-1:9092\"\n[kafka.options]\n\"sasl.password\" = \"hunter2\"\n",
+    )
+    .unwrap();
+    let output = bridge_command()
+        .args(["--config", config.to_str().unwrap(), "check-config"])
+        .env("SUPERFONE_AUTH_SECRETS", "first-secret,second-secret")
+        .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", "acme.")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = String::from_utf8(output.stdout).unwrap();
+    assert!(shown.contains("brokers = \"kafka-1:9092\""), "{shown}");
+    assert!(
+        shown.contains("prefix = \"acme.\""),
+        "environment overrides apply: {shown}"
+    );
+    assert!(shown.contains("2 secret(s) accepted"), "{shown}");
+    for secret in ["first-secret", "second-secret", "hunter2"] {
+        assert!(!shown.contains(secret), "{secret} printed");
+    }
+}
+
+#[test]
+fn check_config_refuses_a_config_without_secrets_or_with_bad_values() {
+    let output = bridge_command().arg("check-config").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SUPERFONE_AUTH_SECRETS"));
+
+    let output = bridge_command()
+        .arg("check-config")
+        .env("SUPERFONE_AUTH_SECRETS", "s")
+        .env("SUPERFONE_BRIDGE_SERVER__INGEST_PATH", "no-slash")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.ingest_path"));
+}
+
+#[test]
+fn sigterm_stops_accepting_but_finishes_the_request_in_flight() {
+    let mut bridge = Bridge::start(BridgeOptions::default());
+    let body = fixture("TASK_CREATE").to_string();
+    let (first_half, second_half) = body.as_bytes().split_at(body.len() / 2);
+    let mut stream = TcpStream::connect(&bridge.addr).unwrap();
+    write!(
+        stream,
+        "POST /superfone/events HTTP/1.1\r\nhost: bridge\r\nauthorization: Bearer {SECRET}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(first_half).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    bridge.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        TcpStream::connect(&bridge.addr).is_err(),
+        "no new connections after SIGTERM"
+    );
+    assert!(
+        bridge.wait_exit(Duration::from_millis(10)).is_none(),
+        "still draining the request in flight"
+    );
+
+    stream.write_all(second_half).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"status\":\"published\""), "{response}");
+
+    let status = bridge
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after draining");
+    assert!(status.success(), "{status}");
+    assert!(bridge.log_text().contains("\"stopped\""));
+    assert_eq!(consume(&bridge.topic("TASK_CREATE"), 1, false).len(), 1);
+}

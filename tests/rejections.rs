@@ -1,0 +1,206 @@
+//! What the bridge refuses, and that refused input is either kept (dead-letter
+//! topic, body unchanged, reason in headers) or never published (auth).
+
+mod support;
+
+use serde_json::json;
+use support::{consume, fixture, post, post_with, Bridge, BridgeOptions};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_rejects_missing_and_wrong_and_accepts_both_rotated_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets_file = dir.path().join("secrets");
+    std::fs::write(&secrets_file, "new-rotated-secret\n").unwrap();
+    let options = BridgeOptions {
+        env: vec![("SUPERFONE_AUTH_SECRETS".into(), "old-rotated-secret".into())],
+        ..BridgeOptions::default()
+    };
+    let bridge = Bridge::start(options.with("AUTH__SECRETS_FILE", secrets_file.display()));
+    let client = support::client();
+    let url = bridge.ingest_url();
+    let body = fixture("CUSTOMER_CREATE").to_string();
+
+    let (status, reply) = post_with(&client, &url, body.clone(), None, &[]).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (401, Some("unauthorized")),
+        "{reply}"
+    );
+    for wrong in [
+        "Bearer wrong",
+        "old-rotated-secret",
+        "Basic old-rotated-secret",
+        "Bearer old-rotated-secre",
+    ] {
+        let (status, reply) = post_with(&client, &url, body.clone(), Some(wrong), &[]).await;
+        assert_eq!(status, 401, "{wrong}: {reply}");
+    }
+    for accepted in ["Bearer old-rotated-secret", "Bearer new-rotated-secret"] {
+        let (status, reply) = post_with(&client, &url, body.clone(), Some(accepted), &[]).await;
+        assert_eq!(status, 200, "{accepted}: {reply}");
+    }
+
+    let published = consume(&bridge.topic("CUSTOMER_CREATE"), 2, false);
+    assert_eq!(
+        published.len(),
+        2,
+        "only the authenticated deliveries are published"
+    );
+    assert!(
+        consume(&bridge.dead_letter_topic(), 0, true).is_empty(),
+        "401s are not dead-lettered"
+    );
+    let logs = bridge.log_text();
+    assert!(logs.contains("rejected unauthenticated request"));
+    for secret in ["old-rotated-secret", "new-rotated-secret"] {
+        assert!(!logs.contains(secret), "a secret appeared in the logs");
+    }
+}
+
+struct BadInput {
+    body: String,
+    status: u16,
+    reason: &'static str,
+    field: Option<&'static str>,
+}
+
+fn bad_inputs() -> Vec<BadInput> {
+    let mut bad_time = fixture("ALL_CALLS");
+    bad_time["cdr_start"] = json!("yesterday");
+    let mut no_task = fixture("TASK_CREATE");
+    no_task.as_object_mut().unwrap().remove("task_id");
+    let mut bad_phone = fixture("CUSTOMER_CREATE");
+    bad_phone["contact_phones"][0]["phone"] = json!(5);
+    let case = |body: String, status, reason, field| BadInput {
+        body,
+        status,
+        reason,
+        field,
+    };
+    vec![
+        case("this is not json".into(), 400, "invalid_json", None),
+        case(
+            "{\"event\": \"ALL_CALLS\",".into(),
+            400,
+            "invalid_json",
+            None,
+        ),
+        case("[1, 2, 3]".into(), 422, "not_an_object", None),
+        case(
+            r#"{"superfone_number": "+918000099999"}"#.into(),
+            422,
+            "missing_event",
+            Some("event"),
+        ),
+        case(
+            r#"{"event": "CALL_PARKED", "contact_id": 77}"#.into(),
+            422,
+            "unknown_event",
+            Some("event"),
+        ),
+        case(
+            bad_time.to_string(),
+            422,
+            "conversion_failed",
+            Some("cdr_start"),
+        ),
+        case(
+            no_task.to_string(),
+            422,
+            "conversion_failed",
+            Some("task_id"),
+        ),
+        case(
+            bad_phone.to_string(),
+            422,
+            "conversion_failed",
+            Some("contact_phones[0].phone"),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_dead_lettered_unchanged_with_the_right_status() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    let cases = bad_inputs();
+    let mut replies = Vec::new();
+    for case in &cases {
+        let (status, reply) = post(&client, &bridge, case.body.clone()).await;
+        assert_eq!(status, case.status, "{}: {reply}", case.body);
+        assert_eq!(reply["status"], "dead_lettered");
+        assert_eq!(reply["reason"], case.reason);
+        assert_eq!(reply["field"].as_str(), case.field, "{reply}");
+        assert_eq!(reply["dead_letter"]["topic"], bridge.dead_letter_topic());
+        assert!(reply["group_id"].as_str().is_some_and(|id| !id.is_empty()));
+        replies.push(reply);
+    }
+
+    let records = consume(&bridge.dead_letter_topic(), cases.len(), true);
+    assert_eq!(
+        records.len(),
+        cases.len(),
+        "every bad input is kept exactly once"
+    );
+    for (case, reply) in cases.iter().zip(&replies) {
+        let record = records
+            .iter()
+            .find(|r| {
+                r["partition"] == reply["dead_letter"]["partition"]
+                    && r["offset"] == reply["dead_letter"]["offset"]
+            })
+            .unwrap_or_else(|| panic!("no dead letter at {}", reply["dead_letter"]));
+        assert_eq!(
+            record["value"].as_str().unwrap(),
+            case.body,
+            "body kept unchanged"
+        );
+        let headers = &record["headers"];
+        assert_eq!(headers["superfone-dead-letter-reason"], case.reason);
+        assert_eq!(headers["superfone-dead-letter-field"].as_str(), case.field);
+        assert_eq!(headers["superfone-group-id"], reply["group_id"]);
+        assert!(headers["superfone-dead-letter-error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()));
+    }
+    // A known event that fails conversion keeps its lead's key, for replay in order.
+    let unknown = records
+        .iter()
+        .find(|r| r["headers"]["superfone-dead-letter-reason"] == "unknown_event")
+        .unwrap();
+    assert_eq!(unknown["key"], "77");
+    // Nothing reached the event topics.
+    assert!(consume(&bridge.topic("ALL_CALLS"), 0, false).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_wrong_method_and_unknown_path_are_refused_and_not_published() {
+    let bridge = Bridge::start(BridgeOptions::default().with("SERVER__MAX_BODY_BYTES", 2048));
+    let client = support::client();
+    let mut big = fixture("CUSTOMER_CREATE");
+    big["contact_additional_info"] = json!("x".repeat(4096));
+    let (status, reply) = post(&client, &bridge, big.to_string()).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (413, Some("payload_too_large")),
+        "{reply}"
+    );
+    assert_eq!(reply["limit_bytes"], 2048);
+
+    let response = client.get(bridge.ingest_url()).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let auth = format!("Bearer {}", support::SECRET);
+    let (status, reply) =
+        post_with(&client, &bridge.url("/elsewhere"), "{}", Some(&auth), &[]).await;
+    assert_eq!((status, reply["status"].as_str()), (404, Some("not_found")));
+
+    // A payload just under the limit still goes through.
+    let (status, _) = post(&client, &bridge, fixture("CUSTOMER_CREATE").to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(consume(&bridge.topic("CUSTOMER_CREATE"), 1, false).len(), 1);
+    assert!(
+        consume(&bridge.dead_letter_topic(), 0, true).is_empty(),
+        "refusals are not dead-lettered"
+    );
+}

@@ -1,0 +1,322 @@
+//! Test harness: spawns the real `superfone-bridge` binary against the real
+//! broker and registry named by the environment (scripts/test sets it up), and
+//! reads topics back through Confluent's Python client (tests/py/consume.py).
+//!
+//! Every bridge gets its own topic prefix, so tests never read each other's records.
+#![allow(dead_code, unreachable_pub)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "test-secret-current";
+
+pub struct Stack {
+    pub brokers: String,
+    pub registry_url: String,
+    pub python: String,
+}
+
+pub fn stack() -> Stack {
+    let var = |name: &str| {
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+    };
+    Stack {
+        brokers: var("SUPERFONE_TEST_BROKERS"),
+        registry_url: var("SUPERFONE_TEST_REGISTRY_URL"),
+        python: std::env::var("SUPERFONE_TEST_PYTHON").unwrap_or_else(|_| "python3".into()),
+    }
+}
+
+pub fn fixture(event: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/{}.json", event.to_lowercase()));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+pub fn unique_prefix() -> String {
+    // The tail of a v7 UUID is random; its head is the clock.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("t{}.superfone.", &id[id.len() - 12..])
+}
+
+/// Options for one bridge process.
+pub struct BridgeOptions {
+    pub prefix: String,
+    /// Environment for the process: secrets, and `SUPERFONE_BRIDGE_*` config overrides.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for BridgeOptions {
+    fn default() -> Self {
+        BridgeOptions {
+            prefix: unique_prefix(),
+            env: vec![("SUPERFONE_AUTH_SECRETS".into(), SECRET.into())],
+        }
+    }
+}
+
+impl BridgeOptions {
+    /// Adds a `SUPERFONE_BRIDGE_*` override, e.g. `with("SERVER__MAX_BODY_BYTES", "2048")`.
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.env
+            .push((format!("SUPERFONE_BRIDGE_{key}"), value.to_string()));
+        self
+    }
+}
+
+pub struct Bridge {
+    child: Child,
+    pub addr: String,
+    pub prefix: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A bridge that refused to start.
+pub struct StartFailure {
+    pub status: ExitStatus,
+    pub logs: String,
+}
+
+fn spawn(
+    options: &BridgeOptions,
+    dir: &Path,
+) -> (
+    Child,
+    Arc<Mutex<Vec<String>>>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let stack = stack();
+    let config = dir.join("bridge.toml");
+    let mut file = std::fs::File::create(&config).unwrap();
+    write!(
+        file,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n[topics]\nprefix = \"{}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
+        stack.brokers, stack.registry_url, options.prefix
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+    command
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("RUST_LOG")
+        .env_remove("SUPERFONE_AUTH_SECRETS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in &options.env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn superfone-bridge");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(json) = serde_json::from_str::<Value>(&line) {
+                if json["fields"]["message"] == "ready" {
+                    let _ = ready_tx.send(
+                        json["fields"]["ingest_addr"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, logs, ready_rx)
+}
+
+impl Bridge {
+    pub fn start(options: BridgeOptions) -> Bridge {
+        match Bridge::try_start(options) {
+            Ok(bridge) => bridge,
+            Err(failure) => panic!(
+                "bridge failed to start ({}):\n{}",
+                failure.status, failure.logs
+            ),
+        }
+    }
+
+    pub fn try_start(options: BridgeOptions) -> Result<Bridge, StartFailure> {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, logs, ready) = spawn(&options, dir.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = ready.recv_timeout(Duration::from_millis(50)) {
+                return Ok(Bridge {
+                    child,
+                    addr,
+                    prefix: options.prefix,
+                    logs,
+                    _dir: dir,
+                });
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let logs = logs.lock().unwrap().join("\n");
+                return Err(StartFailure { status, logs });
+            }
+            assert!(Instant::now() < deadline, "bridge not ready within 60 s");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        self.url("/superfone/events")
+    }
+
+    pub fn topic(&self, event: &str) -> String {
+        format!("{}{}", self.prefix, event.to_lowercase())
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}dead_letter", self.prefix)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, as Kubernetes does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Posts a JSON value (or raw bytes) with the current secret.
+pub async fn post(
+    client: &reqwest::Client,
+    bridge: &Bridge,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    post_with(
+        client,
+        &bridge.ingest_url(),
+        body,
+        Some(&format!("Bearer {SECRET}")),
+        &[],
+    )
+    .await
+}
+
+pub async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    authorization: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request reaches the bridge");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Reads a topic from the beginning through Confluent's Python client.
+/// `raw` skips Avro decoding (dead letters). Returns the records as JSON.
+pub fn consume(topic: &str, expect: usize, raw: bool) -> Vec<Value> {
+    let stack = stack();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consume.py");
+    let mut command = Command::new(&stack.python);
+    command.arg(script).args([
+        "--brokers",
+        &stack.brokers,
+        "--registry",
+        &stack.registry_url,
+        "--topic",
+        topic,
+        "--expect",
+        &expect.to_string(),
+        "--idle",
+        "1.0",
+        "--timeout",
+        "60",
+    ]);
+    if raw {
+        command.arg("--raw");
+    }
+    let output = command.output().expect("run tests/py/consume.py");
+    assert!(
+        output.status.success(),
+        "consume.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Runs a Python snippet with the test venv's interpreter; returns stdout.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let output = Command::new(stack().python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
