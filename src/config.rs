@@ -389,6 +389,18 @@ mod tests {
         ));
     }
 
+    /// The example file documents every key with its default value.
+    #[test]
+    fn the_example_file_holds_every_key_with_its_default() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/superfone-bridge.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let example: toml::Table = toml::from_str(&text).unwrap();
+        let defaults: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        assert_eq!(example, defaults);
+    }
+
     #[test]
     fn redacts_credential_like_options() {
         let mut config = Config::default();
