@@ -8,7 +8,7 @@
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -137,6 +137,14 @@ impl Outcome {
             .and_then(|id| HeaderValue::from_str(id).ok())
         {
             headers.insert(GROUP_ID_HEADER, value);
+        }
+        // The rest of an unread body would have to be drained before the next
+        // request on this connection; closing is cheaper and stops slow senders.
+        if matches!(
+            self,
+            Outcome::PayloadTooLarge { .. } | Outcome::BadRequest { .. }
+        ) {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(self, Outcome::MethodNotAllowed { .. }) {
             headers.insert(ALLOW, HeaderValue::from_static("POST"));

@@ -4,6 +4,8 @@
 mod support;
 
 use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use support::{consume, fixture, post, post_with, Bridge, BridgeOptions};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -186,6 +188,25 @@ async fn oversized_wrong_method_and_unknown_path_are_refused_and_not_published()
         "{reply}"
     );
     assert_eq!(reply["limit_bytes"], 2048);
+
+    // Without a content-length, the limit applies while the body is read.
+    let mut stream = TcpStream::connect(&bridge.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST /superfone/events HTTP/1.1\r\nhost: bridge\r\nauthorization: Bearer {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        support::SECRET
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    for _ in 0..3 {
+        // The bridge may answer and close before the last chunk: ignore write errors.
+        let _ = write!(stream, "400\r\n{}\r\n", "x".repeat(1024));
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
 
     let response = client.get(bridge.ingest_url()).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
