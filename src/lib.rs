@@ -16,6 +16,7 @@ pub mod registry;
 pub mod response;
 pub mod schema;
 pub mod server;
+pub mod spool;
 pub mod telemetry;
 
 use crate::auth::Authenticator;
