@@ -36,7 +36,78 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub registry: RegistryConfig,
+    pub delivery: DeliveryConfig,
+    pub spool: SpoolConfig,
+    pub dedup: DedupConfig,
     pub log: LogConfig,
+}
+
+/// When to answer, and how much work to take on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Time Kafka gets to acknowledge a record before it is spooled instead
+    /// (answer 202). Well under Superfone's ~5 s guidance.
+    pub ack_deadline_ms: u64,
+    /// A request body must arrive within this time (slow senders get 408).
+    pub body_read_timeout_ms: u64,
+    /// A client must send its request headers within this time (slow-loris guard).
+    pub header_read_timeout_ms: u64,
+    /// Open connections at most; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            ack_deadline_ms: 2_000,
+            body_read_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 2_048,
+        }
+    }
+}
+
+/// The local durable spool (mount a persistent volume here in Kubernetes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Disk the spool may use; beyond it events are refused with 503.
+    pub max_bytes: u64,
+    /// Size at which a new segment file is started.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("spool"),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Duplicate suppression (Superfone may deliver an event twice).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    pub enabled: bool,
+    /// How long a delivered event's key is remembered.
+    pub window_secs: u64,
+    /// Keys remembered at most (bounds memory; about 200 bytes each).
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: true,
+            window_secs: 600,
+            max_entries: 100_000,
+        }
+    }
 }
 
 /// The public ingest listener.
@@ -309,6 +380,14 @@ impl Config {
                 "kafka.compression `{}` is not one of none, gzip, snappy, lz4, zstd",
                 self.kafka.compression
             ));
+        }
+        if self.delivery.ack_deadline_ms == 0 || self.delivery.max_connections == 0 {
+            return invalid(
+                "delivery.ack_deadline_ms and delivery.max_connections must be positive".into(),
+            );
+        }
+        if self.spool.segment_bytes == 0 || self.spool.max_bytes < self.spool.segment_bytes {
+            return invalid("spool.max_bytes must be at least spool.segment_bytes (> 0)".into());
         }
         if self.kafka.topic_partitions < 1 {
             return invalid("kafka.topic_partitions must be at least 1".into());

@@ -115,6 +115,99 @@ pub fn body_group_id(payload: &Map<String, Value>) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+/// The identity of an event for duplicate suppression, also put on the record
+/// as the `superfone-dedup-key` header so consumers can drop repeats too.
+///
+/// `<EVENT>|<id field>=<value>` from the first identifying field present:
+/// call events `cdr_id` (else `cdr_uuid`), CDR_SUMMARY_READY `cdr_uuid` (else
+/// `cdr_id`), CUSTOMER_* `contact_id`, TASK_* `task_id`. The *_CHANGE events add
+/// `updated_key` and a hash of `updated_value`, so successive changes of one
+/// lead or task stay distinct. Without an identifying field: `<EVENT>|body#<hash
+/// of the canonical body>`. Hashes are the first 16 hex digits of SHA-256 over
+/// JSON with object keys sorted.
+pub fn dedup_key(kind: EventKind, payload: &Map<String, Value>) -> String {
+    let id_fields: &[&str] = match kind {
+        EventKind::AllCalls | EventKind::MissedCall | EventKind::CdrRecordingAvailable => {
+            &["cdr_id", "cdr_uuid"]
+        }
+        EventKind::CdrSummaryReady => &["cdr_uuid", "cdr_id"],
+        EventKind::CustomerCreate | EventKind::CustomerChange => &["contact_id"],
+        EventKind::TaskCreate
+        | EventKind::TaskChange
+        | EventKind::TaskNotifyTime
+        | EventKind::TaskDueTime => &["task_id"],
+    };
+    let identity = id_fields.iter().find_map(|field| {
+        let value = payload.get(*field).filter(|value| !value.is_null())?;
+        Some(match value {
+            Value::String(text) => format!("{field}={text}"),
+            other => format!("{field}={other}"),
+        })
+    });
+    let Some(identity) = identity else {
+        return format!(
+            "{kind}|body#{}",
+            canonical_hash(&Value::Object(payload.clone()))
+        );
+    };
+    match kind {
+        EventKind::CustomerChange | EventKind::TaskChange => {
+            let updated_key = payload
+                .get("updated_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let updated_value = payload.get("updated_value").unwrap_or(&Value::Null);
+            format!(
+                "{kind}|{identity}|updated_key={updated_key}|updated_value#{}",
+                canonical_hash(updated_value)
+            )
+        }
+        _ => format!("{kind}|{identity}"),
+    }
+}
+
+fn canonical_hash(value: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    write_canonical(value, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// JSON with object keys sorted, so equal values hash equally whatever the key order.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(object) => {
+            let mut members: Vec<_> = object.iter().collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (index, (key, member)) in members.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(member, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +237,42 @@ mod tests {
             dispatch(&json!({"event": "TASK_DUE_TIME"})),
             Ok(EventKind::TaskDueTime)
         );
+    }
+
+    #[test]
+    fn dedup_keys_use_identifying_fields_then_the_body() {
+        let key = |kind, v: Value| dedup_key(kind, v.as_object().unwrap());
+        assert_eq!(
+            key(
+                EventKind::AllCalls,
+                json!({"cdr_id": 9876543, "contact_id": 1})
+            ),
+            "ALL_CALLS|cdr_id=9876543"
+        );
+        assert_eq!(
+            key(EventKind::CdrSummaryReady, json!({"cdr_uuid": "8f4e"})),
+            "CDR_SUMMARY_READY|cdr_uuid=8f4e"
+        );
+        assert_eq!(
+            key(EventKind::TaskDueTime, json!({"task_id": 4567})),
+            "TASK_DUE_TIME|task_id=4567"
+        );
+        let change = |value: Value| {
+            key(
+                EventKind::TaskChange,
+                json!({"task_id": 1, "updated_key": "task_status", "updated_value": value}),
+            )
+        };
+        assert_eq!(
+            change(json!({"a": 1, "b": 2})),
+            change(json!({"b": 2, "a": 1})),
+            "key order does not matter"
+        );
+        assert_ne!(change(json!("PENDING")), change(json!("COMPLETED")));
+        assert!(change(json!(1))
+            .starts_with("TASK_CHANGE|task_id=1|updated_key=task_status|updated_value#"));
+        let body = key(EventKind::AllCalls, json!({"cdr_phone": "+91"}));
+        assert!(body.starts_with("ALL_CALLS|body#") && body.len() == "ALL_CALLS|body#".len() + 16);
     }
 
     #[test]

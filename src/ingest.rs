@@ -6,9 +6,12 @@
 use crate::auth::Authenticator;
 use crate::convert::Converter;
 use crate::dead_letter::Rejection;
+use crate::dedup::{Claim, Dedup, FirstDelivery};
+use crate::delivery::{Delivery, Durable};
 use crate::event::{self, EventKind};
-use crate::kafka::{OutgoingRecord, PublishError, Publisher};
+use crate::kafka::Record;
 use crate::response::{Outcome, RecordRef};
+use crate::spool::SpoolError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
@@ -26,6 +29,7 @@ pub const EVENT_HEADER: &str = "superfone-event";
 pub const GROUP_ID_HEADER: &str = "superfone-group-id";
 pub const RECEIVED_AT_HEADER: &str = "superfone-received-at";
 pub const SCHEMA_ID_HEADER: &str = "superfone-schema-id";
+pub const DEDUP_KEY_HEADER: &str = "superfone-dedup-key";
 
 /// Everything the bridge knows about publishing one event type.
 #[derive(Debug)]
@@ -43,13 +47,15 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     pub group_id_header: HeaderName,
     pub dead_letter_topic: String,
+    pub body_read_timeout: std::time::Duration,
 }
 
 pub struct Ingest {
     settings: IngestSettings,
     auth: Authenticator,
     routes: Vec<EventRoute>,
-    publisher: Arc<Publisher>,
+    delivery: Arc<Delivery>,
+    dedup: Option<Dedup>,
 }
 
 /// What a delivery carries besides its body.
@@ -65,7 +71,8 @@ impl Ingest {
         settings: IngestSettings,
         auth: Authenticator,
         routes: Vec<EventRoute>,
-        publisher: Arc<Publisher>,
+        delivery: Arc<Delivery>,
+        dedup: Option<Dedup>,
     ) -> Self {
         assert!(
             routes.iter().map(|r| r.kind).eq(EventKind::ALL),
@@ -75,7 +82,8 @@ impl Ingest {
             settings,
             auth,
             routes,
-            publisher,
+            delivery,
+            dedup,
         }
     }
 
@@ -151,12 +159,23 @@ impl Ingest {
                 .unwrap_or_default(),
             content_type: header_text(&CONTENT_TYPE).unwrap_or_else(|| "application/json".into()),
         };
-        let body = match Limited::new(request.into_body(), limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-            Err(error) => {
+        let read = Limited::new(request.into_body(), limit).collect();
+        let body = match tokio::time::timeout(self.settings.body_read_timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                return too_large()
+            }
+            Ok(Err(error)) => {
                 return Outcome::BadRequest {
                     error: format!("cannot read the request body: {error}"),
+                }
+            }
+            Err(_) => {
+                return Outcome::RequestTimeout {
+                    error: format!(
+                        "the body did not arrive within {:?}",
+                        self.settings.body_read_timeout
+                    ),
                 }
             }
         };
@@ -207,21 +226,44 @@ impl Ingest {
                     .await;
             }
         };
-        let headers = vec![
-            (EVENT_HEADER, kind.as_str().to_owned()),
-            (GROUP_ID_HEADER, group_id.clone()),
-            (RECEIVED_AT_HEADER, envelope.received_at.clone()),
-            ("content-type", AVRO_CONTENT_TYPE.to_owned()),
-            (SCHEMA_ID_HEADER, route.schema_id.to_string()),
-        ];
-        let record = OutgoingRecord {
-            topic: &route.topic,
-            key: key.as_deref(),
-            payload: &payload,
-            headers,
+        let dedup_key = event::dedup_key(kind, object);
+        let record = Record {
+            topic: route.topic.clone(),
+            key,
+            headers: vec![
+                (EVENT_HEADER.into(), kind.as_str().into()),
+                (GROUP_ID_HEADER.into(), group_id.clone()),
+                (RECEIVED_AT_HEADER.into(), envelope.received_at.clone()),
+                ("content-type".into(), AVRO_CONTENT_TYPE.into()),
+                (SCHEMA_ID_HEADER.into(), route.schema_id.to_string()),
+                (DEDUP_KEY_HEADER.into(), dedup_key.clone()),
+            ],
+            payload,
         };
-        match self.publisher.publish(record).await {
-            Ok(delivered) => {
+        let pending = match &self.dedup {
+            None => None,
+            Some(dedup) => match dedup.claim(&dedup_key).await {
+                Claim::New(pending) => Some(pending),
+                Claim::Duplicate(first_delivery) => {
+                    tracing::info!(dedup_key = %dedup_key, "duplicate delivery, not published again");
+                    return Outcome::Duplicate {
+                        event: kind.as_str(),
+                        group_id,
+                        dedup_key,
+                        first_delivery,
+                    };
+                }
+            },
+        };
+        let durable = match self.delivery.deliver(record).await {
+            Ok(durable) => durable,
+            Err(error) => return unavailable(&error, group_id),
+        };
+        if let Some(pending) = pending {
+            pending.remember(first_delivery(&route.topic, durable, &group_id));
+        }
+        match durable {
+            Durable::Published(delivered) => {
                 tracing::info!(
                     topic = %route.topic,
                     partition = delivered.partition,
@@ -237,7 +279,15 @@ impl Ingest {
                     group_id,
                 }
             }
-            Err(error) => unavailable(&error, group_id),
+            Durable::Spooled(spool_id) => {
+                tracing::info!(topic = %route.topic, spool_id, "spooled");
+                Outcome::Spooled {
+                    event: kind.as_str(),
+                    topic: route.topic.clone(),
+                    spool_id,
+                    group_id,
+                }
+            }
         }
     }
 
@@ -252,34 +302,45 @@ impl Ingest {
         body: &[u8],
     ) -> Outcome {
         let mut headers = vec![
-            (GROUP_ID_HEADER, group_id.clone()),
-            (RECEIVED_AT_HEADER, envelope.received_at.clone()),
-            ("content-type", envelope.content_type.clone()),
+            (GROUP_ID_HEADER.to_owned(), group_id.clone()),
+            (RECEIVED_AT_HEADER.to_owned(), envelope.received_at.clone()),
+            ("content-type".to_owned(), envelope.content_type.clone()),
         ];
         if let Some(kind) = rejection.event {
-            headers.push((EVENT_HEADER, kind.as_str().to_owned()));
+            headers.push((EVENT_HEADER.to_owned(), kind.as_str().to_owned()));
         }
-        headers.extend(rejection.headers());
-        let record = OutgoingRecord {
-            topic: &self.settings.dead_letter_topic,
-            key,
-            payload: body,
+        headers.extend(
+            rejection
+                .headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value)),
+        );
+        let record = Record {
+            topic: self.settings.dead_letter_topic.clone(),
+            key: key.map(str::to_owned),
             headers,
+            payload: body.to_vec(),
         };
-        match self.publisher.publish(record).await {
-            Ok(delivered) => {
+        match self.delivery.deliver(record).await {
+            Ok(durable) => {
                 tracing::warn!(
                     reason = rejection.reason.as_str(),
                     field = rejection.field.as_deref().unwrap_or(""),
                     error = %rejection.error,
-                    partition = delivered.partition,
-                    offset = delivered.offset,
                     "dead-lettered"
                 );
+                let FirstDelivery {
+                    topic,
+                    partition,
+                    offset,
+                    spool_id,
+                    ..
+                } = first_delivery(&self.settings.dead_letter_topic, durable, &group_id);
                 let dead_letter = RecordRef {
-                    topic: self.settings.dead_letter_topic.clone(),
-                    partition: delivered.partition,
-                    offset: delivered.offset,
+                    topic,
+                    partition,
+                    offset,
+                    spool_id,
                 };
                 Outcome::dead_lettered(rejection, group_id, dead_letter)
             }
@@ -288,8 +349,22 @@ impl Ingest {
     }
 }
 
-fn unavailable(error: &PublishError, group_id: String) -> Outcome {
-    tracing::error!(%error, "event NOT stored: Kafka did not acknowledge it");
+fn first_delivery(topic: &str, durable: Durable, group_id: &str) -> FirstDelivery {
+    let (partition, offset, spool_id) = match durable {
+        Durable::Published(delivered) => (Some(delivered.partition), Some(delivered.offset), None),
+        Durable::Spooled(id) => (None, None, Some(id)),
+    };
+    FirstDelivery {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        spool_id,
+        group_id: group_id.to_owned(),
+    }
+}
+
+fn unavailable(error: &SpoolError, group_id: String) -> Outcome {
+    tracing::error!(%error, "event NOT stored: neither Kafka nor the spool took it");
     Outcome::Unavailable {
         error: "the event could not be stored; see the bridge's logs for this group_id",
         group_id,

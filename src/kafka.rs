@@ -38,14 +38,18 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// One record to publish; headers are `(name, value)` pairs.
-#[derive(Debug)]
-pub struct OutgoingRecord<'a> {
-    pub topic: &'a str,
-    pub key: Option<&'a str>,
-    pub payload: &'a [u8],
-    pub headers: Vec<(&'static str, String)>,
+/// One Kafka record, owned, as the spool also stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
 }
+
+/// Resolves when the broker acknowledged (or librdkafka gave up on) one enqueued record.
+pub type Acknowledgement =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, PublishError>> + Send>>;
 
 pub struct Publisher {
     producer: FutureProducer,
@@ -132,9 +136,9 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes one record and resolves once the broker acknowledged it
-    /// (`acks=all`), or librdkafka gave up after `message.timeout.ms`.
-    pub async fn publish(&self, record: OutgoingRecord<'_>) -> Result<Delivered, PublishError> {
+    /// Hands a record to librdkafka now (so records enter its queue in call
+    /// order, which keeps per-key order) and returns the acknowledgement future.
+    pub fn enqueue(&self, record: &Record) -> Result<Acknowledgement, PublishError> {
         let headers = record
             .headers
             .iter()
@@ -144,20 +148,31 @@ impl Publisher {
                     value: Some(value.as_bytes()),
                 })
             });
-        let mut future_record = FutureRecord::<str, [u8]>::to(record.topic)
-            .payload(record.payload)
+        let mut future_record = FutureRecord::<str, [u8]>::to(&record.topic)
+            .payload(&record.payload)
             .headers(headers);
-        if let Some(key) = record.key {
+        if let Some(key) = &record.key {
             future_record = future_record.key(key);
         }
-        self.producer
-            .send(future_record, Timeout::Never)
-            .await
-            .map(|delivery| Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            })
-            .map_err(|(error, _)| PublishError::Delivery(error))
+        let delivery = self
+            .producer
+            .send_result(future_record)
+            .map_err(|(error, _)| PublishError::Delivery(error))?;
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(delivery)) => Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((error, _))) => Err(PublishError::Delivery(error)),
+                Err(_canceled) => Err(PublishError::Delivery(KafkaError::Canceled)),
+            }
+        }))
+    }
+
+    /// Publishes one record and resolves once the broker acknowledged it.
+    pub async fn publish(&self, record: &Record) -> Result<Delivered, PublishError> {
+        self.enqueue(record)?.await
     }
 
     /// Waits for records still queued in librdkafka, bounded by `timeout`.

@@ -9,6 +9,8 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod dead_letter;
+pub mod dedup;
+pub mod delivery;
 pub mod event;
 pub mod ingest;
 pub mod kafka;
@@ -22,16 +24,21 @@ pub mod telemetry;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::convert::Converter;
+use crate::dedup::{Dedup, FirstDelivery};
+use crate::delivery::Delivery;
 use crate::event::EventKind;
+use crate::ingest::DEDUP_KEY_HEADER;
 use crate::ingest::{EventRoute, Ingest, IngestSettings};
 use crate::kafka::{PublishError, Publisher};
 use crate::registry::RegistryError;
 use crate::schema::{SchemaError, SchemaSource};
+use crate::spool::{Spool, SpoolError, SpoolSettings};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// How long the final producer flush may take at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +51,8 @@ pub enum StartupError {
     Kafka(#[from] PublishError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     #[error("invalid server.group_id_header")]
     GroupIdHeader,
     #[error("cannot listen on {addr}: {source}")]
@@ -57,7 +66,8 @@ pub struct App {
     listener: TcpListener,
     ingest: Arc<Ingest>,
     publisher: Arc<Publisher>,
-    drain_timeout: Duration,
+    delivery: Arc<Delivery>,
+    limits: server::Limits,
 }
 
 impl App {
@@ -100,6 +110,59 @@ impl App {
             })
             .collect();
 
+        let (spool, recovered, recovery) = Spool::open(SpoolSettings {
+            dir: config.spool.dir.clone(),
+            max_bytes: config.spool.max_bytes,
+            segment_bytes: config.spool.segment_bytes,
+        })?;
+        if recovery.torn_bytes > 0 {
+            tracing::error!(
+                torn_bytes = recovery.torn_bytes,
+                "spool had a torn or corrupt tail (crash mid-write); kept the valid prefix"
+            );
+        }
+        if recovery.pending > 0 {
+            tracing::warn!(
+                pending = recovery.pending,
+                "replaying events left in the spool"
+            );
+        }
+        let dedup = config.dedup.enabled.then(|| {
+            Dedup::new(
+                Duration::from_secs(config.dedup.window_secs),
+                config.dedup.max_entries,
+            )
+        });
+        if let Some(dedup) = &dedup {
+            // Events still in the spool were answered 2xx: their repeats are duplicates.
+            for entry in &recovered {
+                let header = |name: &str| {
+                    entry
+                        .record
+                        .headers
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.clone())
+                };
+                if let Some(key) = header(DEDUP_KEY_HEADER) {
+                    let first = FirstDelivery {
+                        topic: entry.record.topic.clone(),
+                        partition: None,
+                        offset: None,
+                        spool_id: Some(entry.id),
+                        group_id: header(ingest::GROUP_ID_HEADER).unwrap_or_default(),
+                    };
+                    dedup.remember(&key, first);
+                }
+            }
+        }
+        let delivery = Delivery::new(
+            Arc::clone(&publisher),
+            spool,
+            recovered,
+            Duration::from_millis(config.delivery.ack_deadline_ms),
+        );
+
         let settings = IngestSettings {
             ingest_path: config.server.ingest_path.clone(),
             max_body_bytes: config.server.max_body_bytes,
@@ -109,8 +172,15 @@ impl App {
                 .parse()
                 .map_err(|_| StartupError::GroupIdHeader)?,
             dead_letter_topic,
+            body_read_timeout: Duration::from_millis(config.delivery.body_read_timeout_ms),
         };
-        let ingest = Arc::new(Ingest::new(settings, auth, routes, Arc::clone(&publisher)));
+        let ingest = Arc::new(Ingest::new(
+            settings,
+            auth,
+            routes,
+            Arc::clone(&delivery),
+            dedup,
+        ));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartupError::Bind {
@@ -121,7 +191,12 @@ impl App {
             listener,
             ingest,
             publisher,
-            drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+            delivery,
+            limits: server::Limits {
+                drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+                header_read_timeout: Duration::from_millis(config.delivery.header_read_timeout_ms),
+                max_connections: config.delivery.max_connections,
+            },
         })
     }
 
@@ -131,12 +206,27 @@ impl App {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves; then drains requests and flushes the producer.
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    /// Serves until `shutdown` resolves; then drains requests, stops the
+    /// replay, flushes the producer and syncs the spool. Whatever has not
+    /// reached Kafka by then stays in the spool for the next start.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
-        server::serve(self.listener, self.ingest, shutdown, self.drain_timeout).await;
+        let stop_replay = CancellationToken::new();
+        let replay = tokio::spawn(Arc::clone(&self.delivery).replay(stop_replay.clone()));
+        server::serve(self.listener, self.ingest, shutdown, self.limits).await;
+        stop_replay.cancel();
+        let _ = replay.await;
         if let Err(error) = self.publisher.flush(FLUSH_TIMEOUT).await {
             tracing::error!(%error, "producer flush at shutdown did not complete");
         }
-        tracing::info!("stopped");
+        // Let acknowledgements that arrived during the flush mark their entries delivered.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(error) = self.delivery.spool().sync().await {
+            tracing::error!(%error, "spool sync at shutdown failed");
+        }
+        tracing::info!(left_in_spool = self.delivery.backlog_len(), "stopped");
     }
 }

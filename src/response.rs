@@ -6,6 +6,7 @@
 //! field at fault. 5xx bodies stay generic; the cause goes to the log.
 
 use crate::dead_letter::{DeadLetterReason, Rejection};
+use crate::dedup::FirstDelivery;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
@@ -15,12 +16,16 @@ use serde::Serialize;
 /// Response header repeating the delivery's correlation id.
 pub const GROUP_ID_HEADER: &str = "x-superfone-group-id";
 
-/// Where a record landed.
+/// Where a record is durable: a Kafka partition and offset, or the spool.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RecordRef {
     pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +39,23 @@ pub enum Outcome {
         offset: i64,
         schema_id: u32,
         group_id: String,
+    },
+    /// Kafka did not acknowledge in time; the event is durable in the local
+    /// spool and will be published, in order, as soon as Kafka takes it.
+    Spooled {
+        event: &'static str,
+        topic: String,
+        spool_id: u64,
+        group_id: String,
+    },
+    /// The same event was delivered before (within the dedup window); this
+    /// repeat is not published again.
+    Duplicate {
+        event: &'static str,
+        group_id: String,
+        dedup_key: String,
+        #[serde(flatten)]
+        first_delivery: FirstDelivery,
     },
     /// Bad input, kept unchanged on the dead-letter topic.
     DeadLettered {
@@ -56,6 +78,10 @@ pub enum Outcome {
         error: String,
         limit_bytes: usize,
     },
+    /// The body did not arrive within the body-read timeout.
+    RequestTimeout {
+        error: String,
+    },
     /// The body could not be read (client went away, broken framing).
     BadRequest {
         error: String,
@@ -66,7 +92,7 @@ pub enum Outcome {
     MethodNotAllowed {
         error: String,
     },
-    /// Kafka did not take the record; the event is not stored.
+    /// Neither Kafka nor the spool could take the event; it is not stored.
     Unavailable {
         error: &'static str,
         group_id: String,
@@ -88,7 +114,9 @@ impl Outcome {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Outcome::Published { .. } => StatusCode::OK,
+            Outcome::Published { .. } | Outcome::Duplicate { .. } => StatusCode::OK,
+            Outcome::Spooled { .. } => StatusCode::ACCEPTED,
+            Outcome::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Outcome::DeadLettered {
                 reason: DeadLetterReason::InvalidJson,
                 ..
@@ -107,6 +135,9 @@ impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Published { .. } => "published",
+            Outcome::Spooled { .. } => "spooled",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::RequestTimeout { .. } => "request_timeout",
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Unauthorized { .. } => "unauthorized",
             Outcome::PayloadTooLarge { .. } => "payload_too_large",
@@ -120,6 +151,8 @@ impl Outcome {
     fn group_id(&self) -> Option<&str> {
         match self {
             Outcome::Published { group_id, .. }
+            | Outcome::Spooled { group_id, .. }
+            | Outcome::Duplicate { group_id, .. }
             | Outcome::DeadLettered { group_id, .. }
             | Outcome::Unavailable { group_id, .. } => Some(group_id),
             _ => None,
@@ -180,8 +213,9 @@ mod tests {
     fn invalid_json_is_400_other_rejections_422() {
         let dead_letter = RecordRef {
             topic: "dl".into(),
-            partition: 0,
-            offset: 3,
+            partition: Some(0),
+            offset: Some(3),
+            spool_id: None,
         };
         let rejection = |reason| Rejection {
             reason,

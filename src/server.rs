@@ -12,25 +12,40 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-/// Slow-loris guard: a client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on what clients can make the server hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// On shutdown, how long in-flight requests may take.
+    pub drain_timeout: Duration,
+    /// Slow-loris guard: request headers must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's listen backlog,
+    /// so a flood cannot exhaust memory or file descriptors.
+    pub max_connections: usize,
+}
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain_timeout`.
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()>,
-    drain_timeout: Duration,
+    limits: Limits,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit.expect("semaphore never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -56,12 +71,13 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(drain_timeout) => tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections"),
+        () = tokio::time::sleep(limits.drain_timeout) => tracing::warn!(drain_timeout = ?limits.drain_timeout, "drain timeout: closing remaining connections"),
     }
 }

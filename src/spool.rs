@@ -15,6 +15,7 @@
 //!
 //! Frame: `len: u32 LE | crc32(body): u32 LE | body`, body = `id: u64 LE | record`.
 
+use crate::kafka::Record;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -41,19 +42,10 @@ pub enum SpoolError {
     Closed,
 }
 
-/// One record as Kafka will receive it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRecord {
-    pub topic: String,
-    pub key: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolEntry {
     pub id: u64,
-    pub record: StoredRecord,
+    pub record: Record,
 }
 
 /// What opening an existing spool found.
@@ -79,7 +71,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-impl StoredRecord {
+/// The spool's encoding of a record (length-prefixed fields, little-endian).
+trait SpoolCodec: Sized {
+    fn encode(&self, out: &mut Vec<u8>);
+    fn decode(input: &[u8]) -> Option<Self>;
+}
+
+impl SpoolCodec for Record {
     fn encode(&self, out: &mut Vec<u8>) {
         fn bytes(out: &mut Vec<u8>, data: &[u8]) {
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -101,7 +99,7 @@ impl StoredRecord {
         bytes(out, &self.payload);
     }
 
-    fn decode(mut input: &[u8]) -> Option<StoredRecord> {
+    fn decode(mut input: &[u8]) -> Option<Record> {
         fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             let (head, rest) = input.split_at_checked(n)?;
             *input = rest;
@@ -124,7 +122,7 @@ impl StoredRecord {
             .map(|_| Some((text(&mut input)?, text(&mut input)?)))
             .collect::<Option<_>>()?;
         let payload = bytes(&mut input)?.to_vec();
-        Some(StoredRecord {
+        Some(Record {
             topic,
             key,
             headers,
@@ -133,7 +131,7 @@ impl StoredRecord {
     }
 }
 
-fn frame(id: u64, record: &StoredRecord) -> Vec<u8> {
+fn frame(id: u64, record: &Record) -> Vec<u8> {
     let mut body = Vec::with_capacity(record.payload.len() + 256);
     body.extend_from_slice(&id.to_le_bytes());
     record.encode(&mut body);
@@ -152,7 +150,7 @@ fn read_segment(data: &[u8]) -> (Vec<SpoolEntry>, usize) {
         let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
         let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap());
         let end = at + FRAME_HEADER + len as usize;
-        if len > MAX_FRAME || len < 8 || end > data.len() {
+        if !(8..=MAX_FRAME).contains(&len) || end > data.len() {
             break;
         }
         let body = &data[at + FRAME_HEADER..end];
@@ -160,7 +158,7 @@ fn read_segment(data: &[u8]) -> (Vec<SpoolEntry>, usize) {
             break;
         }
         let id = u64::from_le_bytes(body[..8].try_into().unwrap());
-        let Some(record) = StoredRecord::decode(&body[8..]) else {
+        let Some(record) = Record::decode(&body[8..]) else {
             break;
         };
         entries.push(SpoolEntry { id, record });
@@ -199,8 +197,9 @@ struct Files {
 }
 
 enum Command {
-    Append(StoredRecord, oneshot::Sender<Result<u64, SpoolError>>),
+    Append(Record, oneshot::Sender<Result<u64, SpoolError>>),
     Delivered(u64),
+    Sync(oneshot::Sender<Result<(), SpoolError>>),
 }
 
 /// Handle to the spool; cheap to clone.
@@ -304,7 +303,7 @@ impl Spool {
     }
 
     /// Appends a record; resolves once it is on disk (fsync'd).
-    pub async fn append(&self, record: StoredRecord) -> Result<u64, SpoolError> {
+    pub async fn append(&self, record: Record) -> Result<u64, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append(record, reply))
@@ -315,6 +314,15 @@ impl Spool {
     /// Records that an entry reached Kafka; it will not be replayed.
     pub fn mark_delivered(&self, id: u64) {
         let _ = self.commands.send(Command::Delivered(id));
+    }
+
+    /// Makes every ack sent so far durable (at shutdown).
+    pub async fn sync(&self) -> Result<(), SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Sync(reply))
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
     }
 
     /// Entries appended and not yet delivered.
@@ -358,11 +366,13 @@ impl Files {
         while let Some(first) = receiver.blocking_recv() {
             let mut appends = Vec::new();
             let mut delivered = Vec::new();
+            let mut syncs = Vec::new();
             let mut command = Some(first);
             while let Some(next) = command {
                 match next {
                     Command::Append(record, reply) => appends.push((record, reply)),
                     Command::Delivered(id) => delivered.push(id),
+                    Command::Sync(reply) => syncs.push(reply),
                 }
                 command = if appends.len() < 1024 {
                     receiver.try_recv().ok()
@@ -379,16 +389,16 @@ impl Files {
             if !appends.is_empty() {
                 self.append_batch(appends);
             }
+            for reply in syncs {
+                let _ = reply.send(self.acks.sync_data().map_err(io_error(&self.acks_path)));
+            }
         }
         let _ = self.acks.sync_all();
     }
 
     /// Writes a batch and fsyncs once (group commit). On any error the batch
     /// is cut off the file again and every append in it fails.
-    fn append_batch(
-        &mut self,
-        batch: Vec<(StoredRecord, oneshot::Sender<Result<u64, SpoolError>>)>,
-    ) {
+    fn append_batch(&mut self, batch: Vec<(Record, oneshot::Sender<Result<u64, SpoolError>>)>) {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
         let used = self.used.load(Ordering::Relaxed);
@@ -517,10 +527,10 @@ mod tests {
         }
     }
 
-    fn record(n: usize) -> StoredRecord {
-        StoredRecord {
+    fn record(n: usize) -> Record {
+        Record {
             topic: "t".into(),
-            key: (n % 2 == 0).then(|| format!("k{n}")),
+            key: n.is_multiple_of(2).then(|| format!("k{n}")),
             headers: vec![("h".into(), format!("v{n}"))],
             payload: vec![n as u8; 300],
         }
@@ -548,8 +558,8 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let (_, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
         assert_eq!(recovery.pending, 16);
-        let replayed: Vec<StoredRecord> = pending.into_iter().map(|e| e.record).collect();
-        let expected: Vec<StoredRecord> = (25..40).map(record).chain([record(99)]).collect();
+        let replayed: Vec<Record> = pending.into_iter().map(|e| e.record).collect();
+        let expected: Vec<Record> = (25..40).map(record).chain([record(99)]).collect();
         assert_eq!(replayed, expected, "pending entries come back in order");
     }
 

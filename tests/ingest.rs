@@ -237,6 +237,7 @@ async fn events_of_one_lead_stay_in_order_on_one_partition() {
             for sequence in 0..PER_CONTACT {
                 let mut input = fixture("TASK_CHANGE");
                 input["contact_id"] = json!(1000 + contact);
+                input["task_id"] = json!(5000 + contact);
                 input["updated_value"] = json!(sequence);
                 let auth = format!("Bearer {SECRET}");
                 let (status, body) =

@@ -49,6 +49,10 @@ pub struct BridgeOptions {
     pub prefix: String,
     /// Environment for the process: secrets, and `SUPERFONE_BRIDGE_*` config overrides.
     pub env: Vec<(String, String)>,
+    /// Spool directory; a fresh temporary one unless set (to restart on a spool).
+    pub spool_dir: Option<PathBuf>,
+    /// Broker address; the shared test broker unless set.
+    pub brokers: Option<String>,
 }
 
 impl Default for BridgeOptions {
@@ -56,6 +60,8 @@ impl Default for BridgeOptions {
         BridgeOptions {
             prefix: unique_prefix(),
             env: vec![("SUPERFONE_AUTH_SECRETS".into(), SECRET.into())],
+            spool_dir: None,
+            brokers: None,
         }
     }
 }
@@ -96,8 +102,11 @@ fn spawn(
     let mut file = std::fs::File::create(&config).unwrap();
     write!(
         file,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n[topics]\nprefix = \"{}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
-        stack.brokers, stack.registry_url, options.prefix
+        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n[topics]\nprefix = \"{}\"\n[spool]\ndir = \"{}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
+        options.brokers.as_deref().unwrap_or(&stack.brokers),
+        stack.registry_url,
+        options.prefix,
+        options.spool_dir.clone().unwrap_or_else(|| dir.join("spool")).display()
     )
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));

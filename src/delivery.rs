@@ -1,0 +1,283 @@
+//! Making one record durable within the request's deadline, and replaying the
+//! spool to Kafka in order.
+//!
+//! - Kafka first: the record is enqueued and, if the broker acknowledges it
+//!   within `ack_deadline`, it is `Published`.
+//! - Otherwise it is appended to the spool (fsync'd) and `Spooled`. If Kafka
+//!   was merely slow, the first attempt keeps running; the replay task waits
+//!   for its outcome before anything after it, and skips the entry if it landed.
+//! - Per-lead order across the spool: while a key has entries waiting in the
+//!   spool, newer records of that key go to the spool too, behind them. While
+//!   Kafka is known to be down, every record goes straight to the spool, so
+//!   requests are answered fast instead of each waiting out the deadline.
+//! - One replay task sends spooled entries in spool order, in windows enqueued
+//!   in order (librdkafka's idempotent producer keeps that order per
+//!   partition), marks each acknowledged one delivered, and backs off while
+//!   Kafka refuses. An entry whose outcome is unknown (timed out) is sent again:
+//!   at-least-once, with the dedup header to recognise the repeat.
+
+use crate::kafka::{Acknowledgement, Delivered, Publisher, Record};
+use crate::spool::{Spool, SpoolEntry, SpoolError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Most entries the replay task has in flight at once.
+const REPLAY_WINDOW: usize = 512;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where a record is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    Published(Delivered),
+    Spooled(u64),
+}
+
+struct Queued {
+    record: Record,
+    /// A first attempt still running: resolves `true` if it reached Kafka.
+    first_attempt: Option<oneshot::Receiver<bool>>,
+}
+
+#[derive(Default)]
+struct Backlog {
+    entries: BTreeMap<u64, Queued>,
+    keys: HashMap<String, usize>,
+}
+
+/// Counters the tests and (later) metrics read.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub published: AtomicU64,
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub spool_failures: AtomicU64,
+}
+
+pub struct Delivery {
+    publisher: Arc<Publisher>,
+    spool: Spool,
+    deadline: Duration,
+    backlog: Mutex<Backlog>,
+    wake: Notify,
+    kafka_up: AtomicBool,
+    pub stats: DeliveryStats,
+}
+
+fn key_of(record: &Record) -> String {
+    format!(
+        "{}\u{0}{}",
+        record.topic,
+        record.key.as_deref().unwrap_or_default()
+    )
+}
+
+impl Delivery {
+    /// `recovered`: entries the spool held at start-up, replayed first.
+    pub fn new(
+        publisher: Arc<Publisher>,
+        spool: Spool,
+        recovered: Vec<SpoolEntry>,
+        deadline: Duration,
+    ) -> Arc<Self> {
+        let delivery = Delivery {
+            publisher,
+            spool,
+            deadline,
+            backlog: Mutex::new(Backlog::default()),
+            wake: Notify::new(),
+            kafka_up: AtomicBool::new(true),
+            stats: DeliveryStats::default(),
+        };
+        for entry in recovered {
+            delivery.queue(entry.id, entry.record, None);
+        }
+        Arc::new(delivery)
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    fn queue(&self, id: u64, record: Record, first_attempt: Option<oneshot::Receiver<bool>>) {
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        *backlog.keys.entry(key_of(&record)).or_default() += 1;
+        backlog.entries.insert(
+            id,
+            Queued {
+                record,
+                first_attempt,
+            },
+        );
+        drop(backlog);
+        self.wake.notify_one();
+    }
+
+    fn must_spool(&self, record: &Record) -> bool {
+        !self.kafka_up.load(Ordering::Relaxed)
+            || self
+                .backlog
+                .lock()
+                .expect("backlog lock")
+                .keys
+                .contains_key(&key_of(record))
+    }
+
+    /// Makes the record durable: Kafka within the deadline, else the spool.
+    pub async fn deliver(&self, record: Record) -> Result<Durable, SpoolError> {
+        if !self.must_spool(&record) {
+            match self.publisher.enqueue(&record) {
+                Ok(mut acknowledgement) => {
+                    match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
+                        Ok(Ok(delivered)) => {
+                            self.stats.published.fetch_add(1, Ordering::Relaxed);
+                            return Ok(Durable::Published(delivered));
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "Kafka refused the record; spooling it");
+                            self.kafka_up.store(false, Ordering::Relaxed);
+                        }
+                        Err(_deadline) => {
+                            tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
+                            self.kafka_up.store(false, Ordering::Relaxed);
+                            return self.spool_behind_attempt(record, acknowledgement).await;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot enqueue the record; spooling it");
+                    self.kafka_up.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let id = self.append(record.clone()).await?;
+        self.queue(id, record, None);
+        Ok(Durable::Spooled(id))
+    }
+
+    async fn append(&self, record: Record) -> Result<u64, SpoolError> {
+        let result = self.spool.append(record).await;
+        match &result {
+            Ok(_) => self.stats.spooled.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stats.spool_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    /// Spools a record whose first attempt is still running; the replay task
+    /// waits for that attempt instead of sending the record twice.
+    async fn spool_behind_attempt(
+        &self,
+        record: Record,
+        attempt: Acknowledgement,
+    ) -> Result<Durable, SpoolError> {
+        let id = self.append(record.clone()).await?;
+        let (landed, outcome) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = landed.send(attempt.await.is_ok());
+        });
+        self.queue(id, record, Some(outcome));
+        Ok(Durable::Spooled(id))
+    }
+
+    fn complete(&self, id: u64) {
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        if let Some(queued) = backlog.entries.remove(&id) {
+            let key = key_of(&queued.record);
+            if let Some(count) = backlog.keys.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    backlog.keys.remove(&key);
+                }
+            }
+        }
+        drop(backlog);
+        self.spool.mark_delivered(id);
+    }
+
+    /// Entries waiting to reach Kafka.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.lock().expect("backlog lock").entries.len()
+    }
+
+    /// The replay task: runs until `stop` is cancelled.
+    pub async fn replay(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let progressed = tokio::select! {
+                progressed = self.replay_once() => progressed,
+                () = stop.cancelled() => break,
+            };
+            match progressed {
+                Some(true) => backoff = Duration::from_millis(100),
+                Some(false) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        () = stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                None => tokio::select! {
+                    () = self.wake.notified() => {},
+                    () = stop.cancelled() => break,
+                },
+            }
+        }
+    }
+
+    /// One step at the head of the backlog. `None`: nothing to do; `Some(ok)`:
+    /// whether everything attempted reached Kafka.
+    async fn replay_once(&self) -> Option<bool> {
+        let (head, attempt) = {
+            let mut backlog = self.backlog.lock().expect("backlog lock");
+            let (id, queued) = backlog.entries.iter_mut().next()?;
+            (*id, queued.first_attempt.take())
+        };
+        if let Some(attempt) = attempt {
+            if attempt.await.unwrap_or(false) {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                self.complete(head);
+                self.kafka_up.store(true, Ordering::Relaxed);
+            }
+            return Some(true);
+        }
+        let window: Vec<(u64, Record)> = {
+            let backlog = self.backlog.lock().expect("backlog lock");
+            backlog
+                .entries
+                .iter()
+                .take_while(|(_, queued)| queued.first_attempt.is_none())
+                .take(REPLAY_WINDOW)
+                .map(|(id, queued)| (*id, queued.record.clone()))
+                .collect()
+        };
+        let mut acknowledgements = Vec::with_capacity(window.len());
+        for (id, record) in &window {
+            match self.publisher.enqueue(record) {
+                Ok(acknowledgement) => acknowledgements.push((*id, acknowledgement)),
+                Err(_) => break,
+            }
+        }
+        let mut all_ok = acknowledgements.len() == window.len();
+        for (id, acknowledgement) in acknowledgements {
+            match acknowledgement.await {
+                Ok(_) => {
+                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    self.complete(id);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, id, "replay attempt failed");
+                    all_ok = false;
+                }
+            }
+        }
+        self.kafka_up.store(all_ok, Ordering::Relaxed);
+        if all_ok {
+            tracing::debug!(count = window.len(), "replayed spooled records");
+        }
+        Some(all_ok)
+    }
+}
