@@ -150,6 +150,7 @@ impl Delivery {
                 Err(error) => {
                     tracing::warn!(%error, "cannot enqueue the record; spooling it");
                     self.kafka_up.store(false, Ordering::Relaxed);
+                    self.publisher.recover(&error);
                 }
             }
         }
@@ -258,7 +259,10 @@ impl Delivery {
         for (id, record) in &window {
             match self.publisher.enqueue(record) {
                 Ok(acknowledgement) => acknowledgements.push((*id, acknowledgement)),
-                Err(_) => break,
+                Err(error) => {
+                    self.publisher.recover(&error);
+                    break;
+                }
             }
         }
         let mut all_ok = acknowledgements.len() == window.len();
@@ -270,6 +274,7 @@ impl Delivery {
                 }
                 Err(error) => {
                     tracing::debug!(%error, id, "replay attempt failed");
+                    self.publisher.recover(&error);
                     all_ok = false;
                 }
             }

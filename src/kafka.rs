@@ -10,6 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
+use std::sync::RwLock;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,13 @@ pub type Acknowledgement =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, PublishError>> + Send>>;
 
 pub struct Publisher {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (e.g. the idempotent
+    /// producer was fenced after in-flight requests timed out): a fatal
+    /// producer never recovers, and the spool replays what it lost.
+    producer: RwLock<FutureProducer>,
+    /// When the producer was last replaced: a burst of failures from the old
+    /// producer's queue must not replace the new one again.
+    replaced_at: std::sync::Mutex<Option<std::time::Instant>>,
     client_config: ClientConfig,
     brokers: String,
 }
@@ -74,17 +81,64 @@ impl Publisher {
         client_config
             .set("enable.idempotence", "true")
             .set("acks", "all");
-        let producer = client_config.create().map_err(PublishError::Client)?;
+        let producer = RwLock::new(client_config.create().map_err(PublishError::Client)?);
         Ok(Publisher {
             producer,
+            replaced_at: std::sync::Mutex::new(None),
             client_config,
             brokers: config.brokers.clone(),
         })
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Replaces the producer when it cannot recover by itself: librdkafka
+    /// declared it fatally failed, or the broker fenced its producer id (seen
+    /// after in-flight requests time out and the idempotent producer bumps its
+    /// epoch). Returns whether it did. Cheap: call it after any failed delivery.
+    pub fn recover(&self, error: &PublishError) -> bool {
+        let fenced = matches!(
+            error,
+            PublishError::Delivery(
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::UnknownProducerId
+                        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                        | RDKafkaErrorCode::InvalidProducerIdMapping
+                ) | KafkaError::Canceled
+            )
+        );
+        let mut producer = self.producer.write().expect("producer lock");
+        let fatal = producer.client().fatal_error();
+        if !fenced && fatal.is_none() {
+            return false;
+        }
+        let mut replaced_at = self.replaced_at.lock().expect("replaced_at lock");
+        if replaced_at.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        tracing::error!(%error, fatal = ?fatal, "Kafka producer cannot recover; replacing it");
+        match self.client_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                let failed = std::mem::replace(&mut *producer, fresh);
+                *replaced_at = Some(std::time::Instant::now());
+                // Dropping a producer can block on its queue: not on the runtime.
+                std::thread::spawn(move || drop(failed));
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot create a new Kafka producer");
+                false
+            }
+        }
+    }
+
     /// Waits until broker metadata can be fetched: the brokers are reachable.
     pub async fn check_broker(&self, timeout: Duration) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let result = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -155,7 +209,7 @@ impl Publisher {
             future_record = future_record.key(key);
         }
         let delivery = self
-            .producer
+            .producer()
             .send_result(future_record)
             .map_err(|(error, _)| PublishError::Delivery(error))?;
         Ok(Box::pin(async move {
@@ -177,7 +231,7 @@ impl Publisher {
 
     /// Waits for records still queued in librdkafka, bounded by `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
             .await
             .expect("flush task panicked")

@@ -329,3 +329,210 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Sends a signal by pid (`kill -STOP 123`), without unsafe code.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A tansu broker owned by one test (memory storage: a restart starts empty).
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    pub fn start(port: u16) -> Broker {
+        let tansu = std::env::var("TANSU_BIN")
+            .expect("TANSU_BIN is not set: run the tests with scripts/test");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { child, port }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes the process (SIGSTOP): connections hang, nothing is answered.
+    pub fn freeze(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a load run saw for one event.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub contact: i64,
+    pub sequence: i64,
+    /// HTTP status, or `None` when no response came (connection refused/reset).
+    pub status: Option<u16>,
+    pub body: Value,
+    pub connect_error: bool,
+    pub latency: Duration,
+}
+
+impl Answer {
+    pub fn accepted(&self) -> bool {
+        matches!(self.status, Some(200 | 202))
+    }
+}
+
+/// A TASK_CHANGE event unique to (contact, sequence), keyed by contact.
+pub fn sequenced_event(contact: i64, sequence: i64) -> Value {
+    let mut event = fixture("TASK_CHANGE");
+    event["contact_id"] = serde_json::json!(contact);
+    event["task_id"] = serde_json::json!(100_000 + contact);
+    event["updated_value"] = serde_json::json!(sequence);
+    event
+}
+
+/// Posts `per_contact` events for each of `contacts` contacts, one contact's
+/// events in sequence (as Superfone sends them), `workers` contacts at a time.
+/// `on_progress` is called with the number of events answered so far.
+pub async fn stream_events(
+    url: String,
+    contacts: std::ops::Range<i64>,
+    per_contact: i64,
+    workers: usize,
+    on_progress: Arc<dyn Fn(usize) + Send + Sync>,
+) -> Vec<Answer> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(workers)
+        .build()
+        .unwrap();
+    let queue = Arc::new(Mutex::new(contacts.collect::<Vec<_>>()));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, url, queue, answered, on_progress) = (
+            client.clone(),
+            url.clone(),
+            queue.clone(),
+            answered.clone(),
+            on_progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            loop {
+                let Some(contact) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                for sequence in 0..per_contact {
+                    let started = Instant::now();
+                    let result = client
+                        .post(&url)
+                        .header("authorization", format!("Bearer {SECRET}"))
+                        .header("content-type", "application/json")
+                        .body(sequenced_event(contact, sequence).to_string())
+                        .send()
+                        .await;
+                    let (status, body, connect_error) = match result {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                            (Some(status), body, false)
+                        }
+                        Err(error) => (None, Value::String(error.to_string()), error.is_connect()),
+                    };
+                    answers.push(Answer {
+                        contact,
+                        sequence,
+                        status,
+                        body,
+                        connect_error,
+                        latency: started.elapsed(),
+                    });
+                    on_progress(answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                }
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    answers
+}
+
+/// Reads a topic from `brokers` (not the shared test broker).
+pub fn consume_from(brokers: &str, topic: &str, expect: usize) -> Vec<Value> {
+    let stack = stack();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consume.py");
+    let output = Command::new(&stack.python)
+        .arg(script)
+        .args([
+            "--brokers",
+            brokers,
+            "--registry",
+            &stack.registry_url,
+            "--topic",
+            topic,
+        ])
+        .args([
+            "--expect",
+            &expect.to_string(),
+            "--idle",
+            "2.0",
+            "--timeout",
+            "180",
+        ])
+        .output()
+        .expect("run tests/py/consume.py");
+    assert!(
+        output.status.success(),
+        "consume.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

@@ -1,0 +1,496 @@
+//! Fault injection against real processes on loopback: the real bridge binary,
+//! real tansu brokers owned by each test (frozen with SIGSTOP, or killed and
+//! replaced, since tansu's memory storage forgets everything on restart), and
+//! the records read back with Confluent's client. Each test prints its figures
+//! (`FAULT-FIGURES {...}`; run `scripts/test --test faults -- --nocapture`).
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{
+    consume_from, free_port, post, signal, stream_events, Answer, Bridge, BridgeOptions, Broker,
+};
+
+/// What a fault run produced, as the closing notes report it.
+#[derive(Debug, Default, serde::Serialize)]
+struct Figures {
+    test: &'static str,
+    sent: usize,
+    answered_2xx: usize,
+    published_200: usize,
+    spooled_202: usize,
+    refused_503: usize,
+    no_response: usize,
+    consumed: usize,
+    duplicate_records: usize,
+    lost: usize,
+    max_answer_ms: u128,
+}
+
+impl Figures {
+    fn report(&self) {
+        println!("FAULT-FIGURES {}", serde_json::to_string(self).unwrap());
+    }
+}
+
+fn count_answers(test: &'static str, answers: &[Answer]) -> Figures {
+    Figures {
+        test,
+        sent: answers.len(),
+        answered_2xx: answers.iter().filter(|a| a.accepted()).count(),
+        published_200: answers
+            .iter()
+            .filter(|a| a.body["status"] == "published")
+            .count(),
+        spooled_202: answers.iter().filter(|a| a.status == Some(202)).count(),
+        refused_503: answers.iter().filter(|a| a.status == Some(503)).count(),
+        no_response: answers.iter().filter(|a| a.status.is_none()).count(),
+        max_answer_ms: answers
+            .iter()
+            .map(|a| a.latency.as_millis())
+            .max()
+            .unwrap_or(0),
+        ..Figures::default()
+    }
+}
+
+/// Checks every 2xx-answered event against the records read back: none lost,
+/// repeats counted (and carrying the same dedup key), each contact on one
+/// partition with its events in the order they were sent.
+fn check_records(figures: &mut Figures, answers: &[Answer], records: &[Value]) {
+    figures.consumed = records.len();
+    let mut seen: HashMap<(i64, i64), usize> = HashMap::new();
+    let mut by_contact: BTreeMap<i64, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for record in records {
+        let contact: i64 = record["key"].as_str().unwrap().parse().unwrap();
+        let sequence: i64 =
+            serde_json::from_str(record["value"]["updated_value"].as_str().unwrap()).unwrap();
+        assert!(
+            record["headers"]["superfone-dedup-key"].as_str().is_some(),
+            "dedup header on every record"
+        );
+        *seen.entry((contact, sequence)).or_default() += 1;
+        let position = (
+            record["partition"].as_i64().unwrap(),
+            record["offset"].as_i64().unwrap(),
+            sequence,
+        );
+        by_contact.entry(contact).or_default().push(position);
+    }
+    figures.duplicate_records = seen.values().map(|n| n - 1).sum();
+    figures.lost = answers
+        .iter()
+        .filter(|a| a.accepted() && !seen.contains_key(&(a.contact, a.sequence)))
+        .count();
+    for (contact, mut positions) in by_contact {
+        let partitions: std::collections::BTreeSet<i64> = positions.iter().map(|p| p.0).collect();
+        assert_eq!(
+            partitions.len(),
+            1,
+            "contact {contact} spread over partitions {partitions:?}"
+        );
+        positions.sort();
+        let mut first_seen = Vec::new();
+        for (_, _, sequence) in positions {
+            if !first_seen.contains(&sequence) {
+                first_seen.push(sequence);
+            }
+        }
+        assert!(
+            first_seen.windows(2).all(|w| w[0] < w[1]),
+            "contact {contact} out of order: {first_seen:?}"
+        );
+    }
+}
+
+fn own_broker_options(broker: &Broker) -> BridgeOptions {
+    BridgeOptions {
+        brokers: Some(broker.address()),
+        ..BridgeOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_stopped_mid_stream_loses_nothing_and_keeps_each_leads_order() {
+    const CONTACTS: i64 = 250;
+    const PER_CONTACT: i64 = 40; // 10,000 events
+    let broker = Broker::start(free_port());
+    let bridge = Bridge::start(
+        own_broker_options(&broker)
+            .with("DELIVERY__ACK_DEADLINE_MS", 1000)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 3000),
+    );
+    let broker_pid = broker.pid();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let on_progress = {
+        let stopped = Arc::clone(&stopped);
+        Arc::new(move |answered: usize| {
+            if answered >= 3_000 && !stopped.swap(true, Ordering::SeqCst) {
+                // Stop the broker for longer than message.timeout.ms, then start it again.
+                std::thread::spawn(move || {
+                    signal(broker_pid, "-STOP");
+                    std::thread::sleep(Duration::from_secs(6));
+                    signal(broker_pid, "-CONT");
+                });
+            }
+        })
+    };
+    let answers = stream_events(
+        bridge.ingest_url(),
+        0..CONTACTS,
+        PER_CONTACT,
+        16,
+        on_progress,
+    )
+    .await;
+    let mut figures = count_answers("broker_stopped_mid_stream", &answers);
+    assert!(
+        figures.spooled_202 > 0,
+        "the outage must have been felt: {figures:?}"
+    );
+    let records = consume_from(
+        &broker.address(),
+        &bridge.topic("TASK_CHANGE"),
+        figures.answered_2xx,
+    );
+    check_records(&mut figures, &answers, &records);
+    figures.report();
+    assert_eq!(figures.sent, 10_000);
+    assert_eq!(
+        figures.answered_2xx, figures.sent,
+        "no event refused: {figures:?}"
+    );
+    assert_eq!(figures.lost, 0, "{figures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bridge_killed_with_the_broker_down_replays_its_spool_after_restart() {
+    let port = free_port();
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix();
+    let options = |broker: &Broker| {
+        BridgeOptions {
+            prefix: prefix.clone(),
+            spool_dir: Some(spool.path().to_owned()),
+            ..own_broker_options(broker)
+        }
+        .with("DELIVERY__ACK_DEADLINE_MS", 500)
+        .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000)
+    };
+    let first_broker = Broker::start(port);
+    let bridge = Bridge::start(options(&first_broker));
+    let topic = bridge.topic("TASK_CHANGE");
+
+    // Phase A, broker up: everything published, read back before the broker goes.
+    let answers_a = stream_events(bridge.ingest_url(), 0..50, 20, 8, Arc::new(|_| {})).await;
+    let mut figures_a = count_answers("bridge_killed_phase_a_broker_up", &answers_a);
+    assert_eq!(figures_a.published_200, 1_000, "{figures_a:?}");
+    check_records(
+        &mut figures_a,
+        &answers_a,
+        &consume_from(&first_broker.address(), &topic, 1_000),
+    );
+    figures_a.report();
+    assert_eq!(figures_a.lost, 0);
+    drop(first_broker);
+
+    // Phase B, broker down: spooled; kill -9 the bridge in the middle.
+    let bridge_pid = bridge.pid();
+    let killed = Arc::new(AtomicBool::new(false));
+    let on_progress = {
+        let killed = Arc::clone(&killed);
+        Arc::new(move |answered: usize| {
+            if answered >= 1_000 && !killed.swap(true, Ordering::SeqCst) {
+                signal(bridge_pid, "-KILL");
+            }
+        })
+    };
+    let answers_b = stream_events(bridge.ingest_url(), 50..150, 20, 8, on_progress).await;
+    drop(bridge);
+    let mut figures_b = count_answers("bridge_killed_phase_b_broker_down", &answers_b);
+    assert!(figures_b.spooled_202 >= 900, "{figures_b:?}");
+    assert_eq!(figures_b.published_200, 0);
+
+    // A new broker (empty), the bridge restarted on the same spool: it replays.
+    let second_broker = Broker::start(port);
+    let restarted = Bridge::start(options(&second_broker));
+    let records = consume_from(&second_broker.address(), &topic, figures_b.answered_2xx);
+    check_records(&mut figures_b, &answers_b, &records);
+    figures_b.report();
+    assert_eq!(figures_b.lost, 0, "{figures_b:?}");
+    assert!(restarted
+        .log_text()
+        .contains("replaying events left in the spool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_answers_every_request_in_flight() {
+    let broker = Broker::start(free_port());
+    let mut bridge = Bridge::start(own_broker_options(&broker));
+    let pid = bridge.pid();
+    let terminated = Arc::new(AtomicBool::new(false));
+    let on_progress = {
+        let terminated = Arc::clone(&terminated);
+        Arc::new(move |answered: usize| {
+            if answered >= 1_000 && !terminated.swap(true, Ordering::SeqCst) {
+                signal(pid, "-TERM");
+            }
+        })
+    };
+    let answers = stream_events(bridge.ingest_url(), 0..40, 50, 32, on_progress).await;
+    let mut figures = count_answers("sigterm_under_load", &answers);
+    let status = bridge
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits after draining");
+    assert!(status.success(), "{status}");
+    assert!(
+        answers.iter().all(|a| a.accepted() || a.status.is_none()),
+        "only 2xx, or no response at all (connection refused or closed by the shutdown)"
+    );
+    let records = consume_from(
+        &broker.address(),
+        &bridge.topic("TASK_CHANGE"),
+        figures.answered_2xx,
+    );
+    check_records(&mut figures, &answers, &records);
+    // A request the bridge processed must have been answered: an unanswered
+    // event found in Kafka would be an answer lost in flight. (A request written
+    // to a keep-alive connection just as the shutdown closes it idle is never
+    // read: no record, and the client sees a transport error.)
+    let processed: std::collections::HashSet<(i64, i64)> = records
+        .iter()
+        .map(|r| {
+            let sequence: i64 =
+                serde_json::from_str(r["value"]["updated_value"].as_str().unwrap()).unwrap();
+            (r["key"].as_str().unwrap().parse().unwrap(), sequence)
+        })
+        .collect();
+    let unanswered_but_processed: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status.is_none() && processed.contains(&(a.contact, a.sequence)))
+        .collect();
+    assert!(
+        unanswered_but_processed.is_empty(),
+        "processed but unanswered: {:?}",
+        unanswered_but_processed.first()
+    );
+    figures.report();
+    assert!(figures.answered_2xx >= 1_000);
+    assert_eq!(figures.lost, 0, "{figures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_event_posted_twice_is_one_record() {
+    let broker = Broker::start(free_port());
+    let bridge = Bridge::start(own_broker_options(&broker));
+    let client = support::client();
+    let event = support::sequenced_event(7, 1).to_string();
+    let concurrent: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url, event) = (client.clone(), bridge.ingest_url(), event.clone());
+            tokio::spawn(async move {
+                let auth = format!("Bearer {}", support::SECRET);
+                support::post_with(&client, &url, event, Some(&auth), &[]).await
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in concurrent {
+        replies.push(task.await.unwrap());
+    }
+    for _ in 0..5 {
+        replies.push(post(&client, &bridge, event.clone()).await);
+    }
+    assert!(
+        replies.iter().all(|(status, _)| *status == 200),
+        "{replies:?}"
+    );
+    let published: Vec<&Value> = replies
+        .iter()
+        .map(|(_, b)| b)
+        .filter(|b| b["status"] == "published")
+        .collect();
+    assert_eq!(published.len(), 1, "{replies:?}");
+    for (_, reply) in &replies {
+        if reply["status"] == "duplicate" {
+            assert_eq!(
+                reply["offset"], published[0]["offset"],
+                "duplicates point at the first delivery"
+            );
+            assert_eq!(reply["first_group_id"], published[0]["group_id"]);
+            assert!(reply["dedup_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("TASK_CHANGE|task_id=100007|"));
+        }
+    }
+    let records = consume_from(&broker.address(), &bridge.topic("TASK_CHANGE"), 1);
+    assert_eq!(records.len(), 1, "one record for 15 deliveries");
+    println!(
+        "FAULT-FIGURES {}",
+        json!({"test": "same_event_twice", "sent": 15, "published": 1, "duplicates_answered": 14, "records": records.len()})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_answers_503_without_crashing_and_recovers() {
+    let broker = Broker::start(free_port());
+    let bridge = Bridge::start(
+        own_broker_options(&broker)
+            .with("SPOOL__MAX_BYTES", 65_536)
+            .with("SPOOL__SEGMENT_BYTES", 16_384)
+            .with("DELIVERY__ACK_DEADLINE_MS", 300)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000),
+    );
+    let client = support::client();
+    broker.freeze();
+    let mut answers = Vec::new();
+    let mut sequence = 0;
+    while sequence < 2_000 && !answers.iter().any(|a: &Answer| a.status == Some(503)) {
+        let started = std::time::Instant::now();
+        let (status, body) = post(
+            &client,
+            &bridge,
+            support::sequenced_event(1, sequence).to_string(),
+        )
+        .await;
+        answers.push(Answer {
+            contact: 1,
+            sequence,
+            status: Some(status),
+            body,
+            connect_error: false,
+            latency: started.elapsed(),
+        });
+        sequence += 1;
+    }
+    let full = answers.last().unwrap().clone();
+    assert_eq!(full.status, Some(503), "the spool cap was reached");
+    assert_eq!(full.body["status"], "unavailable");
+    assert!(bridge.log_text().contains("spool is full"), "logged loudly");
+    broker.resume();
+
+    // Space returns as the spool drains; new events are accepted again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = std::time::Instant::now();
+        let (status, body) = post(
+            &client,
+            &bridge,
+            support::sequenced_event(1, sequence).to_string(),
+        )
+        .await;
+        answers.push(Answer {
+            contact: 1,
+            sequence,
+            status: Some(status),
+            body,
+            connect_error: false,
+            latency: started.elapsed(),
+        });
+        sequence += 1;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut figures = count_answers("spool_full", &answers);
+    let records = consume_from(
+        &broker.address(),
+        &bridge.topic("TASK_CHANGE"),
+        figures.answered_2xx,
+    );
+    check_records(&mut figures, &answers, &records);
+    figures.report();
+    assert_eq!(figures.lost, 0, "{figures:?}");
+    assert!(figures.refused_503 >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_oversized_clients_do_not_starve_a_normal_one() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let bridge = Bridge::start(
+        BridgeOptions::default()
+            .with("DELIVERY__HEADER_READ_TIMEOUT_MS", 1000)
+            .with("DELIVERY__BODY_READ_TIMEOUT_MS", 1000),
+    );
+    let addr = bridge.addr.clone();
+    let mut attackers = Vec::new();
+    for n in 0..150 {
+        let addr = addr.clone();
+        attackers.push(std::thread::spawn(move || -> String {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let auth = format!("authorization: Bearer {}\r\n", support::SECRET);
+            let _ = match n % 3 {
+                // Slow-loris: headers a byte at a time.
+                0 => "POST /superfone/events HTTP/1.1\r\nhost: x\r\n".bytes().try_for_each(|byte| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    stream.write_all(&[byte])
+                }),
+                // Oversized: a 100 MiB body announced.
+                1 => write!(stream, "POST /superfone/events HTTP/1.1\r\nhost: x\r\n{auth}content-length: 104857600\r\n\r\n{}", "x".repeat(10_000)),
+                // Slow body: 10 bytes then silence.
+                _ => write!(stream, "POST /superfone/events HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1000\r\n\r\n0123456789"),
+            };
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            response.lines().next().unwrap_or("<closed>").to_owned()
+        }));
+    }
+    let client = support::client();
+    let mut answers = Vec::new();
+    for sequence in 0..100 {
+        let started = std::time::Instant::now();
+        let (status, body) = post(
+            &client,
+            &bridge,
+            support::sequenced_event(9, sequence).to_string(),
+        )
+        .await;
+        answers.push(Answer {
+            contact: 9,
+            sequence,
+            status: Some(status),
+            body,
+            connect_error: false,
+            latency: started.elapsed(),
+        });
+    }
+    let attacker_results: Vec<String> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut figures = count_answers("slow_and_oversized_flood", &answers);
+    assert_eq!(figures.published_200, 100, "{figures:?}");
+    let tally = |prefix: &str| {
+        attacker_results
+            .iter()
+            .filter(|line| line.starts_with(prefix))
+            .count()
+    };
+    assert_eq!(
+        tally("HTTP/1.1 413"),
+        50,
+        "oversized bodies refused: {attacker_results:?}"
+    );
+    assert_eq!(
+        tally("HTTP/1.1 408"),
+        50,
+        "slow bodies timed out: {attacker_results:?}"
+    );
+    // Slow-loris connections are cut by the header-read timeout (hyper answers 408 or closes).
+    let cut = attacker_results
+        .iter()
+        .enumerate()
+        .filter(|(n, line)| n % 3 == 0 && (line.starts_with("HTTP/1.1 408") || *line == "<closed>"))
+        .count();
+    assert_eq!(cut, 50, "{attacker_results:?}");
+    let records = support::consume(&bridge.topic("TASK_CHANGE"), 100, false);
+    check_records(&mut figures, &answers, &records);
+    figures.report();
+    assert_eq!(figures.lost, 0);
+}
