@@ -39,7 +39,23 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub spool: SpoolConfig,
     pub dedup: DedupConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+/// The admin listener: /metrics, /healthz, /readyz (keep it off the public ingress).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
 }
 
 /// When to answer, and how much work to take on.
@@ -193,6 +209,9 @@ pub struct KafkaConfig {
     pub topic_replication_factor: i32,
     /// How long start-up waits for broker metadata before giving up.
     pub startup_timeout_ms: u64,
+    /// `statistics.interval.ms`: how often librdkafka's queue depth and broker
+    /// RTT are sampled into the metrics.
+    pub statistics_interval_ms: u32,
     /// Raw librdkafka settings passed through as-is (TLS, SASL, tuning).
     /// Values whose key mentions password/secret are redacted by `check-config`.
     pub options: BTreeMap<String, String>,
@@ -210,6 +229,7 @@ impl Default for KafkaConfig {
             topic_partitions: 6,
             topic_replication_factor: -1,
             startup_timeout_ms: 10_000,
+            statistics_interval_ms: 5_000,
             options: BTreeMap::new(),
         }
     }

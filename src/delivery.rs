@@ -38,6 +38,7 @@ pub enum Durable {
 
 struct Queued {
     record: Record,
+    queued_at: std::time::Instant,
     /// A first attempt still running: resolves `true` if it reached Kafka.
     first_attempt: Option<oneshot::Receiver<bool>>,
 }
@@ -109,6 +110,7 @@ impl Delivery {
             id,
             Queued {
                 record,
+                queued_at: std::time::Instant::now(),
                 first_attempt,
             },
         );
@@ -129,16 +131,19 @@ impl Delivery {
     /// Makes the record durable: Kafka within the deadline, else the spool.
     pub async fn deliver(&self, record: Record) -> Result<Durable, SpoolError> {
         if !self.must_spool(&record) {
+            let enqueued_at = std::time::Instant::now();
             match self.publisher.enqueue(&record) {
                 Ok(mut acknowledgement) => {
                     match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
                         Ok(Ok(delivered)) => {
+                            crate::metrics::record_produce(enqueued_at.elapsed());
                             self.stats.published.fetch_add(1, Ordering::Relaxed);
                             return Ok(Durable::Published(delivered));
                         }
                         Ok(Err(error)) => {
                             tracing::warn!(%error, "Kafka refused the record; spooling it");
                             self.kafka_up.store(false, Ordering::Relaxed);
+                            self.publisher.recover(&error);
                         }
                         Err(_deadline) => {
                             tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
@@ -163,7 +168,10 @@ impl Delivery {
         let result = self.spool.append(record).await;
         match &result {
             Ok(_) => self.stats.spooled.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.stats.spool_failures.fetch_add(1, Ordering::Relaxed),
+            Err(_) => {
+                metrics::counter!(crate::metrics::SPOOL_FAILURES).increment(1);
+                self.stats.spool_failures.fetch_add(1, Ordering::Relaxed)
+            }
         };
         result
     }
@@ -202,6 +210,29 @@ impl Delivery {
     /// Entries waiting to reach Kafka.
     pub fn backlog_len(&self) -> usize {
         self.backlog.lock().expect("backlog lock").entries.len()
+    }
+
+    /// Updates the spool gauges once a second until `stop`.
+    pub async fn report_spool(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let (records, oldest) = {
+                let backlog = self.backlog.lock().expect("backlog lock");
+                let oldest = backlog
+                    .entries
+                    .values()
+                    .next()
+                    .map(|q| q.queued_at.elapsed());
+                (backlog.entries.len(), oldest)
+            };
+            metrics::gauge!(crate::metrics::SPOOL_RECORDS).set(records as f64);
+            metrics::gauge!(crate::metrics::SPOOL_BYTES).set(self.spool.used_bytes() as f64);
+            metrics::gauge!(crate::metrics::SPOOL_OLDEST_AGE)
+                .set(oldest.unwrap_or_default().as_secs_f64());
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                () = stop.cancelled() => return,
+            }
+        }
     }
 
     /// The replay task: runs until `stop` is cancelled.
@@ -269,6 +300,7 @@ impl Delivery {
         for (id, acknowledgement) in acknowledgements {
             match acknowledgement.await {
                 Ok(_) => {
+                    metrics::counter!(crate::metrics::REPLAYED).increment(1);
                     self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                     self.complete(id);
                 }

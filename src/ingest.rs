@@ -103,8 +103,17 @@ impl Ingest {
             event = field::Empty,
             status = field::Empty
         );
+        let started = std::time::Instant::now();
+        let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT);
+        in_flight.increment(1.0);
         let outcome = self.deliver(request).instrument(span.clone()).await;
+        in_flight.decrement(1.0);
         span.record("status", outcome.status().as_u16());
+        crate::metrics::record_request(
+            outcome.event().unwrap_or("unknown"),
+            outcome.name(),
+            started.elapsed(),
+        );
         outcome.into_response()
     }
 
@@ -245,6 +254,7 @@ impl Ingest {
             Some(dedup) => match dedup.claim(&dedup_key).await {
                 Claim::New(pending) => Some(pending),
                 Claim::Duplicate(first_delivery) => {
+                    metrics::counter!(crate::metrics::DEDUP_HITS).increment(1);
                     tracing::info!(dedup_key = %dedup_key, "duplicate delivery, not published again");
                     return Outcome::Duplicate {
                         event: kind.as_str(),

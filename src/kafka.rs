@@ -4,12 +4,13 @@
 
 use crate::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Statistics};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -52,11 +53,28 @@ pub struct Record {
 pub type Acknowledgement =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, PublishError>> + Send>>;
 
+/// Feeds librdkafka's statistics into the metrics, and logs its client-level
+/// errors (e.g. all brokers down) as warnings: the delivery path reports the
+/// consequences itself.
+pub struct BridgeContext;
+
+impl ClientContext for BridgeContext {
+    fn stats(&self, statistics: Statistics) {
+        crate::metrics::record_kafka_statistics(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "librdkafka");
+    }
+}
+
+type KafkaProducer = FutureProducer<BridgeContext>;
+
 pub struct Publisher {
     /// Replaced when librdkafka reports a fatal error (e.g. the idempotent
     /// producer was fenced after in-flight requests timed out): a fatal
     /// producer never recovers, and the spool replays what it lost.
-    producer: RwLock<FutureProducer>,
+    producer: RwLock<KafkaProducer>,
     /// When the producer was last replaced: a burst of failures from the old
     /// producer's queue must not replace the new one again.
     replaced_at: std::sync::Mutex<Option<std::time::Instant>>,
@@ -73,7 +91,11 @@ impl Publisher {
             .set("compression.type", &config.compression)
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set("partitioner", &config.partitioner);
+            .set("partitioner", &config.partitioner)
+            .set(
+                "statistics.interval.ms",
+                config.statistics_interval_ms.to_string(),
+            );
         for (key, value) in &config.options {
             client_config.set(key, value);
         }
@@ -81,7 +103,11 @@ impl Publisher {
         client_config
             .set("enable.idempotence", "true")
             .set("acks", "all");
-        let producer = RwLock::new(client_config.create().map_err(PublishError::Client)?);
+        let producer = RwLock::new(
+            client_config
+                .create_with_context(BridgeContext)
+                .map_err(PublishError::Client)?,
+        );
         Ok(Publisher {
             producer,
             replaced_at: std::sync::Mutex::new(None),
@@ -90,7 +116,7 @@ impl Publisher {
         })
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> KafkaProducer {
         self.producer.read().expect("producer lock").clone()
     }
 
@@ -121,8 +147,12 @@ impl Publisher {
             return false;
         }
         tracing::error!(%error, fatal = ?fatal, "Kafka producer cannot recover; replacing it");
-        match self.client_config.create::<FutureProducer>() {
+        match self
+            .client_config
+            .create_with_context::<_, KafkaProducer>(BridgeContext)
+        {
             Ok(fresh) => {
+                metrics::counter!(crate::metrics::PRODUCER_REPLACEMENTS).increment(1);
                 let failed = std::mem::replace(&mut *producer, fresh);
                 *replaced_at = Some(std::time::Instant::now());
                 // Dropping a producer can block on its queue: not on the runtime.

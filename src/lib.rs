@@ -5,6 +5,7 @@
 //! and binds the listener; `App::run_until_stopped` serves until the shutdown
 //! future resolves, drains, and flushes the producer.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod convert;
@@ -14,6 +15,7 @@ pub mod delivery;
 pub mod event;
 pub mod ingest;
 pub mod kafka;
+pub mod metrics;
 pub mod registry;
 pub mod response;
 pub mod schema;
@@ -64,6 +66,8 @@ pub enum StartupError {
 
 pub struct App {
     listener: TcpListener,
+    admin_listener: TcpListener,
+    readiness: Arc<admin::Readiness>,
     ingest: Arc<Ingest>,
     publisher: Arc<Publisher>,
     delivery: Arc<Delivery>,
@@ -77,6 +81,8 @@ impl App {
             None => SchemaSource::Embedded,
         };
         let schemas = schema::load_all(&source)?;
+        // Install the recorder before anything records.
+        metrics::handle();
 
         let publisher = Arc::new(Publisher::new(&config.kafka)?);
         let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
@@ -181,14 +187,19 @@ impl App {
             Arc::clone(&delivery),
             dedup,
         ));
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.server.listen,
-                source,
-            })?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })
+        };
+        let listener = bind(config.server.listen).await?;
+        let admin_listener = bind(config.admin.listen).await?;
+        let readiness = Arc::new(admin::Readiness::default());
+        readiness.set_schemas_registered();
         Ok(App {
             listener,
+            admin_listener,
+            readiness,
             ingest,
             publisher,
             delivery,
@@ -206,6 +217,12 @@ impl App {
             .expect("bound listener has an address")
     }
 
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
     pub fn delivery(&self) -> &Arc<Delivery> {
         &self.delivery
     }
@@ -216,6 +233,18 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let stop_replay = CancellationToken::new();
         let replay = tokio::spawn(Arc::clone(&self.delivery).replay(stop_replay.clone()));
+        let stop_background = CancellationToken::new();
+        tokio::spawn(Arc::clone(&self.delivery).report_spool(stop_background.clone()));
+        tokio::spawn(
+            Arc::clone(&self.readiness)
+                .watch_broker(Arc::clone(&self.publisher), stop_background.clone()),
+        );
+        tokio::spawn(admin::serve(
+            self.admin_listener,
+            Arc::clone(&self.readiness),
+            metrics::handle(),
+            stop_background.clone(),
+        ));
         server::serve(self.listener, self.ingest, shutdown, self.limits).await;
         stop_replay.cancel();
         let _ = replay.await;
@@ -227,6 +256,7 @@ impl App {
         if let Err(error) = self.delivery.spool().sync().await {
             tracing::error!(%error, "spool sync at shutdown failed");
         }
+        stop_background.cancel();
         tracing::info!(left_in_spool = self.delivery.backlog_len(), "stopped");
     }
 }

@@ -60,7 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(&config.log);
     let auth = Authenticator::from_config(&config.auth)?;
     let app = App::build(config, auth).await.context("start-up failed")?;
-    tracing::info!(ingest_addr = %app.local_addr(), "ready");
+    tracing::info!(ingest_addr = %app.local_addr(), admin_addr = %app.admin_addr(), "ready");
     app.run_until_stopped(shutdown_signal()).await;
     Ok(())
 }

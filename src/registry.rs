@@ -82,10 +82,11 @@ pub async fn register_all(
             schema,
         );
         let id = if config.auto_register {
-            register(&settings, &subject, schema).await?
+            register(&settings, &subject, schema).await
         } else {
-            look_up(&settings, &subject, schema).await?
-        };
+            look_up(&settings, &subject, schema).await
+        }
+        .inspect_err(|_| metrics::counter!(crate::metrics::REGISTRY_ERRORS).increment(1))?;
         tracing::info!(event = %schema.kind, subject = %subject, schema_id = id, "schema ready");
         registered.push(RegisteredSubject { subject, id });
     }

@@ -148,6 +148,17 @@ impl Outcome {
         }
     }
 
+    /// The event, when the body named a known one.
+    pub fn event(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Published { event, .. }
+            | Outcome::Spooled { event, .. }
+            | Outcome::Duplicate { event, .. } => Some(event),
+            Outcome::DeadLettered { event, .. } => *event,
+            _ => None,
+        }
+    }
+
     fn group_id(&self) -> Option<&str> {
         match self {
             Outcome::Published { group_id, .. }

@@ -78,6 +78,7 @@ impl BridgeOptions {
 pub struct Bridge {
     child: Child,
     pub addr: String,
+    pub admin_addr: String,
     pub prefix: String,
     pub logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
@@ -89,20 +90,18 @@ pub struct StartFailure {
     pub logs: String,
 }
 
-fn spawn(
-    options: &BridgeOptions,
-    dir: &Path,
-) -> (
-    Child,
-    Arc<Mutex<Vec<String>>>,
-    std::sync::mpsc::Receiver<String>,
-) {
+/// Log lines collected from the bridge's stderr.
+type Logs = Arc<Mutex<Vec<String>>>;
+/// The ingest and admin addresses from the bridge's "ready" line.
+type ReadyAddrs = std::sync::mpsc::Receiver<(String, String)>;
+
+fn spawn(options: &BridgeOptions, dir: &Path) -> (Child, Logs, ReadyAddrs) {
     let stack = stack();
     let config = dir.join("bridge.toml");
     let mut file = std::fs::File::create(&config).unwrap();
     write!(
         file,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n[topics]\nprefix = \"{}\"\n[spool]\ndir = \"{}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n[topics]\nprefix = \"{}\"\n[spool]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
         options.brokers.as_deref().unwrap_or(&stack.brokers),
         stack.registry_url,
         options.prefix,
@@ -128,12 +127,9 @@ fn spawn(
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(json) = serde_json::from_str::<Value>(&line) {
                 if json["fields"]["message"] == "ready" {
-                    let _ = ready_tx.send(
-                        json["fields"]["ingest_addr"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
+                    let field =
+                        |name: &str| json["fields"][name].as_str().unwrap_or_default().to_owned();
+                    let _ = ready_tx.send((field("ingest_addr"), field("admin_addr")));
                 }
             }
             sink.lock().unwrap().push(line);
@@ -158,10 +154,11 @@ impl Bridge {
         let (mut child, logs, ready) = spawn(&options, dir.path());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(addr) = ready.recv_timeout(Duration::from_millis(50)) {
+            if let Ok((addr, admin_addr)) = ready.recv_timeout(Duration::from_millis(50)) {
                 return Ok(Bridge {
                     child,
                     addr,
+                    admin_addr,
                     prefix: options.prefix,
                     logs,
                     _dir: dir,
@@ -178,6 +175,10 @@ impl Bridge {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
     }
 
     pub fn ingest_url(&self) -> String {

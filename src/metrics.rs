@@ -1,0 +1,112 @@
+//! Prometheus metrics: every metric name the bridge exports, the recorder
+//! (`metrics` + `metrics-exporter-prometheus`, rendered by the admin listener,
+//! never on the ingest port), and the periodic gauges (spool, librdkafka).
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+pub const REQUESTS: &str = "superfone_requests_total";
+pub const REQUEST_DURATION: &str = "superfone_request_duration_seconds";
+pub const PRODUCE_DURATION: &str = "superfone_produce_duration_seconds";
+pub const IN_FLIGHT: &str = "superfone_requests_in_flight";
+pub const DEDUP_HITS: &str = "superfone_dedup_hits_total";
+pub const REGISTRY_ERRORS: &str = "superfone_registry_errors_total";
+pub const SPOOL_RECORDS: &str = "superfone_spool_records";
+pub const SPOOL_BYTES: &str = "superfone_spool_bytes";
+pub const SPOOL_OLDEST_AGE: &str = "superfone_spool_oldest_age_seconds";
+pub const SPOOL_FAILURES: &str = "superfone_spool_append_failures_total";
+pub const REPLAYED: &str = "superfone_spool_replayed_total";
+pub const PRODUCER_REPLACEMENTS: &str = "superfone_kafka_producer_replacements_total";
+pub const KAFKA_QUEUE: &str = "superfone_kafka_queue_messages";
+pub const KAFKA_RTT: &str = "superfone_kafka_broker_rtt_seconds";
+pub const READY: &str = "superfone_ready";
+
+/// Latency buckets (seconds): the ack deadline (2 s) and Superfone's 5 s matter most.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder, installed on first use; the handle renders the
+/// exposition text.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| install().expect("installing the Prometheus recorder"))
+        .clone()
+}
+
+fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
+        .install_recorder()?;
+    describe_counter!(REQUESTS, "Requests by event and outcome (published, spooled, duplicate, dead_lettered, unauthorized, payload_too_large, request_timeout, bad_request, not_found, method_not_allowed, unavailable)");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request to answer, by outcome"
+    );
+    describe_histogram!(
+        PRODUCE_DURATION,
+        Unit::Seconds,
+        "Time from enqueue to broker acknowledgement"
+    );
+    describe_gauge!(IN_FLIGHT, "Requests being handled");
+    describe_counter!(DEDUP_HITS, "Deliveries answered as duplicates");
+    describe_counter!(REGISTRY_ERRORS, "Schema registry calls that failed");
+    describe_gauge!(
+        SPOOL_RECORDS,
+        "Events in the spool not yet acknowledged by Kafka"
+    );
+    describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes of spool segment files on disk"
+    );
+    describe_gauge!(
+        SPOOL_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest event waiting in the spool (0 when empty)"
+    );
+    describe_counter!(
+        SPOOL_FAILURES,
+        "Events neither Kafka nor the spool took (answered 503)"
+    );
+    describe_counter!(REPLAYED, "Spooled events replayed to Kafka");
+    describe_counter!(
+        PRODUCER_REPLACEMENTS,
+        "Kafka producers replaced after a fatal or fenced state"
+    );
+    describe_gauge!(
+        KAFKA_QUEUE,
+        "Messages in librdkafka's producer queue (statistics msg_cnt)"
+    );
+    describe_gauge!(
+        KAFKA_RTT,
+        Unit::Seconds,
+        "Average broker round-trip time, by broker (librdkafka statistics)"
+    );
+    describe_gauge!(READY, "1 when /readyz is ready");
+    Ok(handle)
+}
+
+pub fn record_request(event: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(REQUESTS, "event" => event, "outcome" => outcome).increment(1);
+    histogram!(REQUEST_DURATION, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+pub fn record_produce(elapsed: Duration) {
+    histogram!(PRODUCE_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// librdkafka statistics (every `statistics.interval.ms`) that matter to operators.
+pub fn record_kafka_statistics(statistics: &rdkafka::Statistics) {
+    gauge!(KAFKA_QUEUE).set(statistics.msg_cnt as f64);
+    for (name, broker) in &statistics.brokers {
+        if let Some(rtt) = &broker.rtt {
+            gauge!(KAFKA_RTT, "broker" => name.clone()).set(rtt.avg as f64 / 1_000_000.0);
+        }
+    }
+}
