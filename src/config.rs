@@ -40,7 +40,26 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub dedup: DedupConfig,
     pub admin: AdminConfig,
+    pub tracing: TracingConfig,
     pub log: LogConfig,
+}
+
+/// OpenTelemetry trace export. Each key overrides the standard variable named
+/// in its comment; unset everywhere means no export (trace ids are still made).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP collector base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`), e.g. http://jaeger:4318.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (`OTEL_EXPORTER_OTLP_PROTOCOL`; default http/protobuf).
+    pub protocol: Option<String>,
+    /// `service.name` (`OTEL_SERVICE_NAME`; default superfone-bridge).
+    pub service_name: Option<String>,
+    /// always_on, always_off, traceidratio, parentbased_* (`OTEL_TRACES_SAMPLER`;
+    /// default parentbased_always_on).
+    pub sampler: Option<String>,
+    /// Ratio for the traceidratio samplers (`OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler_ratio: Option<f64>,
 }
 
 /// The admin listener: /metrics, /healthz, /readyz (keep it off the public ingress).

@@ -12,6 +12,7 @@ use crate::event::{self, EventKind};
 use crate::kafka::Record;
 use crate::response::{Outcome, RecordRef};
 use crate::spool::SpoolError;
+use crate::telemetry;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
@@ -98,23 +99,40 @@ impl Ingest {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let span = tracing::info_span!(
-            "delivery",
-            group_id = field::Empty,
-            event = field::Empty,
-            status = field::Empty
+            "superfone.delivery",
+            otel.kind = "server",
+            otel.status_code = field::Empty,
+            http.request.method = %request.method(),
+            http.route = %self.settings.ingest_path,
+            http.response.status_code = field::Empty,
+            superfone.group_id = field::Empty,
+            superfone.event = field::Empty,
+            superfone.contact_id = field::Empty,
+            superfone.dedup_key = field::Empty,
+            superfone.outcome = field::Empty,
+            trace_id = field::Empty,
         );
+        telemetry::continue_trace(&span, request.headers());
+        let trace_id = telemetry::trace_id(&span);
+        if let Some(trace_id) = &trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
         let started = std::time::Instant::now();
         let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT);
         in_flight.increment(1.0);
         let outcome = self.deliver(request).instrument(span.clone()).await;
         in_flight.decrement(1.0);
-        span.record("status", outcome.status().as_u16());
+        span.record("http.response.status_code", outcome.status().as_u16());
+        span.record("superfone.outcome", outcome.name());
+        if outcome.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
         crate::metrics::record_request(
             outcome.event().unwrap_or("unknown"),
             outcome.name(),
             started.elapsed(),
         );
-        outcome.into_response()
+        outcome.into_response(trace_id)
     }
 
     async fn deliver<B>(&self, request: Request<B>) -> Outcome
@@ -213,7 +231,17 @@ impl Ingest {
             .clone()
             .or_else(|| object.and_then(event::body_group_id).map(str::to_owned))
             .unwrap_or_else(new_group_id);
-        tracing::Span::current().record("group_id", group_id.as_str());
+        let current = tracing::Span::current();
+        current.record("superfone.group_id", group_id.as_str());
+        if let Some(contact_id) = object
+            .and_then(|o| o.get("contact_id"))
+            .filter(|v| !v.is_null())
+        {
+            current.record(
+                "superfone.contact_id",
+                contact_id.to_string().trim_matches('"'),
+            );
+        }
         let key = object.and_then(event::record_key);
         let kind = match event::dispatch(&parsed) {
             Ok(kind) => kind,
@@ -223,12 +251,29 @@ impl Ingest {
                     .await
             }
         };
-        tracing::Span::current().record("event", kind.as_str());
+        current.record("superfone.event", kind.as_str());
         let object = object.expect("dispatch accepted an object");
         let route = self.route(kind);
-        let payload = match route.converter.encode(route.schema_id, object) {
+        // The ids were registered at start-up: the lookup is a cache hit, kept
+        // as a span so a trace shows which schema version encoded the record.
+        tracing::info_span!(
+            "superfone.registry.lookup",
+            superfone.schema_id = route.schema_id,
+            superfone.registry.cached = true
+        )
+        .in_scope(|| ());
+        let convert = tracing::info_span!(
+            "superfone.convert",
+            superfone.event = kind.as_str(),
+            superfone.schema_id = route.schema_id,
+            otel.status_code = field::Empty,
+            otel.status_description = field::Empty
+        );
+        let payload = match convert.in_scope(|| route.converter.encode(route.schema_id, object)) {
             Ok(payload) => payload,
             Err(error) => {
+                convert.record("otel.status_code", "ERROR");
+                convert.record("otel.status_description", error.to_string());
                 let rejection = Rejection::conversion(kind, error);
                 return self
                     .dead_letter(rejection, &envelope, group_id, key.as_deref(), &body)
@@ -236,6 +281,7 @@ impl Ingest {
             }
         };
         let dedup_key = event::dedup_key(kind, object);
+        current.record("superfone.dedup_key", dedup_key.as_str());
         let record = Record {
             topic: route.topic.clone(),
             key,
@@ -265,7 +311,7 @@ impl Ingest {
                 }
             },
         };
-        let durable = match self.delivery.deliver(record).await {
+        let durable = match self.deliver_record(record).await {
             Ok(durable) => durable,
             Err(error) => return unavailable(&error, group_id),
         };
@@ -331,7 +377,7 @@ impl Ingest {
             headers,
             payload: body.to_vec(),
         };
-        match self.delivery.deliver(record).await {
+        match self.deliver_record(record).await {
             Ok(durable) => {
                 tracing::warn!(
                     reason = rejection.reason.as_str(),
@@ -356,6 +402,46 @@ impl Ingest {
             }
             Err(error) => unavailable(&error, group_id),
         }
+    }
+}
+
+impl Ingest {
+    /// Delivers one record inside a `superfone.produce` span (renamed
+    /// `superfone.spool` when it is spooled) with the OpenTelemetry messaging
+    /// attributes, and puts that span's W3C trace context on the record.
+    async fn deliver_record(&self, mut record: Record) -> Result<Durable, SpoolError> {
+        let span = tracing::info_span!(
+            "superfone.produce",
+            otel.name = "superfone.produce",
+            otel.kind = "producer",
+            otel.status_code = field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %record.topic,
+            messaging.kafka.message.key = record.key.as_deref().unwrap_or(""),
+            messaging.destination.partition.id = field::Empty,
+            messaging.kafka.offset = field::Empty,
+            superfone.spool_id = field::Empty,
+        );
+        record.headers.extend(telemetry::trace_headers(&span));
+        let result = self.delivery.deliver(record).instrument(span.clone()).await;
+        match &result {
+            Ok(Durable::Published(delivered)) => {
+                span.record(
+                    "messaging.destination.partition.id",
+                    delivered.partition.to_string(),
+                );
+                span.record("messaging.kafka.offset", delivered.offset);
+            }
+            Ok(Durable::Spooled(id)) => {
+                span.record("otel.name", "superfone.spool");
+                span.record("superfone.spool_id", id);
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
     }
 }
 

@@ -57,11 +57,19 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(&config.log);
+    let telemetry =
+        telemetry::init(&config.log, &config.tracing).context("setting up telemetry")?;
     let auth = Authenticator::from_config(&config.auth)?;
     let app = App::build(config, auth).await.context("start-up failed")?;
-    tracing::info!(ingest_addr = %app.local_addr(), admin_addr = %app.admin_addr(), "ready");
+    tracing::info!(
+        ingest_addr = %app.local_addr(),
+        admin_addr = %app.admin_addr(),
+        otlp_endpoint = telemetry.exporting_to.as_deref().unwrap_or("none"),
+        "ready"
+    );
     app.run_until_stopped(shutdown_signal()).await;
+    // Flushing the last spans blocks: off the runtime's workers.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
 }
 

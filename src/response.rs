@@ -15,6 +15,8 @@ use serde::Serialize;
 
 /// Response header repeating the delivery's correlation id.
 pub const GROUP_ID_HEADER: &str = "x-superfone-group-id";
+/// Response header with the delivery's trace id (32 hex digits), for Jaeger.
+pub const TRACE_ID_HEADER: &str = "x-superfone-trace-id";
 
 /// Where a record is durable: a Kafka partition and offset, or the spool.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -170,8 +172,14 @@ impl Outcome {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::to_vec(&self).expect("outcome serializes");
+    /// The HTTP response; `trace_id` goes into the body and the
+    /// `x-superfone-trace-id` header, so the vendor's log leads to the trace.
+    pub fn into_response(self, trace_id: Option<String>) -> Response<Full<Bytes>> {
+        let mut body = serde_json::to_value(&self).expect("outcome serializes");
+        if let (Some(trace_id), Some(object)) = (&trace_id, body.as_object_mut()) {
+            object.insert("trace_id".into(), trace_id.clone().into());
+        }
+        let body = serde_json::to_vec(&body).expect("outcome serializes");
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
@@ -181,6 +189,9 @@ impl Outcome {
             .and_then(|id| HeaderValue::from_str(id).ok())
         {
             headers.insert(GROUP_ID_HEADER, value);
+        }
+        if let Some(value) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            headers.insert(TRACE_ID_HEADER, value);
         }
         // The rest of an unread body would have to be drained before the next
         // request on this connection; closing is cheaper and stops slow senders.

@@ -1,24 +1,178 @@
-//! Logging: a `tracing` subscriber writing text or JSON lines to stderr.
+//! Logs and traces: a `tracing` subscriber writing text or JSON lines to
+//! stderr, plus an OpenTelemetry layer exporting spans over OTLP (gRPC or
+//! HTTP/protobuf) with a batch processor, off the request path: when the
+//! collector is down, spans are dropped, deliveries are not slowed.
+//!
+//! The standard variables apply (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`); the `[tracing]` config keys override them.
+//! Without an endpoint nothing is exported, but trace ids are still made and
+//! propagated (response body, Kafka headers).
 
-use crate::config::{LogConfig, LogFormat};
-use tracing_subscriber::EnvFilter;
+use crate::config::{LogConfig, LogFormat, TracingConfig};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber; `RUST_LOG` overrides the configured filter.
-pub fn init(config: &LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+/// Export requests must not hang a shutdown for long.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid OTLP exporter settings: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("unknown OTLP protocol `{0}` (grpc or http/protobuf)")]
+    Protocol(String),
+    #[error("unknown sampler `{0}`")]
+    Sampler(String),
+}
+
+/// Keeps the tracer provider alive; `shutdown` flushes the last spans.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    pub exporting_to: Option<String>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::warn!(%error, "tracer provider shutdown");
+        }
+    }
+}
+
+fn setting(config: &Option<String>, variable: &str) -> Option<String> {
+    config
+        .clone()
+        .or_else(|| std::env::var(variable).ok())
+        .filter(|value| !value.trim().is_empty())
+}
+
+fn sampler(name: &str, ratio: Option<f64>) -> Result<Sampler, TelemetryError> {
+    let ratio = ratio.unwrap_or(1.0);
+    Ok(match name {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+        other => return Err(TelemetryError::Sampler(other.to_owned())),
+    })
+}
+
+/// Installs the global subscriber (call inside the Tokio runtime: the gRPC
+/// exporter needs it). `RUST_LOG` overrides the configured log filter.
+pub fn init(log: &LogConfig, config: &TracingConfig) -> Result<Telemetry, TelemetryError> {
+    let service_name = setting(&config.service_name, "OTEL_SERVICE_NAME")
+        .unwrap_or_else(|| "superfone-bridge".into());
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service_name).build());
+    if let Some(name) = &config.sampler {
+        builder = builder.with_sampler(sampler(name, config.sampler_ratio)?);
+    }
+    let endpoint = setting(&config.endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    if let Some(endpoint) = &endpoint {
+        let protocol = setting(&config.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL")
+            .unwrap_or_else(|| "http/protobuf".into());
+        let exporter = match protocol.as_str() {
+            "grpc" => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()?,
+            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                // A base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: the signal path is appended.
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()?,
+            other => return Err(TelemetryError::Protocol(other.to_owned())),
+        };
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("superfone-bridge"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            metadata.is_span() && metadata.name().starts_with("superfone.")
+        }));
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let fmt_layer = match log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let result = tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(fmt_layer.with_filter(filter))
+        .try_init();
     if let Err(error) = result {
         eprintln!("logging already initialised: {error}");
     }
+    Ok(Telemetry {
+        provider,
+        exporting_to: endpoint,
+    })
+}
+
+struct HeaderExtractor<'a>(&'a hyper::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut Vec<(String, String)>);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
+/// Makes an incoming W3C `traceparent` the parent of `span`.
+pub fn continue_trace(span: &tracing::Span, headers: &hyper::HeaderMap) {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(parent);
+}
+
+/// The W3C trace context of `span`, as Kafka record headers.
+pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    TraceContextPropagator::new()
+        .inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    headers
+}
+
+/// The trace id of `span` as 32 hex digits, if it has a valid one.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }

@@ -185,3 +185,155 @@ async fn readyz_follows_the_broker_and_healthz_stays_alive() {
         "ready"
     );
 }
+
+fn traced_bridge(endpoint: String, protocol: &str) -> Bridge {
+    let mut options = BridgeOptions::default()
+        .with("TRACING__ENDPOINT", endpoint)
+        .with("TRACING__PROTOCOL", protocol);
+    // Export batches quickly so the test does not wait the default 5 s.
+    options
+        .env
+        .push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    Bridge::start(options)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_reach_the_collector_and_continue_in_kafka_headers() {
+    let collector = support::Collector::start();
+    let bridge = traced_bridge(
+        format!("http://127.0.0.1:{}", collector.http_port),
+        "http/protobuf",
+    );
+    let client = support::client();
+    let auth = format!("Bearer {}", support::SECRET);
+    let incoming_trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{incoming_trace}-b7ad6b7169203331-01");
+    let (status, continued) = post_with(
+        &client,
+        &bridge.ingest_url(),
+        fixture("TASK_CREATE").to_string(),
+        Some(&auth),
+        &[("traceparent", traceparent.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200, "{continued}");
+    assert_eq!(
+        continued["trace_id"], incoming_trace,
+        "the incoming traceparent is honoured"
+    );
+    let (status, fresh) = post(&client, &bridge, fixture("CUSTOMER_CREATE").to_string()).await;
+    assert_eq!(status, 200);
+    let fresh_trace = fresh["trace_id"]
+        .as_str()
+        .expect("a trace id without traceparent too")
+        .to_owned();
+    assert_eq!(fresh_trace.len(), 32);
+    assert_ne!(fresh_trace, incoming_trace);
+
+    // The server span: parent = the caller's span, attributes = the delivery's facts.
+    let delivery = collector.wait_for("superfone.delivery (continued)", |s| {
+        s.name == "superfone.delivery" && s.trace_id == incoming_trace
+    });
+    assert_eq!(delivery.parent_id, "b7ad6b7169203331");
+    assert_eq!(delivery.kind, "SPAN_KIND_SERVER");
+    assert_eq!(
+        delivery.attributes["superfone.group_id"],
+        continued["group_id"].as_str().unwrap()
+    );
+    assert_eq!(delivery.attributes["superfone.event"], "TASK_CREATE");
+    assert_eq!(delivery.attributes["superfone.contact_id"], "12345");
+    assert_eq!(
+        delivery.attributes["superfone.dedup_key"],
+        "TASK_CREATE|task_id=4567"
+    );
+    assert_eq!(delivery.attributes["http.response.status_code"], "200");
+    for child in [
+        "superfone.registry.lookup",
+        "superfone.convert",
+        "superfone.produce",
+    ] {
+        collector.wait_for(child, |s| {
+            s.name == child && s.parent_id == delivery.span_id
+        });
+    }
+    let produce = collector.wait_for("produce", |s| {
+        s.name == "superfone.produce" && s.trace_id == incoming_trace
+    });
+    assert_eq!(produce.kind, "SPAN_KIND_PRODUCER");
+    assert_eq!(produce.attributes["messaging.system"], "kafka");
+    assert_eq!(
+        produce.attributes["messaging.destination.name"],
+        bridge.topic("TASK_CREATE")
+    );
+    assert_eq!(produce.attributes["messaging.kafka.message.key"], "12345");
+    assert_eq!(
+        produce.attributes["messaging.destination.partition.id"],
+        continued["partition"].to_string()
+    );
+    assert_eq!(
+        produce.attributes["messaging.kafka.offset"],
+        continued["offset"].to_string()
+    );
+
+    // Without traceparent: a root span with the trace id the response gave.
+    let root = collector.wait_for("superfone.delivery (fresh)", |s| {
+        s.name == "superfone.delivery" && s.trace_id == fresh_trace
+    });
+    assert!(root.parent_id.is_empty(), "{root:?}");
+
+    // The Kafka record carries the produce span's context.
+    let record = &support::consume(&bridge.topic("TASK_CREATE"), 1, false)[0];
+    let header = record["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent header");
+    assert_eq!(
+        header,
+        format!("00-{incoming_trace}-{}-01", produce.span_id)
+    );
+
+    // Log lines of a delivery carry its group id and trace id.
+    let logs = bridge.log_text();
+    let published = logs
+        .lines()
+        .find(|line| line.contains("\"published\"") && line.contains(incoming_trace))
+        .expect("a log line with the trace id");
+    assert!(
+        published.contains(continued["group_id"].as_str().unwrap()),
+        "{published}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_also_export_over_grpc() {
+    let collector = support::Collector::start();
+    let bridge = traced_bridge(format!("http://127.0.0.1:{}", collector.grpc_port), "grpc");
+    let client = support::client();
+    let (status, reply) = post(&client, &bridge, fixture("TASK_DUE_TIME").to_string()).await;
+    assert_eq!(status, 200);
+    let trace_id = reply["trace_id"].as_str().unwrap().to_owned();
+    collector.wait_for("delivery over gRPC", |s| {
+        s.name == "superfone.delivery" && s.trace_id == trace_id
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_collector_neither_fails_nor_slows_deliveries() {
+    // Nothing listens on this port: every export fails.
+    let bridge = traced_bridge(format!("http://127.0.0.1:{}", free_port()), "http/protobuf");
+    let client = support::client();
+    let mut slowest = Duration::ZERO;
+    for contact in 0..200 {
+        let mut event = fixture("CUSTOMER_CREATE");
+        event["contact_id"] = json!(contact);
+        let started = Instant::now();
+        let (status, reply) = post(&client, &bridge, event.to_string()).await;
+        slowest = slowest.max(started.elapsed());
+        // Published, not spooled: each answer came well within the ack deadline.
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("published")),
+            "{reply}"
+        );
+    }
+    println!("collector down: 200 deliveries published, slowest answer {slowest:?}");
+}

@@ -537,3 +537,138 @@ pub fn consume_from(brokers: &str, topic: &str, expect: usize) -> Vec<Value> {
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// A real OTLP receiver (rotel, from PyPI) printing every span it receives.
+pub struct Collector {
+    child: Child,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    output: Arc<Mutex<String>>,
+}
+
+/// One span as the collector printed it.
+#[derive(Debug, Clone, Default)]
+pub struct ReceivedSpan {
+    pub trace_id: String,
+    pub parent_id: String,
+    pub span_id: String,
+    pub name: String,
+    pub kind: String,
+    pub attributes: std::collections::HashMap<String, String>,
+}
+
+impl Collector {
+    pub fn start() -> Collector {
+        let python = stack().python;
+        let output = Command::new(&python)
+            .args([
+                "-c",
+                "import rotel,pathlib;print(pathlib.Path(rotel.__file__).parent/'rotel-agent')",
+            ])
+            .output()
+            .expect("find rotel-agent");
+        let agent = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let mut child = Command::new(agent)
+            .args(["start", "--exporter", "blackhole", "--debug-log", "traces"])
+            .args(["--debug-log-verbosity", "detailed"])
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rotel-agent");
+        let stdout = child.stdout.take().unwrap();
+        let sink = Arc::new(Mutex::new(String::new()));
+        let writer = Arc::clone(&sink);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut text = writer.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+            assert!(Instant::now() < deadline, "rotel did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Collector {
+            child,
+            grpc_port,
+            http_port,
+            output: sink,
+        }
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let text = self.output.lock().unwrap().clone();
+        let mut spans = Vec::new();
+        let mut current: Option<ReceivedSpan> = None;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with("Span #") {
+                spans.extend(current.take());
+                current = Some(ReceivedSpan::default());
+                continue;
+            }
+            if line.starts_with("ResourceSpans #") || line.starts_with("ScopeSpans #") {
+                spans.extend(current.take());
+                continue;
+            }
+            let Some(span) = current.as_mut() else {
+                continue;
+            };
+            let value = |line: &str| {
+                line.split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            if line.starts_with("Trace ID") {
+                span.trace_id = value(line);
+            } else if line.starts_with("Parent ID") {
+                span.parent_id = value(line);
+            } else if line.starts_with("ID ") {
+                span.span_id = value(line);
+            } else if line.starts_with("Name ") {
+                span.name = value(line);
+            } else if line.starts_with("Kind ") {
+                span.kind = value(line);
+            } else if let Some(attribute) = line.strip_prefix("-> ") {
+                if let Some((key, typed)) = attribute.split_once(": ") {
+                    // Str(x), Int(5), Bool(true)
+                    let inner = typed
+                        .split_once('(')
+                        .map(|(_, v)| v.trim_end_matches(')'))
+                        .unwrap_or(typed);
+                    span.attributes.insert(key.to_owned(), inner.to_owned());
+                }
+            }
+        }
+        spans.extend(current);
+        spans
+    }
+
+    /// Waits until a span matching `predicate` has arrived.
+    pub fn wait_for(&self, what: &str, predicate: impl Fn(&ReceivedSpan) -> bool) -> ReceivedSpan {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(span) = self.spans().into_iter().find(|s| predicate(s)) {
+                return span;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no span {what} arrived; got {:?}",
+                self.spans()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
