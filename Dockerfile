@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile in the Rust image, run on debian-slim as a
+# non-root user. librdkafka is built statically by rdkafka (never link
+# Debian's librdkafka: too old); the runtime needs only libssl and CA roots.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl-dev zlib1g-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY schemas ./schemas
+COPY tools ./tools
+COPY config ./config
+RUN cargo build --release --locked --bin superfone-bridge \
+ && strip target/release/superfone-bridge
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 bridge \
+ && useradd --system --uid 10001 --gid bridge --home-dir /var/lib/superfone-bridge bridge \
+ && mkdir -p /var/lib/superfone-bridge/spool /etc/superfone-bridge \
+ && chown -R bridge:bridge /var/lib/superfone-bridge
+COPY --from=build /src/target/release/superfone-bridge /usr/local/bin/superfone-bridge
+# The schemas are compiled into the binary; shipped too for reference and for
+# registry.schemas_dir overrides.
+COPY schemas /usr/share/superfone-bridge/schemas
+COPY config/superfone-bridge.example.toml /etc/superfone-bridge/superfone-bridge.example.toml
+USER 10001:10001
+WORKDIR /var/lib/superfone-bridge
+ENV SUPERFONE_BRIDGE_SERVER__LISTEN=0.0.0.0:8080 \
+    SUPERFONE_BRIDGE_ADMIN__LISTEN=0.0.0.0:9090 \
+    SUPERFONE_BRIDGE_SPOOL__DIR=/var/lib/superfone-bridge/spool \
+    SUPERFONE_BRIDGE_LOG__FORMAT=json
+VOLUME ["/var/lib/superfone-bridge/spool"]
+# 8080: Superfone's webhooks (public). 9090: /metrics, /healthz, /readyz (internal).
+EXPOSE 8080 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:9090/healthz || exit 1
+ENTRYPOINT ["/usr/local/bin/superfone-bridge"]
+CMD ["serve"]
