@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod avro_json;
 pub mod config;
 pub mod convert;
 pub mod dead_letter;
@@ -22,6 +23,7 @@ pub mod schema;
 pub mod server;
 pub mod spool;
 pub mod telemetry;
+pub mod tools;
 
 use crate::auth::Authenticator;
 use crate::config::Config;

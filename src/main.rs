@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use superfone_bridge::auth::{self, Authenticator};
 use superfone_bridge::config::Config;
-use superfone_bridge::{telemetry, App};
+use superfone_bridge::{telemetry, tools, App};
 
 #[derive(Parser)]
 #[command(version, about = "Superfone event notifications -> Avro -> Kafka")]
@@ -24,6 +24,28 @@ enum Command {
     Serve,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Post sample payloads (e.g. tests/fixtures/*.json) to a bridge with the configured auth.
+    Send {
+        /// Ingest URL; default: this config's listen address and ingest path.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a topic's records as JSON lines, values decoded through the registry.
+    Tail {
+        /// An event (ALL_CALLS), dead_letter, or a topic name.
+        target: String,
+        /// Start at the oldest record instead of the newest.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Stop after this many seconds without a record.
+        #[arg(long)]
+        idle_exit_secs: Option<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,11 +53,34 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command {
         Command::CheckConfig => check_config(&config),
-        Command::Serve => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(config))
+        Command::Serve => runtime()?.block_on(serve(config)),
+        Command::Send { url, files } => {
+            let url = url.unwrap_or_else(|| tools::local_ingest_url(&config));
+            let all_accepted =
+                runtime()?.block_on(tools::send(&config, &url, &files, std::io::stdout()))?;
+            anyhow::ensure!(all_accepted, "not every payload was accepted");
+            Ok(())
+        }
+        Command::Tail {
+            target,
+            from_beginning,
+            max,
+            idle_exit_secs,
+        } => {
+            let options = tools::TailOptions {
+                target,
+                from_beginning,
+                max,
+                idle_exit: idle_exit_secs.map(std::time::Duration::from_secs),
+            };
+            runtime()?.block_on(tools::tail(&config, options, std::io::stdout()))?;
+            Ok(())
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
 fn check_config(config: &Config) -> anyhow::Result<()> {

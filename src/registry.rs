@@ -40,7 +40,8 @@ pub fn subject_for(strategy: SubjectStrategy, topic: &str, schema: &EventSchema)
     }
 }
 
-fn settings(config: &RegistryConfig) -> Result<SrSettings, RegistryError> {
+/// Client settings for the configured registry (URL, timeout, basic auth).
+pub fn settings(config: &RegistryConfig) -> Result<SrSettings, RegistryError> {
     let mut builder = SrSettings::new_builder(config.url.clone());
     builder.set_timeout(Duration::from_millis(config.timeout_ms));
     if let Some(user) = &config.username {

@@ -1,0 +1,225 @@
+//! Operator and data-engineer commands around a running bridge:
+//! `send` posts sample payloads with the configured auth (smoke tests in any
+//! environment); `tail` reads a topic, decodes each record through the schema
+//! registry and prints one JSON object per line.
+
+use crate::avro_json;
+use crate::config::Config;
+use crate::event::EventKind;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("no auth secret configured to send with")]
+    NoSecret,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic {0} does not exist")]
+    NoSuchTopic(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The ingest URL of the bridge this config describes, seen from this host.
+pub fn local_ingest_url(config: &Config) -> String {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip([127, 0, 0, 1].into());
+    }
+    format!("http://{addr}{}", config.server.ingest_path)
+}
+
+/// Posts each file as one notification; prints `{"file","status","response"}`
+/// per file. Returns whether every answer was 2xx.
+pub async fn send(
+    config: &Config,
+    url: &str,
+    files: &[PathBuf],
+    mut out: impl Write,
+) -> Result<bool, ToolError> {
+    let secret = crate::auth::load_secrets(&config.auth)?
+        .into_iter()
+        .next()
+        .ok_or(ToolError::NoSecret)?;
+    let credential = match config.auth.scheme.trim() {
+        "" => secret.expose_secret().to_owned(),
+        scheme => format!("{scheme} {}", secret.expose_secret()),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|source| ToolError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+    let mut all_accepted = true;
+    for file in files {
+        let body = std::fs::read(file).map_err(|source| ToolError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let response = client
+            .post(url)
+            .header(config.auth.header.as_str(), credential.as_str())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ToolError::Http {
+                url: url.to_owned(),
+                source,
+            })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        all_accepted &= status.is_success();
+        writeln!(
+            out,
+            "{}",
+            json!({"file": file.display().to_string(), "status": status.as_u16(), "response": answer})
+        )?;
+    }
+    Ok(all_accepted)
+}
+
+/// What `tail` reads and when it stops.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    /// An event name (`ALL_CALLS`), `dead_letter`, or a topic name.
+    pub target: String,
+    pub from_beginning: bool,
+    /// Stop after this many records.
+    pub max: Option<usize>,
+    /// Stop after this long without a record.
+    pub idle_exit: Option<Duration>,
+}
+
+pub fn resolve_topic(config: &Config, target: &str) -> String {
+    if let Some(kind) = EventKind::from_name(&target.to_ascii_uppercase()) {
+        config.topics.topic_for(kind)
+    } else if target.eq_ignore_ascii_case("dead_letter") {
+        config.topics.dead_letter_topic()
+    } else {
+        target.to_owned()
+    }
+}
+
+/// Prints the records of a topic as JSON lines; returns how many.
+pub async fn tail(
+    config: &Config,
+    options: TailOptions,
+    mut out: impl Write,
+) -> Result<usize, ToolError> {
+    let topic = resolve_topic(config, &options.target);
+    let mut client_config = ClientConfig::new();
+    for (key, value) in &config.kafka.options {
+        client_config.set(key, value);
+    }
+    let consumer: StreamConsumer = client_config
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set(
+            "group.id",
+            format!("superfone-bridge-tail-{}", uuid::Uuid::now_v7()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let metadata = {
+        let consumer_ref = &consumer;
+        let topic = topic.clone();
+        tokio::task::block_in_place(move || {
+            consumer_ref.fetch_metadata(Some(&topic), Duration::from_secs(10))
+        })?
+    };
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(ToolError::NoSuchTopic(topic));
+    }
+    let start = if options.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        assignment.add_partition_offset(&topic, partition, start)?;
+    }
+    consumer.assign(&assignment)?;
+    let decoder = AvroDecoder::new(crate::registry::settings(&config.registry)?);
+    let mut count = 0;
+    while options.max.is_none_or(|max| count < max) {
+        let message = match options.idle_exit {
+            Some(idle) => match tokio::time::timeout(idle, consumer.recv()).await {
+                Ok(message) => message?,
+                Err(_) => break,
+            },
+            None => consumer.recv().await?,
+        };
+        let payload = message.payload().unwrap_or_default();
+        let value = if payload.len() >= 5 && payload[0] == 0 {
+            match decoder.decode(Some(payload)).await {
+                Ok(decoded) => avro_json::to_json(&decoded.value),
+                Err(error) => json!({"undecodable": error.to_string()}),
+            }
+        } else {
+            serde_json::from_slice(payload)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+        };
+        let headers: serde_json::Map<String, Value> = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            Value::String(
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            ),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        let line = json!({
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "key": key,
+            "headers": headers,
+            "value": value,
+        });
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        count += 1;
+    }
+    Ok(count)
+}
