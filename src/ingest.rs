@@ -285,14 +285,13 @@ impl Ingest {
         let record = Record {
             topic: route.topic.clone(),
             key,
-            headers: vec![
-                (EVENT_HEADER.into(), kind.as_str().into()),
-                (GROUP_ID_HEADER.into(), group_id.clone()),
-                (RECEIVED_AT_HEADER.into(), envelope.received_at.clone()),
-                ("content-type".into(), AVRO_CONTENT_TYPE.into()),
-                (SCHEMA_ID_HEADER.into(), route.schema_id.to_string()),
-                (DEDUP_KEY_HEADER.into(), dedup_key.clone()),
-            ],
+            headers: event_headers(
+                kind,
+                &group_id,
+                &envelope.received_at,
+                route.schema_id,
+                &dedup_key,
+            ),
             payload,
         };
         let pending = match &self.dedup {
@@ -443,6 +442,24 @@ impl Ingest {
         }
         result
     }
+}
+
+/// The headers of an event record (README, "Headers").
+pub fn event_headers(
+    kind: EventKind,
+    group_id: &str,
+    received_at: &str,
+    schema_id: u32,
+    dedup_key: &str,
+) -> Vec<(String, String)> {
+    vec![
+        (EVENT_HEADER.into(), kind.as_str().into()),
+        (GROUP_ID_HEADER.into(), group_id.into()),
+        (RECEIVED_AT_HEADER.into(), received_at.into()),
+        ("content-type".into(), AVRO_CONTENT_TYPE.into()),
+        (SCHEMA_ID_HEADER.into(), schema_id.to_string()),
+        (DEDUP_KEY_HEADER.into(), dedup_key.into()),
+    ]
 }
 
 fn first_delivery(topic: &str, durable: Durable, group_id: &str) -> FirstDelivery {

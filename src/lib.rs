@@ -66,6 +66,30 @@ pub enum StartupError {
     },
 }
 
+fn schema_source(config: &Config) -> SchemaSource {
+    match &config.registry.schemas_dir {
+        Some(dir) => SchemaSource::Dir(dir.clone()),
+        None => SchemaSource::Embedded,
+    }
+}
+
+/// Loads the ten schemas and registers them (or looks them up): one route per
+/// event, in `EventKind::ALL` order. Used by `serve` and `dead-letter replay`.
+pub async fn event_routes(config: &Config) -> Result<Vec<EventRoute>, StartupError> {
+    let schemas = schema::load_all(&schema_source(config))?;
+    let registered = registry::register_all(&config.registry, &config.topics, &schemas).await?;
+    Ok(schemas
+        .into_iter()
+        .zip(registered)
+        .map(|(schema, registered)| EventRoute {
+            kind: schema.kind,
+            topic: config.topics.topic_for(schema.kind),
+            schema_id: registered.id,
+            converter: Converter::new(schema.schema),
+        })
+        .collect())
+}
+
 pub struct App {
     listener: TcpListener,
     admin_listener: TcpListener,
@@ -78,11 +102,8 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
-        let source = match &config.registry.schemas_dir {
-            Some(dir) => SchemaSource::Dir(dir.clone()),
-            None => SchemaSource::Embedded,
-        };
-        let schemas = schema::load_all(&source)?;
+        // Fail fast on broken schema files, before touching Kafka.
+        schema::load_all(&schema_source(&config))?;
         // Install the recorder before anything records.
         metrics::handle();
 
@@ -106,17 +127,7 @@ impl App {
                 .await?;
         }
 
-        let registered = registry::register_all(&config.registry, &config.topics, &schemas).await?;
-        let routes = schemas
-            .into_iter()
-            .zip(registered)
-            .map(|(schema, registered)| EventRoute {
-                kind: schema.kind,
-                topic: config.topics.topic_for(schema.kind),
-                schema_id: registered.id,
-                converter: Converter::new(schema.schema),
-            })
-            .collect();
+        let routes = event_routes(&config).await?;
 
         let (spool, recovered, recovery) = Spool::open(SpoolSettings {
             dir: config.spool.dir.clone(),

@@ -32,6 +32,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Dead-letter topic operations.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
     /// Print a topic's records as JSON lines, values decoded through the registry.
     Tail {
         /// An event (ALL_CALLS), dead_letter, or a topic name.
@@ -61,6 +64,24 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(all_accepted, "not every payload was accepted");
             Ok(())
         }
+        Command::DeadLetter(DeadLetterCommand::Replay {
+            from_beginning,
+            max,
+            idle_exit_secs,
+        }) => {
+            let options = tools::ReplayOptions {
+                from_beginning,
+                max,
+                idle_exit: std::time::Duration::from_secs(idle_exit_secs),
+            };
+            let (replayed, still_invalid) = runtime()?.block_on(tools::replay_dead_letters(
+                &config,
+                options,
+                std::io::stdout(),
+            ))?;
+            eprintln!("replayed {replayed}, still invalid {still_invalid}");
+            Ok(())
+        }
         Command::Tail {
             target,
             from_beginning,
@@ -77,6 +98,24 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Re-submit dead letters through the conversion path (after a schema fix),
+    /// keeping their original group id. Progress is committed as consumer group
+    /// superfone-bridge-dead-letter-replay, so a second run continues after the first.
+    Replay {
+        /// Start at the oldest dead letter, not after the last replayed one.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many dead letters.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Stop after this many seconds without a dead letter.
+        #[arg(long, default_value_t = 5)]
+        idle_exit_secs: u64,
+    },
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

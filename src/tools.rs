@@ -37,6 +37,10 @@ pub enum ToolError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Startup(#[from] crate::StartupError),
+    #[error(transparent)]
+    Publish(#[from] crate::kafka::PublishError),
 }
 
 /// The ingest URL of the bridge this config describes, seen from this host.
@@ -123,34 +127,28 @@ pub fn resolve_topic(config: &Config, target: &str) -> String {
     }
 }
 
-/// Prints the records of a topic as JSON lines; returns how many.
-pub async fn tail(
+/// A consumer reading one topic from the given start, all partitions assigned.
+fn topic_consumer(
     config: &Config,
-    options: TailOptions,
-    mut out: impl Write,
-) -> Result<usize, ToolError> {
-    let topic = resolve_topic(config, &options.target);
+    topic: &str,
+    group_id: &str,
+    start: Offset,
+) -> Result<StreamConsumer, ToolError> {
     let mut client_config = ClientConfig::new();
     for (key, value) in &config.kafka.options {
         client_config.set(key, value);
     }
     let consumer: StreamConsumer = client_config
         .set("bootstrap.servers", &config.kafka.brokers)
-        .set(
-            "group.id",
-            format!("superfone-bridge-tail-{}", uuid::Uuid::now_v7()),
-        )
+        .set("group.id", group_id)
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("fetch.wait.max.ms", "50")
         .create()?;
-    let metadata = {
-        let consumer_ref = &consumer;
-        let topic = topic.clone();
-        tokio::task::block_in_place(move || {
-            consumer_ref.fetch_metadata(Some(&topic), Duration::from_secs(10))
-        })?
-    };
+    let metadata = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -158,18 +156,145 @@ pub async fn tail(
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
     if partitions.is_empty() {
-        return Err(ToolError::NoSuchTopic(topic));
+        return Err(ToolError::NoSuchTopic(topic.to_owned()));
     }
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        assignment.add_partition_offset(topic, partition, start)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+fn header<'a>(message: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// What `dead-letter replay` reads.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Start at the oldest dead letter instead of after the last replayed one.
+    pub from_beginning: bool,
+    pub max: Option<usize>,
+    /// Stop after this long without a dead letter.
+    pub idle_exit: Duration,
+}
+
+/// Consumer group whose committed offsets remember how far replay got.
+pub const REPLAY_GROUP: &str = "superfone-bridge-dead-letter-replay";
+pub const REPLAYED_FROM_HEADER: &str = "superfone-replayed-from";
+
+/// Re-submits dead letters through the conversion path with the current
+/// schemas (after a schema fix), keeping their original group id and
+/// received-at. Records that still do not convert stay where they are.
+/// Prints one JSON line per dead letter; returns (replayed, still invalid).
+pub async fn replay_dead_letters(
+    config: &Config,
+    options: ReplayOptions,
+    mut out: impl Write,
+) -> Result<(usize, usize), ToolError> {
+    use crate::event;
+    use crate::ingest::{event_headers, GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+    use rdkafka::consumer::CommitMode;
+
+    let routes = crate::event_routes(config).await?;
+    let publisher = crate::kafka::Publisher::new(&config.kafka)?;
+    let topic = config.topics.dead_letter_topic();
+    let start = if options.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::Stored
+    };
+    let consumer = topic_consumer(config, &topic, REPLAY_GROUP, start)?;
+    let (mut replayed, mut still_invalid) = (0, 0);
+    while options.max.is_none_or(|max| replayed + still_invalid < max) {
+        let message = match tokio::time::timeout(options.idle_exit, consumer.recv()).await {
+            Ok(message) => message?,
+            Err(_) => break,
+        };
+        let body = message.payload().unwrap_or_default();
+        let origin = json!({"topic": message.topic(), "partition": message.partition(), "offset": message.offset()});
+        let group_id = header(&message, GROUP_ID_HEADER)
+            .unwrap_or_default()
+            .to_owned();
+        let received_at = header(&message, RECEIVED_AT_HEADER)
+            .unwrap_or_default()
+            .to_owned();
+        let converted = serde_json::from_slice::<Value>(body)
+            .map_err(|error| error.to_string())
+            .and_then(|parsed| {
+                let kind = event::dispatch(&parsed).map_err(|error| error.to_string())?;
+                let object = parsed.as_object().expect("dispatch accepted an object");
+                let route = &routes[kind as usize];
+                let payload = route
+                    .converter
+                    .encode(route.schema_id, object)
+                    .map_err(|error| error.to_string())?;
+                let dedup_key = event::dedup_key(kind, object);
+                let mut headers =
+                    event_headers(kind, &group_id, &received_at, route.schema_id, &dedup_key);
+                headers.push((
+                    REPLAYED_FROM_HEADER.into(),
+                    format!(
+                        "{}/{}/{}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset()
+                    ),
+                ));
+                Ok((
+                    kind,
+                    crate::kafka::Record {
+                        topic: route.topic.clone(),
+                        key: event::record_key(object),
+                        headers,
+                        payload,
+                    },
+                ))
+            });
+        let line = match converted {
+            Ok((kind, record)) => {
+                let delivered = publisher.publish(&record).await?;
+                replayed += 1;
+                json!({"status": "replayed", "event": kind.as_str(), "topic": record.topic,
+                       "partition": delivered.partition, "offset": delivered.offset,
+                       "group_id": group_id, "dead_letter": origin})
+            }
+            Err(error) => {
+                still_invalid += 1;
+                json!({"status": "still_invalid", "error": error, "group_id": group_id, "dead_letter": origin})
+            }
+        };
+        writeln!(out, "{line}")?;
+        let mut position = TopicPartitionList::new();
+        position.add_partition_offset(
+            message.topic(),
+            message.partition(),
+            Offset::Offset(message.offset() + 1),
+        )?;
+        consumer.commit(&position, CommitMode::Sync)?;
+    }
+    Ok((replayed, still_invalid))
+}
+
+/// Prints the records of a topic as JSON lines; returns how many.
+pub async fn tail(
+    config: &Config,
+    options: TailOptions,
+    mut out: impl Write,
+) -> Result<usize, ToolError> {
+    let topic = resolve_topic(config, &options.target);
     let start = if options.from_beginning {
         Offset::Beginning
     } else {
         Offset::End
     };
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        assignment.add_partition_offset(&topic, partition, start)?;
-    }
-    consumer.assign(&assignment)?;
+    let group_id = format!("superfone-bridge-tail-{}", uuid::Uuid::now_v7());
+    let consumer = topic_consumer(config, &topic, &group_id, start)?;
     let decoder = AvroDecoder::new(crate::registry::settings(&config.registry)?);
     let mut count = 0;
     while options.max.is_none_or(|max| count < max) {

@@ -107,6 +107,30 @@ fn check_records(figures: &mut Figures, answers: &[Answer], records: &[Value]) {
     }
 }
 
+/// Posts one sequenced event and records the answer.
+async fn post_sequenced(
+    client: &reqwest::Client,
+    bridge: &Bridge,
+    contact: i64,
+    sequence: i64,
+) -> Answer {
+    let started = std::time::Instant::now();
+    let (status, body) = post(
+        client,
+        bridge,
+        support::sequenced_event(contact, sequence).to_string(),
+    )
+    .await;
+    Answer {
+        contact,
+        sequence,
+        status: Some(status),
+        body,
+        connect_error: false,
+        latency: started.elapsed(),
+    }
+}
+
 fn own_broker_options(broker: &Broker) -> BridgeOptions {
     BridgeOptions {
         brokers: Some(broker.address()),
@@ -351,21 +375,7 @@ async fn a_full_spool_answers_503_without_crashing_and_recovers() {
     let mut answers = Vec::new();
     let mut sequence = 0;
     while sequence < 2_000 && !answers.iter().any(|a: &Answer| a.status == Some(503)) {
-        let started = std::time::Instant::now();
-        let (status, body) = post(
-            &client,
-            &bridge,
-            support::sequenced_event(1, sequence).to_string(),
-        )
-        .await;
-        answers.push(Answer {
-            contact: 1,
-            sequence,
-            status: Some(status),
-            body,
-            connect_error: false,
-            latency: started.elapsed(),
-        });
+        answers.push(post_sequenced(&client, &bridge, 1, sequence).await);
         sequence += 1;
     }
     let full = answers.last().unwrap().clone();
@@ -377,21 +387,9 @@ async fn a_full_spool_answers_503_without_crashing_and_recovers() {
     // Space returns as the spool drains; new events are accepted again.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let started = std::time::Instant::now();
-        let (status, body) = post(
-            &client,
-            &bridge,
-            support::sequenced_event(1, sequence).to_string(),
-        )
-        .await;
-        answers.push(Answer {
-            contact: 1,
-            sequence,
-            status: Some(status),
-            body,
-            connect_error: false,
-            latency: started.elapsed(),
-        });
+        let answer = post_sequenced(&client, &bridge, 1, sequence).await;
+        let status = answer.status.unwrap_or_default();
+        answers.push(answer);
         sequence += 1;
         if status == 200 {
             break;
@@ -447,21 +445,7 @@ async fn slow_and_oversized_clients_do_not_starve_a_normal_one() {
     let client = support::client();
     let mut answers = Vec::new();
     for sequence in 0..100 {
-        let started = std::time::Instant::now();
-        let (status, body) = post(
-            &client,
-            &bridge,
-            support::sequenced_event(9, sequence).to_string(),
-        )
-        .await;
-        answers.push(Answer {
-            contact: 9,
-            sequence,
-            status: Some(status),
-            body,
-            connect_error: false,
-            latency: started.elapsed(),
-        });
+        answers.push(post_sequenced(&client, &bridge, 9, sequence).await);
     }
     let attacker_results: Vec<String> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
     let mut figures = count_answers("slow_and_oversized_flood", &answers);

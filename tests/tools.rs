@@ -94,3 +94,111 @@ fn send_posts_fixtures_and_tail_prints_them_decoded() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stdout).contains("\"status\":401"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letter_replay_resubmits_after_a_schema_fix_keeping_the_group_id() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    let auth = format!("Bearer {SECRET}");
+    let mut numeric_disposition = fixture("ALL_CALLS");
+    numeric_disposition["cdr_disposition"] = serde_json::json!(5);
+    let headers = [("x-superfone-group-id", "g-replay-1")];
+    let (status, reply) = support::post_with(
+        &client,
+        &bridge.ingest_url(),
+        numeric_disposition.to_string(),
+        Some(&auth),
+        &headers,
+    )
+    .await;
+    assert_eq!(
+        (status, reply["field"].as_str()),
+        (422, Some("cdr_disposition")),
+        "{reply}"
+    );
+    assert_eq!(
+        support::post(&client, &bridge, "not json at all").await.0,
+        400
+    );
+
+    // The fix: cdr_disposition may now also be a number (backward compatible).
+    let fixed = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    std::fs::create_dir(fixed.path().join("types")).unwrap();
+    for entry in std::fs::read_dir(source.join("types")).unwrap().flatten() {
+        std::fs::copy(
+            entry.path(),
+            fixed.path().join("types").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    for entry in std::fs::read_dir(&source)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+    {
+        let mut schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+        if entry.file_name() == "all_calls.avsc" {
+            let fields = schema["fields"].as_array_mut().unwrap();
+            let field = fields
+                .iter_mut()
+                .find(|f| f["name"] == "cdr_disposition")
+                .unwrap();
+            field["type"] = serde_json::json!(["string", "long"]);
+        }
+        std::fs::write(fixed.path().join(entry.file_name()), schema.to_string()).unwrap();
+    }
+
+    let replay = |extra: &[&str]| {
+        json_lines(
+            &tool(&bridge)
+                .env("SUPERFONE_BRIDGE_REGISTRY__SCHEMAS_DIR", fixed.path())
+                .args(["dead-letter", "replay", "--idle-exit-secs", "3"])
+                .args(extra)
+                .output()
+                .unwrap(),
+        )
+    };
+    let lines = replay(&[]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let replayed = lines
+        .iter()
+        .find(|l| l["status"] == "replayed")
+        .expect("one replayed");
+    assert_eq!(replayed["event"], "ALL_CALLS");
+    assert_eq!(
+        replayed["group_id"], "g-replay-1",
+        "the original group id is kept"
+    );
+    assert!(
+        lines.iter().any(|l| l["status"] == "still_invalid"),
+        "{lines:?}"
+    );
+    assert!(
+        replay(&[]).is_empty(),
+        "a second run continues after the first"
+    );
+
+    let tailed = json_lines(
+        &tool(&bridge)
+            .args([
+                "tail",
+                "ALL_CALLS",
+                "--from-beginning",
+                "--max",
+                "1",
+                "--idle-exit-secs",
+                "20",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let record = &tailed[0];
+    assert_eq!(record["headers"]["superfone-group-id"], "g-replay-1");
+    assert!(record["headers"]["superfone-replayed-from"]
+        .as_str()
+        .unwrap()
+        .starts_with(&bridge.dead_letter_topic()));
+    assert_eq!(record["value"]["cdr_disposition"], 5);
+}

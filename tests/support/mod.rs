@@ -272,26 +272,48 @@ pub async fn post_with(
     )
 }
 
-/// Reads a topic from the beginning through Confluent's Python client.
-/// `raw` skips Avro decoding (dead letters). Returns the records as JSON.
+/// Reads a topic of the shared test broker from the beginning through
+/// Confluent's Python client. `raw` skips Avro decoding (dead letters).
 pub fn consume(topic: &str, expect: usize, raw: bool) -> Vec<Value> {
+    read_topic(&stack().brokers, topic, expect, raw, "1.0", "60")
+}
+
+/// Reads a topic from `brokers` (a test's own broker), patient enough for replays.
+pub fn consume_from(brokers: &str, topic: &str, expect: usize) -> Vec<Value> {
+    read_topic(brokers, topic, expect, false, "2.0", "180")
+}
+
+/// Runs tests/py/consume.py: stops after `expect` records and `idle` seconds
+/// without more, or at `timeout`; returns the records as JSON.
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expect: usize,
+    raw: bool,
+    idle: &str,
+    timeout: &str,
+) -> Vec<Value> {
     let stack = stack();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consume.py");
     let mut command = Command::new(&stack.python);
-    command.arg(script).args([
-        "--brokers",
-        &stack.brokers,
-        "--registry",
-        &stack.registry_url,
-        "--topic",
-        topic,
-        "--expect",
-        &expect.to_string(),
-        "--idle",
-        "1.0",
-        "--timeout",
-        "60",
-    ]);
+    command
+        .arg(script)
+        .args([
+            "--brokers",
+            brokers,
+            "--registry",
+            &stack.registry_url,
+            "--topic",
+            topic,
+        ])
+        .args([
+            "--expect",
+            &expect.to_string(),
+            "--idle",
+            idle,
+            "--timeout",
+            timeout,
+        ]);
     if raw {
         command.arg("--raw");
     }
@@ -500,42 +522,6 @@ pub async fn stream_events(
         answers.extend(task.await.unwrap());
     }
     answers
-}
-
-/// Reads a topic from `brokers` (not the shared test broker).
-pub fn consume_from(brokers: &str, topic: &str, expect: usize) -> Vec<Value> {
-    let stack = stack();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/consume.py");
-    let output = Command::new(&stack.python)
-        .arg(script)
-        .args([
-            "--brokers",
-            brokers,
-            "--registry",
-            &stack.registry_url,
-            "--topic",
-            topic,
-        ])
-        .args([
-            "--expect",
-            &expect.to_string(),
-            "--idle",
-            "2.0",
-            "--timeout",
-            "180",
-        ])
-        .output()
-        .expect("run tests/py/consume.py");
-    assert!(
-        output.status.success(),
-        "consume.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 /// A real OTLP receiver (rotel, from PyPI) printing every span it receives.
