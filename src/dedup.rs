@@ -8,6 +8,7 @@
 //! its outcome; if the first one failed, the repeat is delivered as new.
 //! Memory is bounded: at most `max_entries` keys, each for at most `window`.
 
+use crate::delivery::RecordRef;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,13 +17,8 @@ use tokio::sync::watch;
 /// Where the first delivery of a key went, repeated to its duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FirstDelivery {
-    pub topic: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub partition: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spool_id: Option<u64>,
+    #[serde(flatten)]
+    pub record: RecordRef,
     #[serde(rename = "first_group_id")]
     pub group_id: String,
 }
@@ -171,10 +167,12 @@ mod tests {
 
     fn first(offset: i64) -> FirstDelivery {
         FirstDelivery {
-            topic: "t".into(),
-            partition: Some(0),
-            offset: Some(offset),
-            spool_id: None,
+            record: RecordRef {
+                topic: "t".into(),
+                partition: Some(0),
+                offset: Some(offset),
+                spool_id: None,
+            },
             group_id: "g".into(),
         }
     }
@@ -186,7 +184,9 @@ mod tests {
             panic!()
         };
         pending.remember(first(5));
-        assert!(matches!(dedup.claim("k").await, Claim::Duplicate(f) if f.offset == Some(5)));
+        assert!(
+            matches!(dedup.claim("k").await, Claim::Duplicate(f) if f.record.offset == Some(5))
+        );
     }
 
     #[tokio::test]
@@ -197,7 +197,9 @@ mod tests {
         };
         let waiter = tokio::spawn({
             let dedup = dedup.clone();
-            async move { matches!(dedup.claim("k").await, Claim::Duplicate(f) if f.offset == Some(9)) }
+            async move {
+                matches!(dedup.claim("k").await, Claim::Duplicate(f) if f.record.offset == Some(9))
+            }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());

@@ -19,7 +19,7 @@
 use crate::kafka::{Acknowledgement, Delivered, Publisher, Record};
 use crate::spool::{Spool, SpoolEntry, SpoolError};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -36,6 +36,36 @@ pub enum Durable {
     Spooled(u64),
 }
 
+/// Where a record is durable, as response bodies and duplicates report it:
+/// a Kafka partition and offset, or a spool id.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct RecordRef {
+    pub topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_id: Option<u64>,
+}
+
+impl RecordRef {
+    pub fn new(topic: &str, durable: Durable) -> Self {
+        let (partition, offset, spool_id) = match durable {
+            Durable::Published(delivered) => {
+                (Some(delivered.partition), Some(delivered.offset), None)
+            }
+            Durable::Spooled(id) => (None, None, Some(id)),
+        };
+        RecordRef {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            spool_id,
+        }
+    }
+}
+
 struct Queued {
     record: Record,
     queued_at: std::time::Instant,
@@ -49,15 +79,6 @@ struct Backlog {
     keys: HashMap<String, usize>,
 }
 
-/// Counters the tests and (later) metrics read.
-#[derive(Debug, Default)]
-pub struct DeliveryStats {
-    pub published: AtomicU64,
-    pub spooled: AtomicU64,
-    pub replayed: AtomicU64,
-    pub spool_failures: AtomicU64,
-}
-
 pub struct Delivery {
     publisher: Arc<Publisher>,
     spool: Spool,
@@ -65,7 +86,6 @@ pub struct Delivery {
     backlog: Mutex<Backlog>,
     wake: Notify,
     kafka_up: AtomicBool,
-    pub stats: DeliveryStats,
 }
 
 fn key_of(record: &Record) -> String {
@@ -91,7 +111,6 @@ impl Delivery {
             backlog: Mutex::new(Backlog::default()),
             wake: Notify::new(),
             kafka_up: AtomicBool::new(true),
-            stats: DeliveryStats::default(),
         };
         for entry in recovered {
             delivery.queue(entry.id, entry.record, None);
@@ -137,7 +156,6 @@ impl Delivery {
                     match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
                         Ok(Ok(delivered)) => {
                             crate::metrics::record_produce(enqueued_at.elapsed());
-                            self.stats.published.fetch_add(1, Ordering::Relaxed);
                             return Ok(Durable::Published(delivered));
                         }
                         Ok(Err(error)) => {
@@ -166,13 +184,9 @@ impl Delivery {
 
     async fn append(&self, record: Record) -> Result<u64, SpoolError> {
         let result = self.spool.append(record).await;
-        match &result {
-            Ok(_) => self.stats.spooled.fetch_add(1, Ordering::Relaxed),
-            Err(_) => {
-                metrics::counter!(crate::metrics::SPOOL_FAILURES).increment(1);
-                self.stats.spool_failures.fetch_add(1, Ordering::Relaxed)
-            }
-        };
+        if result.is_err() {
+            metrics::counter!(crate::metrics::SPOOL_FAILURES).increment(1);
+        }
         result
     }
 
@@ -270,7 +284,6 @@ impl Delivery {
         };
         if let Some(attempt) = attempt {
             if attempt.await.unwrap_or(false) {
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
                 self.complete(head);
                 self.kafka_up.store(true, Ordering::Relaxed);
             }
@@ -301,7 +314,6 @@ impl Delivery {
             match acknowledgement.await {
                 Ok(_) => {
                     metrics::counter!(crate::metrics::REPLAYED).increment(1);
-                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                     self.complete(id);
                 }
                 Err(error) => {

@@ -315,7 +315,10 @@ impl Ingest {
             Err(error) => return unavailable(&error, group_id),
         };
         if let Some(pending) = pending {
-            pending.remember(first_delivery(&route.topic, durable, &group_id));
+            pending.remember(FirstDelivery {
+                record: RecordRef::new(&route.topic, durable),
+                group_id: group_id.clone(),
+            });
         }
         match durable {
             Durable::Published(delivered) => {
@@ -384,19 +387,7 @@ impl Ingest {
                     error = %rejection.error,
                     "dead-lettered"
                 );
-                let FirstDelivery {
-                    topic,
-                    partition,
-                    offset,
-                    spool_id,
-                    ..
-                } = first_delivery(&self.settings.dead_letter_topic, durable, &group_id);
-                let dead_letter = RecordRef {
-                    topic,
-                    partition,
-                    offset,
-                    spool_id,
-                };
+                let dead_letter = RecordRef::new(&self.settings.dead_letter_topic, durable);
                 Outcome::dead_lettered(rejection, group_id, dead_letter)
             }
             Err(error) => unavailable(&error, group_id),
@@ -460,20 +451,6 @@ pub fn event_headers(
         (SCHEMA_ID_HEADER.into(), schema_id.to_string()),
         (DEDUP_KEY_HEADER.into(), dedup_key.into()),
     ]
-}
-
-fn first_delivery(topic: &str, durable: Durable, group_id: &str) -> FirstDelivery {
-    let (partition, offset, spool_id) = match durable {
-        Durable::Published(delivered) => (Some(delivered.partition), Some(delivered.offset), None),
-        Durable::Spooled(id) => (None, None, Some(id)),
-    };
-    FirstDelivery {
-        topic: topic.to_owned(),
-        partition,
-        offset,
-        spool_id,
-        group_id: group_id.to_owned(),
-    }
 }
 
 fn unavailable(error: &SpoolError, group_id: String) -> Outcome {

@@ -29,13 +29,13 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::convert::Converter;
 use crate::dedup::{Dedup, FirstDelivery};
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Durable, RecordRef};
 use crate::event::EventKind;
 use crate::ingest::DEDUP_KEY_HEADER;
 use crate::ingest::{EventRoute, Ingest, IngestSettings};
 use crate::kafka::{PublishError, Publisher};
 use crate::registry::RegistryError;
-use crate::schema::{SchemaError, SchemaSource};
+use crate::schema::{EventSchema, SchemaError, SchemaSource};
 use crate::spool::{Spool, SpoolError, SpoolSettings};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,6 +77,14 @@ fn schema_source(config: &Config) -> SchemaSource {
 /// event, in `EventKind::ALL` order. Used by `serve` and `dead-letter replay`.
 pub async fn event_routes(config: &Config) -> Result<Vec<EventRoute>, StartupError> {
     let schemas = schema::load_all(&schema_source(config))?;
+    register_routes(config, schemas).await
+}
+
+/// Registers (or looks up) loaded schemas: one route per event.
+async fn register_routes(
+    config: &Config,
+    schemas: Vec<EventSchema>,
+) -> Result<Vec<EventRoute>, StartupError> {
     let registered = registry::register_all(&config.registry, &config.topics, &schemas).await?;
     Ok(schemas
         .into_iter()
@@ -103,7 +111,7 @@ pub struct App {
 impl App {
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
         // Fail fast on broken schema files, before touching Kafka.
-        schema::load_all(&schema_source(&config))?;
+        let schemas = schema::load_all(&schema_source(&config))?;
         // Install the recorder before anything records.
         metrics::handle();
 
@@ -127,7 +135,7 @@ impl App {
                 .await?;
         }
 
-        let routes = event_routes(&config).await?;
+        let routes = register_routes(&config, schemas).await?;
 
         let (spool, recovered, recovery) = Spool::open(SpoolSettings {
             dir: config.spool.dir.clone(),
@@ -165,10 +173,7 @@ impl App {
                 };
                 if let Some(key) = header(DEDUP_KEY_HEADER) {
                     let first = FirstDelivery {
-                        topic: entry.record.topic.clone(),
-                        partition: None,
-                        offset: None,
-                        spool_id: Some(entry.id),
+                        record: RecordRef::new(&entry.record.topic, Durable::Spooled(entry.id)),
                         group_id: header(ingest::GROUP_ID_HEADER).unwrap_or_default(),
                     };
                     dedup.remember(&key, first);

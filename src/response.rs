@@ -18,17 +18,7 @@ pub const GROUP_ID_HEADER: &str = "x-superfone-group-id";
 /// Response header with the delivery's trace id (32 hex digits), for Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-superfone-trace-id";
 
-/// Where a record is durable: a Kafka partition and offset, or the spool.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RecordRef {
-    pub topic: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub partition: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spool_id: Option<u64>,
-}
+pub use crate::delivery::RecordRef;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
