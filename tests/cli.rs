@@ -23,18 +23,12 @@ fn check_config_prints_the_effective_config_without_secrets() {
         "[kafka]\nbrokers = \"kafka-1:9092\"\n[kafka.options]\n\"sasl.password\" = \"hunter2\"\n",
     )
     .unwrap();
-    let output = bridge_command()
-        .args(["--config", config.to_str().unwrap(), "check-config"])
-        .env("SUPERFONE_AUTH_SECRETS", "first-secret,second-secret")
-        .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", "acme.")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let shown = support::stdout_of(
+        bridge_command()
+            .args(["--config", config.to_str().unwrap(), "check-config"])
+            .env("SUPERFONE_AUTH_SECRETS", "first-secret,second-secret")
+            .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", "acme."),
     );
-    let shown = String::from_utf8(output.stdout).unwrap();
     assert!(shown.contains("brokers = \"kafka-1:9092\""), "{shown}");
     assert!(
         shown.contains("prefix = \"acme.\""),

@@ -107,6 +107,20 @@ fn check_records(figures: &mut Figures, answers: &[Answer], records: &[Value]) {
     }
 }
 
+/// A load-progress callback that runs `action` once, when `threshold` events
+/// have been answered: the fault is injected in the middle of the stream.
+fn once_after(
+    threshold: usize,
+    action: impl Fn() + Send + Sync + 'static,
+) -> Arc<dyn Fn(usize) + Send + Sync> {
+    let fired = AtomicBool::new(false);
+    Arc::new(move |answered| {
+        if answered >= threshold && !fired.swap(true, Ordering::SeqCst) {
+            action();
+        }
+    })
+}
+
 /// Posts one sequenced event and records the answer.
 async fn post_sequenced(
     client: &reqwest::Client,
@@ -131,6 +145,19 @@ async fn post_sequenced(
     }
 }
 
+/// Reads back everything the events answered 2xx should have produced and
+/// checks it (`check_records`); returns the records.
+fn read_back_and_check(
+    brokers: &str,
+    topic: &str,
+    figures: &mut Figures,
+    answers: &[Answer],
+) -> Vec<Value> {
+    let records = consume_from(brokers, topic, figures.answered_2xx);
+    check_records(figures, answers, &records);
+    records
+}
+
 fn own_broker_options(broker: &Broker) -> BridgeOptions {
     BridgeOptions {
         brokers: Some(broker.address()),
@@ -149,20 +176,14 @@ async fn broker_stopped_mid_stream_loses_nothing_and_keeps_each_leads_order() {
             .with("KAFKA__MESSAGE_TIMEOUT_MS", 3000),
     );
     let broker_pid = broker.pid();
-    let stopped = Arc::new(AtomicBool::new(false));
-    let on_progress = {
-        let stopped = Arc::clone(&stopped);
-        Arc::new(move |answered: usize| {
-            if answered >= 3_000 && !stopped.swap(true, Ordering::SeqCst) {
-                // Stop the broker for longer than message.timeout.ms, then start it again.
-                std::thread::spawn(move || {
-                    signal(broker_pid, "-STOP");
-                    std::thread::sleep(Duration::from_secs(6));
-                    signal(broker_pid, "-CONT");
-                });
-            }
-        })
-    };
+    let on_progress = once_after(3_000, move || {
+        // Stop the broker for longer than message.timeout.ms, then start it again.
+        std::thread::spawn(move || {
+            signal(broker_pid, "-STOP");
+            std::thread::sleep(Duration::from_secs(6));
+            signal(broker_pid, "-CONT");
+        });
+    });
     let answers = stream_events(
         bridge.ingest_url(),
         0..CONTACTS,
@@ -176,12 +197,12 @@ async fn broker_stopped_mid_stream_loses_nothing_and_keeps_each_leads_order() {
         figures.spooled_202 > 0,
         "the outage must have been felt: {figures:?}"
     );
-    let records = consume_from(
+    read_back_and_check(
         &broker.address(),
         &bridge.topic("TASK_CHANGE"),
-        figures.answered_2xx,
+        &mut figures,
+        &answers,
     );
-    check_records(&mut figures, &answers, &records);
     figures.report();
     assert_eq!(figures.sent, 10_000);
     assert_eq!(
@@ -224,15 +245,7 @@ async fn bridge_killed_with_the_broker_down_replays_its_spool_after_restart() {
 
     // Phase B, broker down: spooled; kill -9 the bridge in the middle.
     let bridge_pid = bridge.pid();
-    let killed = Arc::new(AtomicBool::new(false));
-    let on_progress = {
-        let killed = Arc::clone(&killed);
-        Arc::new(move |answered: usize| {
-            if answered >= 1_000 && !killed.swap(true, Ordering::SeqCst) {
-                signal(bridge_pid, "-KILL");
-            }
-        })
-    };
+    let on_progress = once_after(1_000, move || signal(bridge_pid, "-KILL"));
     let answers_b = stream_events(bridge.ingest_url(), 50..150, 20, 8, on_progress).await;
     drop(bridge);
     let mut figures_b = count_answers("bridge_killed_phase_b_broker_down", &answers_b);
@@ -242,8 +255,7 @@ async fn bridge_killed_with_the_broker_down_replays_its_spool_after_restart() {
     // A new broker (empty), the bridge restarted on the same spool: it replays.
     let second_broker = Broker::start(port);
     let restarted = Bridge::start(options(&second_broker));
-    let records = consume_from(&second_broker.address(), &topic, figures_b.answered_2xx);
-    check_records(&mut figures_b, &answers_b, &records);
+    read_back_and_check(&second_broker.address(), &topic, &mut figures_b, &answers_b);
     figures_b.report();
     assert_eq!(figures_b.lost, 0, "{figures_b:?}");
     assert!(restarted
@@ -256,15 +268,7 @@ async fn sigterm_under_load_answers_every_request_in_flight() {
     let broker = Broker::start(free_port());
     let mut bridge = Bridge::start(own_broker_options(&broker));
     let pid = bridge.pid();
-    let terminated = Arc::new(AtomicBool::new(false));
-    let on_progress = {
-        let terminated = Arc::clone(&terminated);
-        Arc::new(move |answered: usize| {
-            if answered >= 1_000 && !terminated.swap(true, Ordering::SeqCst) {
-                signal(pid, "-TERM");
-            }
-        })
-    };
+    let on_progress = once_after(1_000, move || signal(pid, "-TERM"));
     let answers = stream_events(bridge.ingest_url(), 0..40, 50, 32, on_progress).await;
     let mut figures = count_answers("sigterm_under_load", &answers);
     let status = bridge
@@ -275,12 +279,12 @@ async fn sigterm_under_load_answers_every_request_in_flight() {
         answers.iter().all(|a| a.accepted() || a.status.is_none()),
         "only 2xx, or no response at all (connection refused or closed by the shutdown)"
     );
-    let records = consume_from(
+    let records = read_back_and_check(
         &broker.address(),
         &bridge.topic("TASK_CHANGE"),
-        figures.answered_2xx,
+        &mut figures,
+        &answers,
     );
-    check_records(&mut figures, &answers, &records);
     // A request the bridge processed must have been answered: an unanswered
     // event found in Kafka would be an answer lost in flight. (A request written
     // to a keep-alive connection just as the shutdown closes it idle is never
@@ -398,12 +402,12 @@ async fn a_full_spool_answers_503_without_crashing_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut figures = count_answers("spool_full", &answers);
-    let records = consume_from(
+    read_back_and_check(
         &broker.address(),
         &bridge.topic("TASK_CHANGE"),
-        figures.answered_2xx,
+        &mut figures,
+        &answers,
     );
-    check_records(&mut figures, &answers, &records);
     figures.report();
     assert_eq!(figures.lost, 0, "{figures:?}");
     assert!(figures.refused_503 >= 1);

@@ -18,6 +18,15 @@ fn scrape(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+async fn metrics_text(client: &reqwest::Client, bridge: &Bridge) -> String {
+    let response = client
+        .get(bridge.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap()
+}
+
 fn series(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
     metrics
         .iter()
@@ -63,14 +72,7 @@ async fn metrics_count_what_was_sent_by_event_and_outcome() {
     let published = fixture("TASK_CREATE");
     assert_eq!(post(&client, &bridge, published.to_string()).await.0, 200);
 
-    let text = client
-        .get(bridge.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&client, &bridge).await;
     let metrics = scrape(&text);
     let requests = |event: &str, outcome: &str| {
         series(
@@ -102,14 +104,7 @@ async fn metrics_count_what_was_sent_by_event_and_outcome() {
     // librdkafka statistics arrive on their own interval.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = client
-            .get(bridge.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&client, &bridge).await;
         let metrics = scrape(&text);
         if metrics
             .keys()

@@ -108,16 +108,12 @@ fn the_test_registry_behaves_like_confluents_for_confluents_own_client() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/py/registry_client_check.py"
     );
-    let output = std::process::Command::new(stack().python)
-        .args([script, &stack().registry_url, &subject])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let output = support::stdout_of(std::process::Command::new(stack().python).args([
+        script,
+        &stack().registry_url,
+        &subject,
+    ]));
+    let seen: Value = serde_json::from_str(&output).unwrap();
     assert_eq!(seen["get_by_id_equal"], true);
     assert_eq!(seen["register_again_same_id"], true);
     assert_eq!(seen["id2_differs"], true);

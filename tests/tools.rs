@@ -4,7 +4,7 @@ mod support;
 
 use serde_json::Value;
 use std::process::Command;
-use support::{fixture, stack, Bridge, BridgeOptions, SECRET};
+use support::{fixture, stack, stdout_of, Bridge, BridgeOptions, SECRET};
 
 fn tool(bridge: &Bridge) -> Command {
     let stack = stack();
@@ -18,16 +18,26 @@ fn tool(bridge: &Bridge) -> Command {
     command
 }
 
-fn json_lines(output: &std::process::Output) -> Vec<Value> {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
+fn json_lines(command: &mut Command) -> Vec<Value> {
+    stdout_of(command)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The first record of the ALL_CALLS topic, as `tail` prints it.
+fn tail_first_all_calls(bridge: &Bridge) -> Value {
+    let lines = json_lines(tool(bridge).args([
+        "tail",
+        "ALL_CALLS",
+        "--from-beginning",
+        "--max",
+        "1",
+        "--idle-exit-secs",
+        "20",
+    ]));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.into_iter().next().unwrap()
 }
 
 #[test]
@@ -35,12 +45,10 @@ fn send_posts_fixtures_and_tail_prints_them_decoded() {
     let bridge = Bridge::start(BridgeOptions::default());
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let sent = json_lines(
-        &tool(&bridge)
+        tool(&bridge)
             .args(["send", "--url", &bridge.ingest_url()])
             .arg(format!("{fixtures}/all_calls.json"))
-            .arg(format!("{fixtures}/cdr_summary_ready.json"))
-            .output()
-            .unwrap(),
+            .arg(format!("{fixtures}/cdr_summary_ready.json")),
     );
     assert_eq!(sent.len(), 2);
     assert!(
@@ -49,22 +57,7 @@ fn send_posts_fixtures_and_tail_prints_them_decoded() {
         "{sent:?}"
     );
 
-    let tailed = json_lines(
-        &tool(&bridge)
-            .args([
-                "tail",
-                "ALL_CALLS",
-                "--from-beginning",
-                "--max",
-                "1",
-                "--idle-exit-secs",
-                "20",
-            ])
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(tailed.len(), 1);
-    let record = &tailed[0];
+    let record = &tail_first_all_calls(&bridge);
     let input = fixture("ALL_CALLS");
     assert_eq!(record["topic"], bridge.topic("ALL_CALLS"));
     assert_eq!(record["key"], "12345");
@@ -152,12 +145,10 @@ async fn dead_letter_replay_resubmits_after_a_schema_fix_keeping_the_group_id() 
 
     let replay = |extra: &[&str]| {
         json_lines(
-            &tool(&bridge)
+            tool(&bridge)
                 .env("SUPERFONE_BRIDGE_REGISTRY__SCHEMAS_DIR", fixed.path())
                 .args(["dead-letter", "replay", "--idle-exit-secs", "3"])
-                .args(extra)
-                .output()
-                .unwrap(),
+                .args(extra),
         )
     };
     let lines = replay(&[]);
@@ -180,21 +171,7 @@ async fn dead_letter_replay_resubmits_after_a_schema_fix_keeping_the_group_id() 
         "a second run continues after the first"
     );
 
-    let tailed = json_lines(
-        &tool(&bridge)
-            .args([
-                "tail",
-                "ALL_CALLS",
-                "--from-beginning",
-                "--max",
-                "1",
-                "--idle-exit-secs",
-                "20",
-            ])
-            .output()
-            .unwrap(),
-    );
-    let record = &tailed[0];
+    let record = &tail_first_all_calls(&bridge);
     assert_eq!(record["headers"]["superfone-group-id"], "g-replay-1");
     assert!(record["headers"]["superfone-replayed-from"]
         .as_str()

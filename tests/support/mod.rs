@@ -317,30 +317,21 @@ fn read_topic(
     if raw {
         command.arg("--raw");
     }
-    let output = command.output().expect("run tests/py/consume.py");
-    assert!(
-        output.status.success(),
-        "consume.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
+    stdout_of(&mut command)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
 
-/// Runs a Python snippet with the test venv's interpreter; returns stdout.
-pub fn python(script: &str, args: &[&str]) -> String {
-    let output = Command::new(stack().python)
-        .arg("-c")
-        .arg(script)
-        .args(args)
+/// Runs a command to completion; asserts it succeeded (showing its stderr
+/// otherwise) and returns its stdout.
+pub fn stdout_of(command: &mut Command) -> String {
+    let output = command
         .output()
-        .expect("run python");
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
     assert!(
         output.status.success(),
-        "python failed: {}",
+        "{command:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
@@ -546,14 +537,12 @@ pub struct ReceivedSpan {
 impl Collector {
     pub fn start() -> Collector {
         let python = stack().python;
-        let output = Command::new(&python)
-            .args([
-                "-c",
-                "import rotel,pathlib;print(pathlib.Path(rotel.__file__).parent/'rotel-agent')",
-            ])
-            .output()
-            .expect("find rotel-agent");
-        let agent = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let agent = stdout_of(Command::new(&python).args([
+            "-c",
+            "import rotel,pathlib;print(pathlib.Path(rotel.__file__).parent/'rotel-agent')",
+        ]))
+        .trim()
+        .to_owned();
         let (grpc_port, http_port) = (free_port(), free_port());
         let mut child = Command::new(agent)
             .args(["start", "--exporter", "blackhole", "--debug-log", "traces"])
