@@ -1,0 +1,10 @@
+//! The benchmark's parts: payload templates, the load generator, the HTTP
+//! ceiling's server, process statistics, read-back on the broker, the report.
+
+pub mod load;
+pub mod payloads;
+pub mod procstat;
+pub mod report;
+pub mod run;
+pub mod sink;
+pub mod verify;

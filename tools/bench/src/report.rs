@@ -1,0 +1,204 @@
+//! The run's results: one row per phase, the ratios against the ceilings and
+//! the targets, written as JSON (for comparing runs) and a markdown table.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// One measured phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    /// `bridge`, `broker ceiling` or `HTTP ceiling`.
+    pub target: String,
+    /// `closed, 64 clients` or `open, 1234/s`.
+    pub load: String,
+    pub offered_per_s: Option<f64>,
+    pub sent: u64,
+    /// Answered 2xx (HTTP) or acknowledged (producer).
+    pub accepted: u64,
+    /// Accepted and found on the broker afterwards; `None` where the target
+    /// writes no records (HTTP ceiling).
+    pub verified: Option<u64>,
+    /// Accepted but not found on the broker.
+    pub missing: u64,
+    pub statuses: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    /// Verified records (or, for the HTTP ceiling, 200s) per second.
+    pub deliveries_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// CPU of the serving process (bridge, sink; the producing process for the
+    /// broker ceiling) per 1,000 deliveries.
+    pub cpu_ms_per_1000: Option<f64>,
+    /// Peak resident memory of the serving process during the phase.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// A goal from the issue, checked on this run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub name: String,
+    pub value: f64,
+    pub goal: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub bridge_per_s: f64,
+    pub broker_ceiling_per_s: f64,
+    pub http_ceiling_per_s: f64,
+    /// bridge / min(ceilings).
+    pub throughput_ratio: f64,
+    pub bridge_p99_at_half_ms: f64,
+    pub broker_p99_at_half_ms: f64,
+    /// bridge p99 / broker p99, both open loop at 50% of the bridge's max rate.
+    pub p99_ratio_at_half: f64,
+    pub bridge_peak_rss_mib: f64,
+    pub bridge_cpu_ms_per_1000: f64,
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run: String,
+    pub label: Option<String>,
+    pub settings: serde_json::Value,
+    pub phases: Vec<PhaseReport>,
+    pub summary: Summary,
+}
+
+impl Summary {
+    pub fn new(phases: &[PhaseReport]) -> Option<Summary> {
+        let find = |name: &str| phases.iter().find(|phase| phase.phase == name);
+        let bridge = find("bridge")?;
+        let broker = find("broker")?;
+        let http = find("http")?;
+        let bridge_half = find("bridge-open-50")?;
+        let broker_half = find("broker-open-50")?;
+        let lower_ceiling = broker.deliveries_per_s.min(http.deliveries_per_s);
+        let throughput_ratio = bridge.deliveries_per_s / lower_ceiling;
+        let p99_ratio_at_half = bridge_half.p99_ms / broker_half.p99_ms;
+        let peak_rss = phases
+            .iter()
+            .filter(|phase| phase.target == "bridge")
+            .filter_map(|phase| phase.peak_rss_mib)
+            .fold(0.0, f64::max);
+        let goals = vec![
+            Goal {
+                name: "throughput / lower ceiling".into(),
+                value: throughput_ratio,
+                goal: ">= 0.70".into(),
+                met: throughput_ratio >= 0.70,
+            },
+            Goal {
+                name: "p99 at 50% of max rate / broker p99".into(),
+                value: p99_ratio_at_half,
+                goal: "<= 3.0".into(),
+                met: p99_ratio_at_half <= 3.0,
+            },
+            Goal {
+                name: "peak RSS under load (MiB)".into(),
+                value: peak_rss,
+                goal: "<= 64".into(),
+                met: peak_rss <= 64.0,
+            },
+        ];
+        Some(Summary {
+            bridge_per_s: bridge.deliveries_per_s,
+            broker_ceiling_per_s: broker.deliveries_per_s,
+            http_ceiling_per_s: http.deliveries_per_s,
+            throughput_ratio,
+            bridge_p99_at_half_ms: bridge_half.p99_ms,
+            broker_p99_at_half_ms: broker_half.p99_ms,
+            p99_ratio_at_half,
+            bridge_peak_rss_mib: peak_rss,
+            bridge_cpu_ms_per_1000: bridge.cpu_ms_per_1000.unwrap_or(f64::NAN),
+            goals,
+        })
+    }
+}
+
+fn optional(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("–".into(), |value| format!("{value:.decimals$}"))
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let label = self.label.as_deref().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "## superfone-bridge benchmark `{}` {label}\n",
+            self.run
+        );
+        let _ = writeln!(
+            out,
+            "| phase | target | load | sent | accepted | verified on broker | missing | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU ms / 1000 | peak RSS MiB | answers |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for phase in &self.phases {
+            let statuses = phase
+                .statuses
+                .iter()
+                .map(|(status, count)| format!("{status}×{count}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                phase.phase,
+                phase.target,
+                phase.load,
+                phase.sent,
+                phase.accepted,
+                phase.verified.map_or("–".into(), |v| v.to_string()),
+                phase.missing,
+                phase.deliveries_per_s,
+                phase.p50_ms,
+                phase.p99_ms,
+                phase.p999_ms,
+                phase.max_ms,
+                optional(phase.cpu_ms_per_1000, 0),
+                optional(phase.peak_rss_mib, 1),
+                statuses,
+            );
+        }
+        let summary = &self.summary;
+        let _ = writeln!(out);
+        let _ = writeln!(out, "| ratio | value | goal | met |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| bridge deliveries/s | {:.0} (broker ceiling {:.0}, HTTP ceiling {:.0}) | | |",
+            summary.bridge_per_s, summary.broker_ceiling_per_s, summary.http_ceiling_per_s
+        );
+        let _ = writeln!(
+            out,
+            "| p99 at 50% of max rate | bridge {:.2} ms, broker {:.2} ms | | |",
+            summary.bridge_p99_at_half_ms, summary.broker_p99_at_half_ms
+        );
+        for goal in &summary.goals {
+            let _ = writeln!(
+                out,
+                "| {} | {:.2} | {} | {} |",
+                goal.name,
+                goal.value,
+                goal.goal,
+                if goal.met { "yes" } else { "no" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nbridge CPU per 1,000 deliveries: {:.0} ms",
+            summary.bridge_cpu_ms_per_1000
+        );
+        out
+    }
+}

@@ -1,0 +1,453 @@
+//! One benchmark run against a running broker and registry: the HTTP ceiling
+//! (a trivial hyper server), the broker ceiling (the bridge's own producer
+//! with the bridge's records, no HTTP), then the release bridge, closed loop
+//! for its maximum rate and open loop at fractions of it, each open-loop rate
+//! also sent to the broker directly. Afterwards every topic is read back and
+//! only records found there count.
+
+use crate::load::{self, PhaseResult, Target};
+use crate::payloads::Payloads;
+use crate::procstat::{self, RssWatch};
+use crate::report::{PhaseReport, Report, Summary};
+use crate::verify;
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use superfone_bridge::config::Config;
+use superfone_bridge::event::{self, EventKind};
+use superfone_bridge::ingest::{event_headers, EventRoute};
+use superfone_bridge::kafka::{Publisher, Record};
+use tokio::process::{Child, Command};
+
+/// The bearer secret the benchmark's bridge accepts.
+const SECRET: &str = "bench-secret";
+/// Distinct pre-converted records the broker ceiling cycles through.
+const BROKER_RECORDS: u64 = 2_000;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Kafka bootstrap servers (a fresh broker per run: tansu keeps records in memory).
+    #[arg(long, default_value = "127.0.0.1:29092")]
+    pub brokers: String,
+    /// Schema registry URL.
+    #[arg(long, default_value = "http://127.0.0.1:28081")]
+    pub registry_url: String,
+    /// The superfone-bridge binary to measure (the release build).
+    #[arg(long, default_value = "target/release/superfone-bridge")]
+    pub bridge_bin: PathBuf,
+    /// Seed payloads, rotated.
+    #[arg(long, default_value = "tests/fixtures")]
+    pub fixtures: PathBuf,
+    /// Results go to `<out>/<run>/bench.{json,md}`.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Seconds each measured phase lasts.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Seconds of unmeasured load before each closed-loop phase.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Clients of the closed-loop phases.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Leads (contact ids, so Kafka keys) the events spread over.
+    #[arg(long, default_value_t = 5_000)]
+    pub contacts: u64,
+    /// Open-loop rates, as fractions of the bridge's closed-loop maximum.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
+    pub fractions: Vec<f64>,
+    /// Free text stored with the results (what was changed for this run).
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// Measured phases on their way to the report.
+struct Measured {
+    result: PhaseResult,
+    target: &'static str,
+    load: String,
+    offered_per_s: Option<f64>,
+    cpu_seconds: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    /// Whether the target writes records that must be found on the broker.
+    writes_records: bool,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
+    let run = format!("bench{}", unix.as_secs());
+    let out = options.out.join(&run);
+    std::fs::create_dir_all(&out)?;
+    let duration = Duration::from_secs_f64(options.duration_secs);
+    let warmup = Duration::from_secs_f64(options.warmup_secs);
+    let payloads = Arc::new(Payloads::load(&options.fixtures, options.contacts)?);
+
+    // The bridge's config: its defaults (and any SUPERFONE_BRIDGE_* override,
+    // e.g. a producer setting under test) with this run's addresses. The broker
+    // ceiling uses the same `[kafka]` section, so the same producer settings.
+    let mut config = Config::load(None).context("loading the bridge config")?;
+    config.kafka.brokers = options.brokers.clone();
+    config.registry.url = options.registry_url.clone();
+    config.server.listen = free_local_address()?;
+    config.admin.listen = free_local_address()?;
+    config.spool.dir = out.join("spool");
+    config.topics.prefix = format!("{run}.");
+    let config_path = out.join("bridge.toml");
+    std::fs::write(&config_path, toml::to_string(&config)?)?;
+
+    let publisher = Publisher::new(&config.kafka)?;
+    publisher.check_broker(Duration::from_secs(10)).await?;
+    let topics: Vec<String> = EventKind::ALL
+        .iter()
+        .map(|kind| config.topics.topic_for(*kind))
+        .collect();
+    publisher
+        .create_topics(
+            &topics,
+            config.kafka.topic_partitions,
+            config.kafka.topic_replication_factor,
+            Duration::from_secs(10),
+        )
+        .await?;
+    let routes = superfone_bridge::event_routes(&config).await?;
+    let records = broker_records(&routes, &payloads)?;
+    let mut measured = Vec::new();
+    let closed_load = format!("closed, {} clients", options.concurrency);
+
+    eprintln!("[bench] {run}: HTTP ceiling");
+    let sink_address = free_local_address()?;
+    let mut sink = spawn(
+        Command::new(std::env::current_exe()?).args([
+            "http-sink",
+            "--listen",
+            &sink_address.to_string(),
+        ]),
+        &out.join("http-sink.log"),
+    )?;
+    wait_for_port(sink_address).await?;
+    let sink_pid = sink.id().context("sink pid")?;
+    let http = Arc::new(Target::http(
+        format!("http://{sink_address}/").parse()?,
+        SECRET,
+        &config.server.group_id_header,
+        payloads.clone(),
+    )?);
+    load::closed_loop(http.clone(), &run, "warmup", options.concurrency, warmup).await;
+    measured.push(
+        measure(sink_pid, || {
+            load::closed_loop(http, &run, "http", options.concurrency, duration)
+        })
+        .await?
+        .describe("HTTP ceiling", closed_load.clone(), None, false),
+    );
+    sink.kill().await?;
+
+    eprintln!("[bench] {run}: broker ceiling");
+    let broker = Arc::new(Target::Kafka { publisher, records });
+    let own_pid = std::process::id();
+    load::closed_loop(broker.clone(), &run, "warmup", options.concurrency, warmup).await;
+    measured.push(
+        measure(own_pid, || {
+            load::closed_loop(
+                broker.clone(),
+                &run,
+                "broker",
+                options.concurrency,
+                duration,
+            )
+        })
+        .await?
+        .describe("broker ceiling", closed_load.clone(), None, true),
+    );
+
+    eprintln!("[bench] {run}: bridge {}", options.bridge_bin.display());
+    let mut bridge = spawn(
+        Command::new(&options.bridge_bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .env("SUPERFONE_AUTH_SECRETS", SECRET),
+        &out.join("bridge.log"),
+    )?;
+    let bridge_pid = bridge.id().context("bridge pid")?;
+    let admin = format!("http://{}", config.admin.listen);
+    wait_until_ready(&admin, &mut bridge).await?;
+    let ingest = Arc::new(Target::http(
+        format!(
+            "http://{}{}",
+            config.server.listen, config.server.ingest_path
+        )
+        .parse()?,
+        SECRET,
+        &config.server.group_id_header,
+        payloads.clone(),
+    )?);
+    load::closed_loop(ingest.clone(), &run, "warmup", options.concurrency, warmup).await;
+    let closed = measure(bridge_pid, || {
+        load::closed_loop(
+            ingest.clone(),
+            &run,
+            "bridge",
+            options.concurrency,
+            duration,
+        )
+    })
+    .await?
+    .describe("bridge", closed_load, None, true);
+    let max_rate = closed.result.accepted.len() as f64 / closed.result.elapsed.as_secs_f64();
+    measured.push(closed);
+
+    for fraction in &options.fractions {
+        let rate = (max_rate * fraction).max(1.0);
+        let percent = (fraction * 100.0).round();
+        let load = format!("open, {rate:.0}/s ({percent}% of max)");
+        eprintln!("[bench] {run}: open loop {load}");
+        let phase = format!("bridge-open-{percent}");
+        measured.push(
+            measure(bridge_pid, || {
+                load::open_loop(ingest.clone(), &run, &phase, rate, duration)
+            })
+            .await?
+            .describe("bridge", load.clone(), Some(rate), true),
+        );
+        let phase = format!("broker-open-{percent}");
+        measured.push(
+            measure(own_pid, || {
+                load::open_loop(broker.clone(), &run, &phase, rate, duration)
+            })
+            .await?
+            .describe("broker ceiling", load, Some(rate), true),
+        );
+    }
+
+    wait_for_empty_spool(&admin).await?;
+    stop(&mut bridge).await?;
+
+    eprintln!("[bench] {run}: reading every topic back");
+    let found = {
+        let (brokers, run) = (options.brokers.clone(), run.clone());
+        tokio::task::spawn_blocking(move || verify::records_on_broker(&brokers, &topics, &run))
+            .await??
+    };
+    let phases: Vec<PhaseReport> = measured
+        .into_iter()
+        .map(|phase| phase.report(&found))
+        .collect();
+    let summary = Summary::new(&phases).context("a phase is missing")?;
+    let report = Report {
+        run: run.clone(),
+        label: options.label.clone(),
+        settings: serde_json::json!({
+            "duration_secs": options.duration_secs,
+            "warmup_secs": options.warmup_secs,
+            "concurrency": options.concurrency,
+            "contacts": options.contacts,
+            "kafka": config.kafka,
+            "delivery": config.delivery,
+            "dedup": config.dedup,
+            "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+        }),
+        phases,
+        summary,
+    };
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("bench.md"), report.markdown())?;
+    eprintln!("[bench] results in {}", out.display());
+    Ok(report)
+}
+
+impl Measured {
+    fn describe(
+        mut self,
+        target: &'static str,
+        load: String,
+        offered_per_s: Option<f64>,
+        writes_records: bool,
+    ) -> Measured {
+        self.target = target;
+        self.load = load;
+        self.offered_per_s = offered_per_s;
+        self.writes_records = writes_records;
+        self
+    }
+
+    fn report(self, found: &verify::Found) -> PhaseReport {
+        let result = self.result;
+        let accepted = result.accepted.len() as u64;
+        let verified = self.writes_records.then(|| {
+            found.get(&result.name).map_or(0, |on_broker| {
+                result
+                    .accepted
+                    .iter()
+                    .filter(|seq| on_broker.contains(seq))
+                    .count() as u64
+            })
+        });
+        let counted = verified.unwrap_or_else(|| result.statuses.get("200").copied().unwrap_or(0));
+        let millis = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
+        PhaseReport {
+            phase: result.name.clone(),
+            target: self.target.into(),
+            load: self.load,
+            offered_per_s: self.offered_per_s,
+            sent: result.sent,
+            accepted,
+            verified,
+            missing: verified.map_or(0, |verified| accepted - verified),
+            statuses: result.statuses.clone(),
+            elapsed_s: result.elapsed.as_secs_f64(),
+            deliveries_per_s: counted as f64 / result.elapsed.as_secs_f64(),
+            p50_ms: millis(0.5),
+            p99_ms: millis(0.99),
+            p999_ms: millis(0.999),
+            max_ms: result.latency.max() as f64 / 1000.0,
+            cpu_ms_per_1000: self
+                .cpu_seconds
+                .filter(|_| counted > 0)
+                .map(|seconds| seconds * 1e6 / counted as f64),
+            peak_rss_mib: self.peak_rss_kib.map(|kib| kib as f64 / 1024.0),
+        }
+    }
+}
+
+/// Runs a phase while watching the CPU time and memory of process `pid`.
+async fn measure<F, Fut>(pid: u32, phase: F) -> anyhow::Result<Measured>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = PhaseResult>,
+{
+    let rss = RssWatch::start(pid);
+    let cpu_before = procstat::cpu_seconds(pid)?;
+    let result = phase().await;
+    let cpu_seconds = procstat::cpu_seconds(pid)? - cpu_before;
+    Ok(Measured {
+        result,
+        target: "",
+        load: String::new(),
+        offered_per_s: None,
+        cpu_seconds: Some(cpu_seconds),
+        peak_rss_kib: Some(rss.take_peak_kib()),
+        writes_records: false,
+    })
+}
+
+/// The ten event records exactly as the bridge would produce them from the
+/// first `BROKER_RECORDS` requests, for the broker ceiling.
+fn broker_records(routes: &[EventRoute], payloads: &Payloads) -> anyhow::Result<Vec<Record>> {
+    (0..BROKER_RECORDS)
+        .map(|seq| {
+            let body: serde_json::Value = serde_json::from_slice(&payloads.body(seq))?;
+            let kind = event::dispatch(&body)?;
+            let object = body.as_object().context("payload is an object")?;
+            let route = &routes[kind as usize];
+            let payload = route.converter.encode(route.schema_id, object)?;
+            let dedup_key = event::dedup_key(kind, object);
+            Ok(Record {
+                topic: route.topic.clone(),
+                key: event::record_key(object),
+                headers: event_headers(
+                    kind,
+                    "",
+                    "2026-01-01T00:00:00Z",
+                    route.schema_id,
+                    &dedup_key,
+                ),
+                payload,
+            })
+        })
+        .collect()
+}
+
+fn free_local_address() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Ok(command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+async fn wait_for_port(address: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {address}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client.get(url.parse::<Uri>()?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn wait_until_ready(admin: &str, bridge: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = bridge.try_wait()? {
+            bail!("the bridge exited during start-up ({status}); see its bridge.log");
+        }
+        if let Ok((200, _)) = get(&format!("{admin}/readyz")).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the bridge was not ready within 30 s; see its bridge.log");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the bridge's spool has handed every record to Kafka, so the
+/// read-back sees all of them.
+async fn wait_for_empty_spool(admin: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = get(&format!("{admin}/metrics")).await?;
+        let spooled = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("superfone_spool_records "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if spooled == 0.0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{spooled} records still spooled after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn stop(bridge: &mut Child) -> anyhow::Result<()> {
+    let pid = bridge.id().context("bridge already exited")?;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), bridge.wait()).await??;
+    if !status.success() {
+        bail!("the bridge exited with {status}");
+    }
+    Ok(())
+}

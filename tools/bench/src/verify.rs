@@ -1,0 +1,83 @@
+//! Counting on the broker: every event topic is read from the beginning to
+//! its high watermark, and each record's group id header says which phase
+//! and request it came from. Only these records count as deliveries.
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use superfone_bridge::ingest::GROUP_ID_HEADER;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sequence numbers found on the broker, per phase, for group ids `<run>-<phase>-<seq>`.
+pub type Found = HashMap<String, HashSet<u64>>;
+
+/// Reads `topics` completely (blocking; call from `spawn_blocking`).
+pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow::Result<Found> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{run}-verify"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .context("creating the verifying consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for partition in partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            if high > low {
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+                remaining.insert((topic.clone(), partition), high);
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    let prefix = format!("{run}-");
+    let mut found = Found::new();
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            anyhow::ensure!(
+                last_progress.elapsed() < TIMEOUT,
+                "reading back stalled with {} partitions unfinished",
+                remaining.len()
+            );
+            continue;
+        };
+        let message = message.context("reading back records")?;
+        last_progress = Instant::now();
+        let group_id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == GROUP_ID_HEADER)
+                .and_then(|header| std::str::from_utf8(header.value?).ok())
+        });
+        if let Some((phase, seq)) = group_id
+            .and_then(|id| id.strip_prefix(&prefix))
+            .and_then(|rest| rest.rsplit_once('-'))
+        {
+            if let Ok(seq) = seq.parse() {
+                found.entry(phase.to_owned()).or_default().insert(seq);
+            }
+        }
+        let key = (message.topic().to_owned(), message.partition());
+        if remaining
+            .get(&key)
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            remaining.remove(&key);
+        }
+    }
+    Ok(found)
+}
