@@ -7,6 +7,9 @@
 //! a repeat that arrives while the first delivery is still in flight waits for
 //! its outcome; if the first one failed, the repeat is delivered as new.
 //! Memory is bounded: at most `max_entries` keys, each for at most `window`.
+//! A key is kept as a 128-bit fingerprint (SHA-256 prefix) and its first
+//! delivery compactly, about 150 bytes an entry with the group id
+//! (scripts/bench: the map was the largest part of the bridge's memory).
 
 use crate::delivery::RecordRef;
 use std::collections::{HashMap, VecDeque};
@@ -23,17 +26,109 @@ pub struct FirstDelivery {
     pub group_id: String,
 }
 
-enum Slot {
-    /// `None` while the first delivery runs; the sender is dropped if it fails.
-    InFlight(watch::Receiver<Option<FirstDelivery>>),
-    Done(FirstDelivery),
+/// A dedup key's SHA-256, first 128 bits (as two words, so entries need no
+/// 16-byte alignment): collisions are not a concern at any realistic number
+/// of keys, and it is a fraction of the key's size.
+type Fingerprint = (u64, u64);
+
+fn fingerprint(key: &str) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let word = |at: usize| u64::from_be_bytes(digest[at..at + 8].try_into().expect("8 bytes"));
+    (word(0), word(8))
 }
 
-struct State {
-    slots: HashMap<String, (Instant, Slot)>,
-    /// Keys in the order they were remembered, for expiry and the size bound.
-    order: VecDeque<(Instant, String)>,
+/// Where a first delivery went, as the map keeps it (40 bytes and the group id).
+struct Remembered {
+    group_id: Box<str>,
+    place: Place,
+    /// Index into `State::topics`.
+    topic: u16,
 }
+
+enum Place {
+    Kafka {
+        partition: i32,
+        offset: i64,
+    },
+    Spool(u64),
+    /// A reference in neither form (not built by the bridge itself).
+    Other {
+        partition: Option<i32>,
+        offset: Option<i64>,
+        spool_id: Option<u64>,
+    },
+}
+
+/// `Done` entries: the key, when it was remembered, and where it went.
+struct State {
+    done: HashMap<Fingerprint, (Millis, Remembered)>,
+    /// First deliveries still under way; repeats wait on them (few at a time).
+    in_flight: HashMap<Fingerprint, watch::Receiver<Option<FirstDelivery>>>,
+    /// Keys in the order they were remembered, for expiry and the size bound.
+    order: VecDeque<(Millis, Fingerprint)>,
+    /// The few topic names, shared by every entry.
+    topics: Vec<String>,
+    started: Instant,
+}
+
+/// Milliseconds since the dedup was created.
+type Millis = u64;
+
+impl State {
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    fn compact(&mut self, first: FirstDelivery) -> Remembered {
+        let record = first.record;
+        let topic = match self.topics.iter().position(|t| *t == record.topic) {
+            Some(index) => index,
+            None => {
+                self.topics.push(record.topic);
+                self.topics.len() - 1
+            }
+        };
+        let place = match (record.partition, record.offset, record.spool_id) {
+            (Some(partition), Some(offset), None) => Place::Kafka { partition, offset },
+            (None, None, Some(id)) => Place::Spool(id),
+            (partition, offset, spool_id) => Place::Other {
+                partition,
+                offset,
+                spool_id,
+            },
+        };
+        Remembered {
+            group_id: first.group_id.into_boxed_str(),
+            place,
+            topic: u16::try_from(topic).expect("fewer than 65536 topics"),
+        }
+    }
+
+    fn first_delivery(&self, remembered: &Remembered) -> FirstDelivery {
+        let (partition, offset, spool_id) = match remembered.place {
+            Place::Kafka { partition, offset } => (Some(partition), Some(offset), None),
+            Place::Spool(id) => (None, None, Some(id)),
+            Place::Other {
+                partition,
+                offset,
+                spool_id,
+            } => (partition, offset, spool_id),
+        };
+        FirstDelivery {
+            record: RecordRef {
+                topic: self.topics[usize::from(remembered.topic)].clone(),
+                partition,
+                offset,
+                spool_id,
+            },
+            group_id: remembered.group_id.to_string(),
+        }
+    }
+}
+
+/// Beyond this many entries the map grows on demand instead.
+const PREALLOCATED_ENTRIES_MAX: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct Dedup {
@@ -53,37 +148,46 @@ pub enum Claim {
 /// `remember` forgets the key, so a retry is delivered.
 pub struct Pending {
     key: String,
+    fingerprint: Fingerprint,
     sender: Option<watch::Sender<Option<FirstDelivery>>>,
     dedup: Dedup,
 }
 
 impl Dedup {
     pub fn new(window: Duration, max_entries: usize) -> Self {
+        let capacity = max_entries.saturating_add(1).min(PREALLOCATED_ENTRIES_MAX);
         Dedup {
             window,
             max_entries,
             state: Arc::new(Mutex::new(State {
-                slots: HashMap::new(),
-                order: VecDeque::new(),
+                // Allocated once for the bound: growing it later would hold
+                // the old and the new table at once, a memory spike under load.
+                done: HashMap::with_capacity(capacity),
+                in_flight: HashMap::new(),
+                order: VecDeque::with_capacity(capacity),
+                topics: Vec::new(),
+                started: Instant::now(),
             })),
         }
     }
 
     pub async fn claim(&self, key: &str) -> Claim {
+        let fingerprint = fingerprint(key);
         loop {
             let mut waiting = {
                 let mut state = self.state.lock().expect("dedup lock");
                 self.expire(&mut state);
-                match state.slots.get(key) {
-                    Some((_, Slot::Done(first))) => return Claim::Duplicate(first.clone()),
-                    Some((_, Slot::InFlight(receiver))) => receiver.clone(),
+                if let Some((_, first)) = state.done.get(&fingerprint) {
+                    return Claim::Duplicate(state.first_delivery(first));
+                }
+                match state.in_flight.get(&fingerprint) {
+                    Some(receiver) => receiver.clone(),
                     None => {
                         let (sender, receiver) = watch::channel(None);
-                        state
-                            .slots
-                            .insert(key.to_owned(), (Instant::now(), Slot::InFlight(receiver)));
+                        state.in_flight.insert(fingerprint, receiver);
                         return Claim::New(Pending {
                             key: key.to_owned(),
+                            fingerprint,
                             sender: Some(sender),
                             dedup: self.clone(),
                         });
@@ -103,15 +207,22 @@ impl Dedup {
 
     /// Remembers a key whose record is durable, e.g. rebuilt from the spool at start-up.
     pub fn remember(&self, key: &str, first: FirstDelivery) {
+        self.remember_fingerprint(fingerprint(key), first);
+    }
+
+    fn remember_fingerprint(&self, fingerprint: Fingerprint, first: FirstDelivery) {
         let mut state = self.state.lock().expect("dedup lock");
-        let now = Instant::now();
-        state.slots.insert(key.to_owned(), (now, Slot::Done(first)));
-        state.order.push_back((now, key.to_owned()));
+        let now = state.now();
+        let remembered = state.compact(first);
+        state.in_flight.remove(&fingerprint);
+        state.done.insert(fingerprint, (now, remembered));
+        state.order.push_back((now, fingerprint));
         self.expire(&mut state);
     }
 
     pub fn len(&self) -> usize {
-        self.state.lock().expect("dedup lock").slots.len()
+        let state = self.state.lock().expect("dedup lock");
+        state.done.len() + state.in_flight.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -119,18 +230,17 @@ impl Dedup {
     }
 
     fn expire(&self, state: &mut State) {
-        let now = Instant::now();
-        while let Some((at, key)) = state.order.front() {
-            let expired = now.duration_since(*at) >= self.window;
+        let now = state.now();
+        let window = self.window.as_millis() as Millis;
+        while let Some(&(remembered_at, key)) = state.order.front() {
+            let expired = now.saturating_sub(remembered_at) >= window;
             if !expired && state.order.len() <= self.max_entries {
                 break;
             }
-            let key = key.clone();
-            let remembered_at = *at;
             state.order.pop_front();
-            // Only drop the slot this order entry stands for (not a newer one).
-            if matches!(state.slots.get(&key), Some((at, Slot::Done(_))) if *at == remembered_at) {
-                state.slots.remove(&key);
+            // Only drop the entry this order entry stands for (not a newer one).
+            if matches!(state.done.get(&key), Some((at, _)) if *at == remembered_at) {
+                state.done.remove(&key);
             }
         }
     }
@@ -143,7 +253,8 @@ impl Pending {
 
     /// The record is durable: remember the key and release waiting repeats.
     pub fn remember(mut self, first: FirstDelivery) {
-        self.dedup.remember(&self.key, first.clone());
+        self.dedup
+            .remember_fingerprint(self.fingerprint, first.clone());
         if let Some(sender) = self.sender.take() {
             let _ = sender.send(Some(first));
         }
@@ -154,9 +265,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if self.sender.is_some() {
             let mut state = self.dedup.state.lock().expect("dedup lock");
-            if matches!(state.slots.get(&self.key), Some((_, Slot::InFlight(_)))) {
-                state.slots.remove(&self.key);
-            }
+            state.in_flight.remove(&self.fingerprint);
         }
     }
 }

@@ -51,6 +51,11 @@ enum Command {
     },
 }
 
+// glibc's malloc was 17% of the bridge's CPU under load (perf) and grew its
+// arenas well past the live heap; scripts/bench measured mimalloc against it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;

@@ -58,6 +58,8 @@ pub struct Summary {
     /// bridge p99 / broker p99, both open loop at 50% of the bridge's max rate.
     pub p99_ratio_at_half: f64,
     pub bridge_peak_rss_mib: f64,
+    /// Resident memory once started and ready, before any load.
+    pub bridge_idle_rss_mib: f64,
     pub bridge_cpu_ms_per_1000: f64,
     pub goals: Vec<Goal>,
 }
@@ -72,7 +74,7 @@ pub struct Report {
 }
 
 impl Summary {
-    pub fn new(phases: &[PhaseReport]) -> Option<Summary> {
+    pub fn new(phases: &[PhaseReport], idle_rss_mib: f64) -> Option<Summary> {
         let find = |name: &str| phases.iter().find(|phase| phase.phase == name);
         let bridge = find("bridge")?;
         let broker = find("broker")?;
@@ -116,6 +118,7 @@ impl Summary {
             broker_p99_at_half_ms: broker_half.p99_ms,
             p99_ratio_at_half,
             bridge_peak_rss_mib: peak_rss,
+            bridge_idle_rss_mib: idle_rss_mib,
             bridge_cpu_ms_per_1000: bridge.cpu_ms_per_1000.unwrap_or(f64::NAN),
             goals,
         })
@@ -196,8 +199,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nbridge CPU per 1,000 deliveries: {:.0} ms",
-            summary.bridge_cpu_ms_per_1000
+            "\nbridge CPU per 1,000 deliveries: {:.0} ms; resident memory idle {:.1} MiB, peak under load {:.1} MiB",
+            summary.bridge_cpu_ms_per_1000, summary.bridge_idle_rss_mib, summary.bridge_peak_rss_mib
         );
         out
     }

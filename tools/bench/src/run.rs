@@ -197,6 +197,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let bridge_pid = bridge.id().context("bridge pid")?;
     let admin = format!("http://{}", config.admin.listen);
     wait_until_ready(&admin, &mut bridge).await?;
+    let idle_rss_kib = procstat::rss_kib(bridge_pid)?;
     let ingest = Arc::new(Target::http(
         format!(
             "http://{}{}",
@@ -262,7 +263,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .into_iter()
         .map(|phase| phase.report(&found))
         .collect();
-    let summary = Summary::new(&phases).context("a phase is missing")?;
+    let summary =
+        Summary::new(&phases, idle_rss_kib as f64 / 1024.0).context("a phase is missing")?;
     let report = Report {
         run: run.clone(),
         label: options.label.clone(),
