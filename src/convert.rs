@@ -35,10 +35,23 @@ pub struct ConvertError {
 }
 
 /// Converts payloads of one event. Built once per event at start-up.
-#[derive(Debug)]
 pub struct Converter {
-    schema: Schema,
+    /// Leaked on purpose: one per event, alive as long as the process, so the
+    /// writer below can keep its resolved names instead of resolving the
+    /// schema again for every record (seen in the profile).
+    schema: &'static Schema,
     named: HashMap<String, Schema>,
+    /// Writes without apache-avro's validation pass: the value was built by
+    /// walking this very schema, so a second walk would only repeat it.
+    writer: GenericDatumWriter<'static>,
+}
+
+impl std::fmt::Debug for Converter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Converter")
+            .field("schema", &self.schema.name().map(ToString::to_string))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the walk is: path segments, for error messages and JSON Pointers.
@@ -90,18 +103,27 @@ impl Walk {
 
 impl Converter {
     pub fn new(schema: Schema) -> Self {
+        let schema: &'static Schema = Box::leak(Box::new(schema));
         let mut named = HashMap::new();
-        collect_named(&schema, &mut named);
-        Converter { schema, named }
+        collect_named(schema, &mut named);
+        let writer = GenericDatumWriter::builder(schema)
+            .validate(false)
+            .build()
+            .expect("a parsed schema resolves its own names");
+        Converter {
+            schema,
+            named,
+            writer,
+        }
     }
 
     pub fn schema(&self) -> &Schema {
-        &self.schema
+        self.schema
     }
 
     /// Converts a whole payload (a JSON object) into the event's record.
     pub fn to_avro(&self, payload: &Map<String, Json>) -> Result<Avro, ConvertError> {
-        let Schema::Record(record) = &self.schema else {
+        let Schema::Record(record) = self.schema else {
             return Err(Walk::default().error("event schema is not a record"));
         };
         let mut walk = Walk::default();
@@ -124,7 +146,7 @@ impl Converter {
         payload: &Map<String, Json>,
     ) -> Result<Vec<u8>, ConvertError> {
         let value = self.to_avro(payload)?;
-        frame(schema_id, &self.schema, &value).map_err(|error| ConvertError {
+        frame_with(&self.writer, schema_id, &value).map_err(|error| ConvertError {
             field: String::new(),
             problem: format!("Avro encoding failed: {error}"),
         })
@@ -291,12 +313,22 @@ fn collect_named(schema: &Schema, named: &mut HashMap<String, Schema>) {
 /// The Confluent wire format: magic byte 0, the schema id as 4 bytes big-endian,
 /// then the Avro binary datum, written into one buffer.
 pub fn frame(schema_id: u32, schema: &Schema, value: &Avro) -> Result<Vec<u8>, apache_avro::Error> {
+    frame_with(
+        &GenericDatumWriter::builder(schema).build()?,
+        schema_id,
+        value,
+    )
+}
+
+fn frame_with(
+    writer: &GenericDatumWriter<'_>,
+    schema_id: u32,
+    value: &Avro,
+) -> Result<Vec<u8>, apache_avro::Error> {
     let mut buffer = Vec::with_capacity(512);
     buffer.push(WIRE_MAGIC_BYTE);
     buffer.extend_from_slice(&schema_id.to_be_bytes());
-    GenericDatumWriter::builder(schema)
-        .build()?
-        .write_value_ref(&mut buffer, value)?;
+    writer.write_value_ref(&mut buffer, value)?;
     Ok(buffer)
 }
 
