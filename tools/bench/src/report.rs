@@ -22,6 +22,8 @@ pub struct PhaseReport {
     pub verified: Option<u64>,
     /// Accepted but not found on the broker.
     pub missing: u64,
+    /// The first few missing requests' sequence numbers (group id `<run>-<phase>-<seq>`).
+    pub missing_seqs: Vec<u64>,
     pub statuses: BTreeMap<String, u64>,
     pub elapsed_s: f64,
     /// Verified records (or, for the HTTP ceiling, 200s) per second.

@@ -317,6 +317,17 @@ impl Measured {
                     .count() as u64
             })
         });
+        let missing_seqs = match found.get(&result.name) {
+            Some(on_broker) if self.writes_records => result
+                .accepted
+                .iter()
+                .filter(|seq| !on_broker.contains(seq))
+                .take(20)
+                .copied()
+                .collect(),
+            None if self.writes_records => result.accepted.iter().take(20).copied().collect(),
+            _ => Vec::new(),
+        };
         let counted = verified.unwrap_or_else(|| result.statuses.get("200").copied().unwrap_or(0));
         let millis = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
         PhaseReport {
@@ -328,6 +339,7 @@ impl Measured {
             accepted,
             verified,
             missing: verified.map_or(0, |verified| accepted - verified),
+            missing_seqs,
             statuses: result.statuses.clone(),
             elapsed_s: result.elapsed.as_secs_f64(),
             deliveries_per_s: counted as f64 / result.elapsed.as_secs_f64(),
