@@ -40,32 +40,51 @@ fn clock_ticks_per_second() -> u64 {
     })
 }
 
-/// Samples a process's RSS every few milliseconds and keeps the peak since
-/// the last `take_peak`.
+/// Open file descriptors (sockets included) of a process.
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
+/// Samples a process's RSS and open descriptors every few milliseconds and
+/// keeps the peaks.
 pub struct RssWatch {
     peak_kib: Arc<AtomicU64>,
+    peak_fds: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 impl RssWatch {
     pub fn start(pid: u32) -> RssWatch {
         let peak_kib = Arc::new(AtomicU64::new(0));
+        let peak_fds = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (peak, stopped) = (peak_kib.clone(), stop.clone());
+        let (peak, fds, stopped) = (peak_kib.clone(), peak_fds.clone(), stop.clone());
         tokio::spawn(async move {
             while !stopped.load(Ordering::Relaxed) {
                 if let Ok(rss) = rss_kib(pid) {
                     peak.fetch_max(rss, Ordering::Relaxed);
                 }
+                if let Ok(open) = open_fds(pid) {
+                    fds.fetch_max(open, Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        RssWatch { peak_kib, stop }
+        RssWatch {
+            peak_kib,
+            peak_fds,
+            stop,
+        }
     }
 
-    /// The peak since the previous call, and starts a new one.
-    pub fn take_peak_kib(&self) -> u64 {
-        self.peak_kib.swap(0, Ordering::Relaxed)
+    /// The peak RSS so far.
+    pub fn peak_kib(&self) -> u64 {
+        self.peak_kib.load(Ordering::Relaxed)
+    }
+
+    /// The most descriptors open at once so far.
+    pub fn peak_fds(&self) -> u64 {
+        self.peak_fds.load(Ordering::Relaxed)
     }
 }
 

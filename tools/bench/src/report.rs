@@ -37,6 +37,8 @@ pub struct PhaseReport {
     pub cpu_ms_per_1000: Option<f64>,
     /// Peak resident memory of the serving process during the phase.
     pub peak_rss_mib: Option<f64>,
+    /// Most file descriptors (mostly client connections) open at once.
+    pub peak_open_fds: Option<u64>,
 }
 
 /// A goal from the issue, checked on this run's figures.
@@ -142,11 +144,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| phase | target | load | sent | accepted | verified on broker | missing | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU ms / 1000 | peak RSS MiB | answers |"
+            "| phase | target | load | sent | accepted | verified on broker | missing | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | CPU ms / 1000 | peak RSS MiB | peak open fds | answers |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for phase in &self.phases {
             let statuses = phase
@@ -157,7 +159,7 @@ impl Report {
                 .join(" ");
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
                 phase.phase,
                 phase.target,
                 phase.load,
@@ -172,6 +174,7 @@ impl Report {
                 phase.max_ms,
                 optional(phase.cpu_ms_per_1000, 0),
                 optional(phase.peak_rss_mib, 1),
+                phase.peak_open_fds.map_or("–".into(), |fds| fds.to_string()),
                 statuses,
             );
         }

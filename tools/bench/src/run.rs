@@ -81,6 +81,7 @@ struct Measured {
     offered_per_s: Option<f64>,
     cpu_seconds: Option<f64>,
     peak_rss_kib: Option<u64>,
+    peak_fds: Option<u64>,
     /// Whether the target writes records that must be found on the broker.
     writes_records: bool,
 }
@@ -352,6 +353,7 @@ impl Measured {
                 .filter(|_| counted > 0)
                 .map(|seconds| seconds * 1e6 / counted as f64),
             peak_rss_mib: self.peak_rss_kib.map(|kib| kib as f64 / 1024.0),
+            peak_open_fds: self.peak_fds,
         }
     }
 }
@@ -372,7 +374,8 @@ where
         load: String::new(),
         offered_per_s: None,
         cpu_seconds: Some(cpu_seconds),
-        peak_rss_kib: Some(rss.take_peak_kib()),
+        peak_rss_kib: Some(rss.peak_kib()),
+        peak_fds: Some(rss.peak_fds()),
         writes_records: false,
     })
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use superfone_bridge::ingest::GROUP_ID_HEADER;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the topics must stay quiet after the watermarks were reached.
+const QUIET: Duration = Duration::from_secs(2);
 
 /// Sequence numbers found on the broker, per phase, for group ids `<run>-<phase>-<seq>`.
 pub type Found = HashMap<String, HashSet<u64>>;
@@ -26,6 +28,8 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
         .context("creating the verifying consumer")?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+    let mut highs = remaining.clone();
+    let mut past_watermark = 0u64;
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
         let partitions = metadata
@@ -39,6 +43,7 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
             if high > low {
                 assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
                 remaining.insert((topic.clone(), partition), high);
+                highs.insert((topic.clone(), partition), high);
             }
         }
     }
@@ -46,13 +51,20 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
     let prefix = format!("{run}-");
     let mut found = Found::new();
     let mut last_progress = Instant::now();
-    while !remaining.is_empty() {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            anyhow::ensure!(
-                last_progress.elapsed() < TIMEOUT,
-                "reading back stalled with {} partitions unfinished",
-                remaining.len()
-            );
+    // Past the watermarks read at the start, keep reading until the topics
+    // stay quiet for a while: tansu was seen reporting a high watermark that
+    // lagged its last acknowledged records, which made them look lost.
+    loop {
+        let idle = last_progress.elapsed();
+        if remaining.is_empty() && idle >= QUIET {
+            break;
+        }
+        anyhow::ensure!(
+            remaining.is_empty() || idle < TIMEOUT,
+            "reading back stalled with {} partitions unfinished",
+            remaining.len()
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         let message = message.context("reading back records")?;
@@ -72,12 +84,23 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
             }
         }
         let key = (message.topic().to_owned(), message.partition());
+        if highs
+            .get(&key)
+            .is_some_and(|high| message.offset() >= *high)
+        {
+            past_watermark += 1;
+        }
         if remaining
             .get(&key)
             .is_some_and(|high| message.offset() + 1 >= *high)
         {
             remaining.remove(&key);
         }
+    }
+    if past_watermark > 0 {
+        eprintln!(
+            "[bench] {past_watermark} records were beyond the high watermarks the broker reported"
+        );
     }
     Ok(found)
 }
