@@ -8,10 +8,10 @@
 //! its outcome; if the first one failed, the repeat is delivered as new.
 //! Memory is bounded: at most `max_entries` keys, each for at most `window`.
 //! A key is kept as a 128-bit fingerprint (SHA-256 prefix) and its first
-//! delivery compactly, about 150 bytes an entry with the group id
+//! delivery compactly, about 140 bytes an entry with the group id
 //! (scripts/bench: the map was the largest part of the bridge's memory).
 
-use crate::delivery::RecordRef;
+use crate::delivery::{Durable, RecordRef};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,26 +38,12 @@ fn fingerprint(key: &str) -> Fingerprint {
     (word(0), word(8))
 }
 
-/// Where a first delivery went, as the map keeps it (40 bytes and the group id).
+/// Where a first delivery went, as the map keeps it (32 bytes and the group id).
 struct Remembered {
     group_id: Box<str>,
-    place: Place,
+    durable: Durable,
     /// Index into `State::topics`.
     topic: u16,
-}
-
-enum Place {
-    Kafka {
-        partition: i32,
-        offset: i64,
-    },
-    Spool(u64),
-    /// A reference in neither form (not built by the bridge itself).
-    Other {
-        partition: Option<i32>,
-        offset: Option<i64>,
-        spool_id: Option<u64>,
-    },
 }
 
 /// `Done` entries: the key, when it was remembered, and where it went.
@@ -80,48 +66,27 @@ impl State {
         self.started.elapsed().as_millis() as Millis
     }
 
-    fn compact(&mut self, first: FirstDelivery) -> Remembered {
-        let record = first.record;
-        let topic = match self.topics.iter().position(|t| *t == record.topic) {
+    fn remembered(&mut self, topic: &str, durable: Durable, group_id: &str) -> Remembered {
+        let index = match self.topics.iter().position(|known| known == topic) {
             Some(index) => index,
             None => {
-                self.topics.push(record.topic);
+                self.topics.push(topic.to_owned());
                 self.topics.len() - 1
             }
         };
-        let place = match (record.partition, record.offset, record.spool_id) {
-            (Some(partition), Some(offset), None) => Place::Kafka { partition, offset },
-            (None, None, Some(id)) => Place::Spool(id),
-            (partition, offset, spool_id) => Place::Other {
-                partition,
-                offset,
-                spool_id,
-            },
-        };
         Remembered {
-            group_id: first.group_id.into_boxed_str(),
-            place,
-            topic: u16::try_from(topic).expect("fewer than 65536 topics"),
+            group_id: group_id.into(),
+            durable,
+            topic: u16::try_from(index).expect("fewer than 65536 topics"),
         }
     }
 
     fn first_delivery(&self, remembered: &Remembered) -> FirstDelivery {
-        let (partition, offset, spool_id) = match remembered.place {
-            Place::Kafka { partition, offset } => (Some(partition), Some(offset), None),
-            Place::Spool(id) => (None, None, Some(id)),
-            Place::Other {
-                partition,
-                offset,
-                spool_id,
-            } => (partition, offset, spool_id),
-        };
         FirstDelivery {
-            record: RecordRef {
-                topic: self.topics[usize::from(remembered.topic)].clone(),
-                partition,
-                offset,
-                spool_id,
-            },
+            record: RecordRef::new(
+                &self.topics[usize::from(remembered.topic)],
+                remembered.durable,
+            ),
             group_id: remembered.group_id.to_string(),
         }
     }
@@ -147,7 +112,6 @@ pub enum Claim {
 /// A claimed key whose delivery is under way. Dropping it without
 /// `remember` forgets the key, so a retry is delivered.
 pub struct Pending {
-    key: String,
     fingerprint: Fingerprint,
     sender: Option<watch::Sender<Option<FirstDelivery>>>,
     dedup: Dedup,
@@ -186,7 +150,6 @@ impl Dedup {
                         let (sender, receiver) = watch::channel(None);
                         state.in_flight.insert(fingerprint, receiver);
                         return Claim::New(Pending {
-                            key: key.to_owned(),
                             fingerprint,
                             sender: Some(sender),
                             dedup: self.clone(),
@@ -206,18 +169,27 @@ impl Dedup {
     }
 
     /// Remembers a key whose record is durable, e.g. rebuilt from the spool at start-up.
-    pub fn remember(&self, key: &str, first: FirstDelivery) {
-        self.remember_fingerprint(fingerprint(key), first);
+    pub fn remember(&self, key: &str, topic: &str, durable: Durable, group_id: &str) {
+        self.remember_fingerprint(fingerprint(key), topic, durable, group_id);
     }
 
-    fn remember_fingerprint(&self, fingerprint: Fingerprint, first: FirstDelivery) {
+    /// Returns the first delivery as duplicates will be told it.
+    fn remember_fingerprint(
+        &self,
+        fingerprint: Fingerprint,
+        topic: &str,
+        durable: Durable,
+        group_id: &str,
+    ) -> FirstDelivery {
         let mut state = self.state.lock().expect("dedup lock");
         let now = state.now();
-        let remembered = state.compact(first);
+        let remembered = state.remembered(topic, durable, group_id);
+        let first = state.first_delivery(&remembered);
         state.in_flight.remove(&fingerprint);
         state.done.insert(fingerprint, (now, remembered));
         state.order.push_back((now, fingerprint));
         self.expire(&mut state);
+        first
     }
 
     pub fn len(&self) -> usize {
@@ -247,14 +219,11 @@ impl Dedup {
 }
 
 impl Pending {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// The record is durable: remember the key and release waiting repeats.
-    pub fn remember(mut self, first: FirstDelivery) {
-        self.dedup
-            .remember_fingerprint(self.fingerprint, first.clone());
+    pub fn remember(mut self, topic: &str, durable: Durable, group_id: &str) {
+        let first = self
+            .dedup
+            .remember_fingerprint(self.fingerprint, topic, durable, group_id);
         if let Some(sender) = self.sender.take() {
             let _ = sender.send(Some(first));
         }
@@ -274,16 +243,11 @@ impl Drop for Pending {
 mod tests {
     use super::*;
 
-    fn first(offset: i64) -> FirstDelivery {
-        FirstDelivery {
-            record: RecordRef {
-                topic: "t".into(),
-                partition: Some(0),
-                offset: Some(offset),
-                spool_id: None,
-            },
-            group_id: "g".into(),
-        }
+    fn kafka(offset: i64) -> Durable {
+        Durable::Published(crate::kafka::Delivered {
+            partition: 0,
+            offset,
+        })
     }
 
     #[tokio::test]
@@ -292,7 +256,7 @@ mod tests {
         let Claim::New(pending) = dedup.claim("k").await else {
             panic!()
         };
-        pending.remember(first(5));
+        pending.remember("t", kafka(5), "g");
         assert!(
             matches!(dedup.claim("k").await, Claim::Duplicate(f) if f.record.offset == Some(5))
         );
@@ -312,7 +276,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
-        pending.remember(first(9));
+        pending.remember("t", kafka(9), "g");
         assert!(waiter.await.unwrap());
     }
 
@@ -338,7 +302,7 @@ mod tests {
     async fn memory_is_bounded_by_count_and_window() {
         let dedup = Dedup::new(Duration::from_millis(50), 3);
         for n in 0..5 {
-            dedup.remember(&format!("k{n}"), first(n));
+            dedup.remember(&format!("k{n}"), "t", kafka(n), "g");
         }
         assert_eq!(dedup.len(), 3);
         assert!(

@@ -6,7 +6,7 @@
 use crate::auth::Authenticator;
 use crate::convert::Converter;
 use crate::dead_letter::Rejection;
-use crate::dedup::{Claim, Dedup, FirstDelivery};
+use crate::dedup::{Claim, Dedup};
 use crate::delivery::{Delivery, Durable};
 use crate::event::{self, EventKind};
 use crate::kafka::Record;
@@ -315,10 +315,7 @@ impl Ingest {
             Err(error) => return unavailable(&error, group_id),
         };
         if let Some(pending) = pending {
-            pending.remember(FirstDelivery {
-                record: RecordRef::new(&route.topic, durable),
-                group_id: group_id.clone(),
-            });
+            pending.remember(&route.topic, durable, &group_id);
         }
         match durable {
             Durable::Published(delivered) => {

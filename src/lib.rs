@@ -28,8 +28,8 @@ pub mod tools;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::convert::Converter;
-use crate::dedup::{Dedup, FirstDelivery};
-use crate::delivery::{Delivery, Durable, RecordRef};
+use crate::dedup::Dedup;
+use crate::delivery::{Delivery, Durable};
 use crate::event::EventKind;
 use crate::ingest::DEDUP_KEY_HEADER;
 use crate::ingest::{EventRoute, Ingest, IngestSettings};
@@ -172,11 +172,12 @@ impl App {
                         .map(|(_, v)| v.clone())
                 };
                 if let Some(key) = header(DEDUP_KEY_HEADER) {
-                    let first = FirstDelivery {
-                        record: RecordRef::new(&entry.record.topic, Durable::Spooled(entry.id)),
-                        group_id: header(ingest::GROUP_ID_HEADER).unwrap_or_default(),
-                    };
-                    dedup.remember(&key, first);
+                    dedup.remember(
+                        &key,
+                        &entry.record.topic,
+                        Durable::Spooled(entry.id),
+                        &header(ingest::GROUP_ID_HEADER).unwrap_or_default(),
+                    );
                 }
             }
         }
