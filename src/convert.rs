@@ -146,7 +146,7 @@ impl Converter {
         payload: &Map<String, Json>,
     ) -> Result<Vec<u8>, ConvertError> {
         let value = self.to_avro(payload)?;
-        frame_with(&self.writer, schema_id, &value).map_err(|error| ConvertError {
+        frame(&self.writer, schema_id, &value).map_err(|error| ConvertError {
             field: String::new(),
             problem: format!("Avro encoding failed: {error}"),
         })
@@ -312,15 +312,7 @@ fn collect_named(schema: &Schema, named: &mut HashMap<String, Schema>) {
 
 /// The Confluent wire format: magic byte 0, the schema id as 4 bytes big-endian,
 /// then the Avro binary datum, written into one buffer.
-pub fn frame(schema_id: u32, schema: &Schema, value: &Avro) -> Result<Vec<u8>, apache_avro::Error> {
-    frame_with(
-        &GenericDatumWriter::builder(schema).build()?,
-        schema_id,
-        value,
-    )
-}
-
-fn frame_with(
+fn frame(
     writer: &GenericDatumWriter<'_>,
     schema_id: u32,
     value: &Avro,
@@ -354,14 +346,14 @@ mod tests {
 
     #[test]
     fn wire_format_is_magic_id_then_datum() {
-        let schema = Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"},{"name":"s","type":"string"}]}"#).unwrap();
-        let value = Avro::Record(vec![
-            ("n".into(), Avro::Long(1)),
-            ("s".into(), Avro::String("ab".into())),
-        ]);
+        let converter = converter(
+            r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"},{"name":"s","type":"string"}]}"#,
+        );
         // 0x00 | 0x0000002a | zigzag(1)=0x02 | len zigzag(2)=0x04 'a' 'b'
         assert_eq!(
-            frame(42, &schema, &value).unwrap(),
+            converter
+                .encode(42, &object(json!({"n": 1, "s": "ab"})))
+                .unwrap(),
             vec![0, 0, 0, 0, 42, 0x02, 0x04, b'a', b'b']
         );
     }
