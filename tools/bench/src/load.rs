@@ -201,12 +201,12 @@ pub async fn closed_loop(
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (target, next_seq, tally) = (target.clone(), next_seq.clone(), tally.clone());
-        let prefix = format!("{run}-{phase}-");
+        let (run, phase) = (run.to_owned(), phase.to_owned());
         clients.spawn(async move {
             while Instant::now() < deadline {
                 let seq = next_seq.fetch_add(1, Ordering::Relaxed);
                 let sent_at = Instant::now();
-                let answer = target.send(format!("{prefix}{seq}"), seq).await;
+                let answer = target.send(group_id(&run, &phase, seq), seq).await;
                 let latency = sent_at.elapsed();
                 tally.lock().expect("tally").add(seq, answer, latency);
             }

@@ -47,14 +47,14 @@ pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
 
 /// Samples a process's RSS and open descriptors every few milliseconds and
 /// keeps the peaks.
-pub struct RssWatch {
+pub struct ProcessWatch {
     peak_kib: Arc<AtomicU64>,
     peak_fds: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
-impl RssWatch {
-    pub fn start(pid: u32) -> RssWatch {
+impl ProcessWatch {
+    pub fn start(pid: u32) -> ProcessWatch {
         let peak_kib = Arc::new(AtomicU64::new(0));
         let peak_fds = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,7 +70,7 @@ impl RssWatch {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        RssWatch {
+        ProcessWatch {
             peak_kib,
             peak_fds,
             stop,
@@ -88,7 +88,7 @@ impl RssWatch {
     }
 }
 
-impl Drop for RssWatch {
+impl Drop for ProcessWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }

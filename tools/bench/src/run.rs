@@ -7,7 +7,7 @@
 
 use crate::load::{self, PhaseResult, Target};
 use crate::payloads::Payloads;
-use crate::procstat::{self, RssWatch};
+use crate::procstat::{self, ProcessWatch};
 use crate::report::{PhaseReport, Report, Summary};
 use crate::verify;
 use anyhow::{bail, Context};
@@ -73,17 +73,34 @@ pub struct Options {
     pub label: Option<String>,
 }
 
-/// Measured phases on their way to the report.
-struct Measured {
-    result: PhaseResult,
+/// What a phase is, as the report names it.
+struct Phase {
     target: &'static str,
     load: String,
     offered_per_s: Option<f64>,
-    cpu_seconds: Option<f64>,
-    peak_rss_kib: Option<u64>,
-    peak_fds: Option<u64>,
     /// Whether the target writes records that must be found on the broker.
     writes_records: bool,
+}
+
+impl Phase {
+    fn new(target: &'static str, load: &str, offered_per_s: Option<f64>) -> Phase {
+        Phase {
+            target,
+            load: load.to_owned(),
+            offered_per_s,
+            writes_records: target != "HTTP ceiling",
+        }
+    }
+}
+
+/// A phase as measured, on its way to the report.
+struct Measured {
+    phase: Phase,
+    result: PhaseResult,
+    /// CPU seconds, peak RSS and peak descriptors of the watched process.
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+    peak_fds: u64,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
@@ -147,11 +164,12 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     )?);
     load::closed_loop(http.clone(), &run, "warmup", options.concurrency, warmup).await;
     measured.push(
-        measure(sink_pid, || {
-            load::closed_loop(http, &run, "http", options.concurrency, duration)
-        })
-        .await?
-        .describe("HTTP ceiling", closed_load.clone(), None, false),
+        measure(
+            sink_pid,
+            Phase::new("HTTP ceiling", &closed_load, None),
+            || load::closed_loop(http, &run, "http", options.concurrency, duration),
+        )
+        .await?,
     );
     sink.kill().await?;
 
@@ -160,17 +178,20 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let own_pid = std::process::id();
     load::closed_loop(broker.clone(), &run, "warmup", options.concurrency, warmup).await;
     measured.push(
-        measure(own_pid, || {
-            load::closed_loop(
-                broker.clone(),
-                &run,
-                "broker",
-                options.concurrency,
-                duration,
-            )
-        })
-        .await?
-        .describe("broker ceiling", closed_load.clone(), None, true),
+        measure(
+            own_pid,
+            Phase::new("broker ceiling", &closed_load, None),
+            || {
+                load::closed_loop(
+                    broker.clone(),
+                    &run,
+                    "broker",
+                    options.concurrency,
+                    duration,
+                )
+            },
+        )
+        .await?,
     );
 
     eprintln!("[bench] {run}: bridge {}", options.bridge_bin.display());
@@ -210,7 +231,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         payloads.clone(),
     )?);
     load::closed_loop(ingest.clone(), &run, "warmup", options.concurrency, warmup).await;
-    let closed = measure(bridge_pid, || {
+    let closed = measure(bridge_pid, Phase::new("bridge", &closed_load, None), || {
         load::closed_loop(
             ingest.clone(),
             &run,
@@ -219,8 +240,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             duration,
         )
     })
-    .await?
-    .describe("bridge", closed_load, None, true);
+    .await?;
     let max_rate = closed.result.accepted.len() as f64 / closed.result.elapsed.as_secs_f64();
     measured.push(closed);
 
@@ -231,19 +251,19 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         eprintln!("[bench] {run}: open loop {load}");
         let phase = format!("bridge-open-{percent}");
         measured.push(
-            measure(bridge_pid, || {
+            measure(bridge_pid, Phase::new("bridge", &load, Some(rate)), || {
                 load::open_loop(ingest.clone(), &run, &phase, rate, duration)
             })
-            .await?
-            .describe("bridge", load.clone(), Some(rate), true),
+            .await?,
         );
         let phase = format!("broker-open-{percent}");
         measured.push(
-            measure(own_pid, || {
-                load::open_loop(broker.clone(), &run, &phase, rate, duration)
-            })
-            .await?
-            .describe("broker ceiling", load, Some(rate), true),
+            measure(
+                own_pid,
+                Phase::new("broker ceiling", &load, Some(rate)),
+                || load::open_loop(broker.clone(), &run, &phase, rate, duration),
+            )
+            .await?,
         );
     }
 
@@ -292,55 +312,35 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 }
 
 impl Measured {
-    fn describe(
-        mut self,
-        target: &'static str,
-        load: String,
-        offered_per_s: Option<f64>,
-        writes_records: bool,
-    ) -> Measured {
-        self.target = target;
-        self.load = load;
-        self.offered_per_s = offered_per_s;
-        self.writes_records = writes_records;
-        self
-    }
-
     fn report(self, found: &verify::Found) -> PhaseReport {
-        let result = self.result;
+        let (phase, result) = (self.phase, self.result);
         let accepted = result.accepted.len() as u64;
-        let verified = self.writes_records.then(|| {
-            found.get(&result.name).map_or(0, |on_broker| {
-                result
-                    .accepted
-                    .iter()
-                    .filter(|seq| on_broker.contains(seq))
-                    .count() as u64
-            })
-        });
-        let missing_seqs = match found.get(&result.name) {
-            Some(on_broker) if self.writes_records => result
+        let missing: Vec<u64> = if phase.writes_records {
+            let on_broker = found.get(&result.name);
+            result
                 .accepted
                 .iter()
-                .filter(|seq| !on_broker.contains(seq))
-                .take(20)
+                .filter(|seq| !on_broker.is_some_and(|on_broker| on_broker.contains(seq)))
                 .copied()
-                .collect(),
-            None if self.writes_records => result.accepted.iter().take(20).copied().collect(),
-            _ => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
+        let verified = phase
+            .writes_records
+            .then(|| accepted - missing.len() as u64);
         let counted = verified.unwrap_or_else(|| result.statuses.get("200").copied().unwrap_or(0));
         let millis = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
         PhaseReport {
             phase: result.name.clone(),
-            target: self.target.into(),
-            load: self.load,
-            offered_per_s: self.offered_per_s,
+            target: phase.target.into(),
+            load: phase.load,
+            offered_per_s: phase.offered_per_s,
             sent: result.sent,
             accepted,
             verified,
-            missing: verified.map_or(0, |verified| accepted - verified),
-            missing_seqs,
+            missing: missing.len() as u64,
+            missing_seqs: missing.into_iter().take(20).collect(),
             statuses: result.statuses.clone(),
             elapsed_s: result.elapsed.as_secs_f64(),
             deliveries_per_s: counted as f64 / result.elapsed.as_secs_f64(),
@@ -348,35 +348,29 @@ impl Measured {
             p99_ms: millis(0.99),
             p999_ms: millis(0.999),
             max_ms: result.latency.max() as f64 / 1000.0,
-            cpu_ms_per_1000: self
-                .cpu_seconds
-                .filter(|_| counted > 0)
-                .map(|seconds| seconds * 1e6 / counted as f64),
-            peak_rss_mib: self.peak_rss_kib.map(|kib| kib as f64 / 1024.0),
-            peak_open_fds: self.peak_fds,
+            cpu_ms_per_1000: (counted > 0).then(|| self.cpu_seconds * 1e6 / counted as f64),
+            peak_rss_mib: Some(self.peak_rss_kib as f64 / 1024.0),
+            peak_open_fds: Some(self.peak_fds),
         }
     }
 }
 
-/// Runs a phase while watching the CPU time and memory of process `pid`.
-async fn measure<F, Fut>(pid: u32, phase: F) -> anyhow::Result<Measured>
+/// Runs a phase while watching the CPU time, memory and descriptors of process `pid`.
+async fn measure<F, Fut>(pid: u32, phase: Phase, run: F) -> anyhow::Result<Measured>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = PhaseResult>,
 {
-    let rss = RssWatch::start(pid);
+    let watch = ProcessWatch::start(pid);
     let cpu_before = procstat::cpu_seconds(pid)?;
-    let result = phase().await;
+    let result = run().await;
     let cpu_seconds = procstat::cpu_seconds(pid)? - cpu_before;
     Ok(Measured {
+        phase,
         result,
-        target: "",
-        load: String::new(),
-        offered_per_s: None,
-        cpu_seconds: Some(cpu_seconds),
-        peak_rss_kib: Some(rss.peak_kib()),
-        peak_fds: Some(rss.peak_fds()),
-        writes_records: false,
+        cpu_seconds,
+        peak_rss_kib: watch.peak_kib(),
+        peak_fds: watch.peak_fds(),
     })
 }
 
