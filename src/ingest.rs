@@ -41,6 +41,27 @@ pub struct EventRoute {
     pub converter: Converter,
 }
 
+impl EventRoute {
+    /// The whole record of one event: the converted payload, the lead's key
+    /// and the event headers (the dedup key among them). A delivery builds
+    /// the same pieces one by one, to trace and dedup between them.
+    pub fn record(
+        &self,
+        object: &serde_json::Map<String, Value>,
+        group_id: &str,
+        received_at: &str,
+    ) -> Result<Record, crate::convert::ConvertError> {
+        let payload = self.converter.encode(self.schema_id, object)?;
+        let dedup_key = event::dedup_key(self.kind, object);
+        Ok(Record {
+            topic: self.topic.clone(),
+            key: event::record_key(object),
+            headers: event_headers(self.kind, group_id, received_at, self.schema_id, &dedup_key),
+            payload,
+        })
+    }
+}
+
 /// The limits and names a delivery needs from the config.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {

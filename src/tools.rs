@@ -198,7 +198,7 @@ pub async fn replay_dead_letters(
     mut out: impl Write,
 ) -> Result<(usize, usize), ToolError> {
     use crate::event;
-    use crate::ingest::{event_headers, GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+    use crate::ingest::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
     use rdkafka::consumer::CommitMode;
 
     let routes = crate::event_routes(config).await?;
@@ -229,15 +229,10 @@ pub async fn replay_dead_letters(
             .and_then(|parsed| {
                 let kind = event::dispatch(&parsed).map_err(|error| error.to_string())?;
                 let object = parsed.as_object().expect("dispatch accepted an object");
-                let route = &routes[kind as usize];
-                let payload = route
-                    .converter
-                    .encode(route.schema_id, object)
+                let mut record = routes[kind as usize]
+                    .record(object, &group_id, &received_at)
                     .map_err(|error| error.to_string())?;
-                let dedup_key = event::dedup_key(kind, object);
-                let mut headers =
-                    event_headers(kind, &group_id, &received_at, route.schema_id, &dedup_key);
-                headers.push((
+                record.headers.push((
                     REPLAYED_FROM_HEADER.into(),
                     format!(
                         "{}/{}/{}",
@@ -246,15 +241,7 @@ pub async fn replay_dead_letters(
                         message.offset()
                     ),
                 ));
-                Ok((
-                    kind,
-                    crate::kafka::Record {
-                        topic: route.topic.clone(),
-                        key: event::record_key(object),
-                        headers,
-                        payload,
-                    },
-                ))
+                Ok((kind, record))
             });
         let line = match converted {
             Ok((kind, record)) => {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use superfone_bridge::config::Config;
 use superfone_bridge::event::{self, EventKind};
-use superfone_bridge::ingest::{event_headers, EventRoute};
+use superfone_bridge::ingest::EventRoute;
 use superfone_bridge::kafka::{Publisher, Record};
 use tokio::process::{Child, Command};
 
@@ -382,21 +382,7 @@ fn broker_records(routes: &[EventRoute], payloads: &Payloads) -> anyhow::Result<
             let body: serde_json::Value = serde_json::from_slice(&payloads.body(seq))?;
             let kind = event::dispatch(&body)?;
             let object = body.as_object().context("payload is an object")?;
-            let route = &routes[kind as usize];
-            let payload = route.converter.encode(route.schema_id, object)?;
-            let dedup_key = event::dedup_key(kind, object);
-            Ok(Record {
-                topic: route.topic.clone(),
-                key: event::record_key(object),
-                headers: event_headers(
-                    kind,
-                    "",
-                    "2026-01-01T00:00:00Z",
-                    route.schema_id,
-                    &dedup_key,
-                ),
-                payload,
-            })
+            Ok(routes[kind as usize].record(object, "", "2026-01-01T00:00:00Z")?)
         })
         .collect()
 }
