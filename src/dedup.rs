@@ -8,8 +8,9 @@
 //! its outcome; if the first one failed, the repeat is delivered as new.
 //! Memory is bounded: at most `max_entries` keys, each for at most `window`.
 //! A key is kept as a 128-bit fingerprint (SHA-256 prefix) and its first
-//! delivery compactly, about 140 bytes an entry with the group id
-//! (scripts/bench: the map was the largest part of the bridge's memory).
+//! delivery compactly, about 170 bytes an entry with the group id and the
+//! table's spare room (scripts/bench: the map was the largest part of the
+//! bridge's memory).
 
 use crate::delivery::{Durable, RecordRef};
 use std::collections::{HashMap, VecDeque};
@@ -38,7 +39,7 @@ fn fingerprint(key: &str) -> Fingerprint {
     (word(0), word(8))
 }
 
-/// Where a first delivery went, as the map keeps it (32 bytes and the group id).
+/// Where a first delivery went, as the map keeps it (48 bytes and the group id).
 struct Remembered {
     group_id: Box<str>,
     durable: Durable,

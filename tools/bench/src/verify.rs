@@ -28,7 +28,7 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
         .context("creating the verifying consumer")?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
-    let mut highs = remaining.clone();
+    let mut highs: HashMap<(String, i32), i64> = HashMap::new();
     let mut past_watermark = 0u64;
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
