@@ -148,6 +148,12 @@ impl App {
                 "spool had a torn or corrupt tail (crash mid-write); kept the valid prefix"
             );
         }
+        if recovery.corrupt_bytes > 0 {
+            tracing::error!(
+                corrupt_bytes = recovery.corrupt_bytes,
+                "spool had damaged frames mid-segment; skipped them and kept the frames after them"
+            );
+        }
         if recovery.pending > 0 {
             tracing::warn!(
                 pending = recovery.pending,

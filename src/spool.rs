@@ -14,6 +14,13 @@
 //! storage engine's worth of machinery.
 //!
 //! Frame: `len: u32 LE | crc32(body): u32 LE | body`, body = `id: u64 LE | record`.
+//!
+//! Ids are never reused, across any sequence of restarts and crashes: the
+//! acks file may still list ids whose segments are gone, so a reused id would
+//! be taken for delivered. Ids are reserved in blocks: before an id is issued,
+//! `high_water` (written to a temporary file, fsync'd, renamed, directory
+//! fsync'd) already lies past it, and every open starts at that mark. One
+//! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
 use crate::kafka::Record;
 use std::collections::{BTreeMap, HashSet};
@@ -26,6 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 
 const FRAME_HEADER: usize = 8;
 const ACK_FRAME: usize = 12;
+const HIGH_WATER_FILE: &str = "high_water";
+/// Ids reserved by one write of the high-water mark.
+const ID_BLOCK: u64 = 1 << 20;
 /// Larger frames are treated as corruption (records are at most a few MiB).
 const MAX_FRAME: u32 = 64 * 1024 * 1024;
 
@@ -55,6 +65,8 @@ pub struct Recovery {
     pub delivered: usize,
     /// Bytes cut from segment tails that failed their checksum (torn writes).
     pub torn_bytes: u64,
+    /// Bytes skipped inside segments: damaged frames followed by valid ones.
+    pub corrupt_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -142,29 +154,107 @@ fn frame(id: u64, record: &Record) -> Vec<u8> {
     framed
 }
 
-/// Reads a segment's valid frames; returns them and the length of the valid prefix.
-fn read_segment(data: &[u8]) -> (Vec<SpoolEntry>, usize) {
-    let mut entries = Vec::new();
+/// The frame starting at `at`, if one is there whole and intact: its entry and end.
+fn frame_at(data: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
+    let header = data.get(at..at + FRAME_HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if !(8..=MAX_FRAME).contains(&len) {
+        return None;
+    }
+    let end = at + FRAME_HEADER + len as usize;
+    let body = data.get(at + FRAME_HEADER..end)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let record = Record::decode(&body[8..])?;
+    Some((SpoolEntry { id, record }, end))
+}
+
+/// A segment's valid frames, as `read_segment` found them.
+struct SegmentScan {
+    entries: Vec<SpoolEntry>,
+    /// Length of the prefix that ends with the last valid frame.
+    valid: usize,
+    /// Bytes skipped between valid frames.
+    corrupt: u64,
+}
+
+/// Reads a segment's valid frames. A damaged frame is skipped by searching
+/// for the next intact frame with a higher id; nothing intact after it means
+/// a torn tail (the bytes past `valid`).
+fn read_segment(data: &[u8]) -> SegmentScan {
+    let mut scan = SegmentScan {
+        entries: Vec::new(),
+        valid: 0,
+        corrupt: 0,
+    };
     let mut at = 0;
-    while data.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
-        let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap());
-        let end = at + FRAME_HEADER + len as usize;
-        if !(8..=MAX_FRAME).contains(&len) || end > data.len() {
-            break;
+    while at < data.len() {
+        if let Some((entry, end)) = frame_at(data, at) {
+            scan.entries.push(entry);
+            scan.valid = end;
+            at = end;
+            continue;
         }
-        let body = &data[at + FRAME_HEADER..end];
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        let id = u64::from_le_bytes(body[..8].try_into().unwrap());
-        let Some(record) = Record::decode(&body[8..]) else {
+        let last_id = scan.entries.last().map_or(0, |entry| entry.id);
+        let resync = (at + 1..data.len()).find_map(|candidate| {
+            frame_at(data, candidate)
+                .filter(|(entry, _)| entry.id > last_id)
+                .map(|found| (candidate, found))
+        });
+        let Some((start, (entry, end))) = resync else {
             break;
         };
-        entries.push(SpoolEntry { id, record });
+        scan.corrupt += (start - at) as u64;
+        scan.entries.push(entry);
+        scan.valid = end;
         at = end;
     }
-    (entries, at)
+    scan
+}
+
+/// Makes created, renamed or deleted directory entries durable.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// The durable high-water mark: no id below it may be issued again.
+fn read_high_water(dir: &Path) -> Result<u64, SpoolError> {
+    let path = dir.join(HIGH_WATER_FILE);
+    match std::fs::read(&path) {
+        Ok(data) if data.len() == ACK_FRAME => {
+            let (id, crc) = data.split_at(8);
+            if crc32fast::hash(id).to_le_bytes() == crc {
+                Ok(u64::from_le_bytes(id.try_into().expect("8 bytes")))
+            } else {
+                // Written by rename, so never torn: a bad checksum is damage.
+                tracing::error!(path = %path.display(), "spool high-water mark is corrupt; ignoring it");
+                Ok(0)
+            }
+        }
+        Ok(_) => Ok(0),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(io_error(&path)(error)),
+    }
+}
+
+fn write_high_water(dir: &Path, next_id: u64) -> Result<(), SpoolError> {
+    let path = dir.join(HIGH_WATER_FILE);
+    let temporary = dir.join(format!("{HIGH_WATER_FILE}.tmp"));
+    let mut data = next_id.to_le_bytes().to_vec();
+    data.extend_from_slice(&crc32fast::hash(&next_id.to_le_bytes()).to_le_bytes());
+    File::create(&temporary)
+        .and_then(|mut file| {
+            file.write_all(&data)?;
+            file.sync_all()
+        })
+        .map_err(io_error(&temporary))?;
+    std::fs::rename(&temporary, &path).map_err(io_error(&path))?;
+    sync_dir(dir)
 }
 
 fn read_acks(data: &[u8]) -> HashSet<u64> {
@@ -192,6 +282,8 @@ struct Files {
     acks: File,
     acks_path: PathBuf,
     next_id: u64,
+    /// The durable high-water mark: ids below it may be issued.
+    reserved_until: u64,
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
 }
@@ -225,7 +317,9 @@ impl Spool {
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         let mut pending = Vec::new();
-        let mut next_id = 1;
+        // Past the mark, and past what the files show in case it was lost.
+        let mut next_id =
+            read_high_water(&settings.dir)?.max(acked.iter().max().map_or(1, |id| id + 1));
         let mut names: Vec<PathBuf> = std::fs::read_dir(&settings.dir)
             .map_err(io_error(&settings.dir))?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -234,7 +328,12 @@ impl Spool {
         names.sort();
         for path in names {
             let data = std::fs::read(&path).map_err(io_error(&path))?;
-            let (entries, valid) = read_segment(&data);
+            let SegmentScan {
+                entries,
+                valid,
+                corrupt,
+            } = read_segment(&data);
+            recovery.corrupt_bytes += corrupt;
             if valid < data.len() {
                 recovery.torn_bytes += (data.len() - valid) as u64;
                 let file = OpenOptions::new()
@@ -246,6 +345,7 @@ impl Spool {
             }
             let Some(first) = entries.first().map(|e| e.id) else {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
+                sync_dir(&settings.dir)?;
                 continue;
             };
             let mut live = HashSet::new();
@@ -268,6 +368,8 @@ impl Spool {
             );
         }
         recovery.pending = pending.len();
+        let reserved_until = next_id + ID_BLOCK;
+        write_high_water(&settings.dir, reserved_until)?;
         let used = Arc::new(AtomicU64::new(segments.values().map(|s| s.bytes).sum()));
         let pending_count = Arc::new(AtomicU64::new(pending.len() as u64));
         let acks = OpenOptions::new()
@@ -283,6 +385,7 @@ impl Spool {
             acks,
             acks_path,
             next_id,
+            reserved_until,
             used: Arc::clone(&used),
             pending: Arc::clone(&pending_count),
         };
@@ -349,10 +452,7 @@ impl Files {
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        // Make the new file's directory entry durable too.
-        if let Ok(dir) = File::open(&self.settings.dir) {
-            let _ = dir.sync_all();
-        }
+        sync_dir(&self.settings.dir)?;
         self.current_first = first;
         self.segments.entry(first).or_insert(Segment {
             path,
@@ -402,6 +502,20 @@ impl Files {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
         let used = self.used.load(Ordering::Relaxed);
+        if self.next_id + batch.len() as u64 >= self.reserved_until {
+            let reserved_until = self.next_id + batch.len() as u64 + ID_BLOCK;
+            if let Err(error) = write_high_water(&self.settings.dir, reserved_until) {
+                tracing::error!(%error, "spool: cannot reserve ids");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(SpoolError::Io {
+                        path: self.settings.dir.join(HIGH_WATER_FILE),
+                        source: std::io::Error::other(error.to_string()),
+                    }));
+                }
+                return;
+            }
+            self.reserved_until = reserved_until;
+        }
         for (record, reply) in batch {
             let framed = frame(self.next_id, &record);
             let projected = used + (buffer.len() + framed.len()) as u64;
@@ -484,18 +598,18 @@ impl Files {
             .filter(|(first, segment)| **first != self.current_first && segment.live.is_empty())
             .map(|(first, _)| *first)
             .collect();
+        let current = &self.segments[&self.current_first];
+        let reset =
+            self.segments.len() == done.len() + 1 && current.live.is_empty() && current.bytes > 0;
         for first in done {
             let segment = self.segments.remove(&first).expect("listed");
             std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
             self.used.fetch_sub(segment.bytes, Ordering::Relaxed);
+            sync_dir(&self.settings.dir)?;
         }
-        let current = self
-            .segments
-            .get(&self.current_first)
-            .expect("current segment");
-        if self.segments.len() == 1 && current.live.is_empty() && current.bytes > 0 {
+        if reset {
             // Everything delivered: reset rather than keep an ever-growing acks file.
-            let path = current.path.clone();
+            let path = self.segments[&self.current_first].path.clone();
             self.current.set_len(0).map_err(io_error(&path))?;
             self.acks.set_len(0).map_err(io_error(&self.acks_path))?;
             self.used.store(0, Ordering::Relaxed);
@@ -586,10 +700,81 @@ mod tests {
         std::fs::write(&segment, &data).unwrap();
         let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
         assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
+        let id = spool.append(record(7)).await.unwrap();
+        assert!(
+            id > 3,
+            "appends continue with ids never issued before, got {id}"
+        );
+    }
+
+    /// A frame damaged in the middle of a segment loses only itself: reading
+    /// resynchronises on the next valid frame and counts what it skipped.
+    #[tokio::test]
+    async fn a_corrupt_frame_mid_segment_does_not_discard_the_frames_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+        for n in 0..5 {
+            spool.append(record(n)).await.unwrap();
+        }
+        drop(spool);
+        let segment = dir.path().join(format!("{:020}.seg", 1));
+        let mut data = read_file(&segment).unwrap();
+        let frame_len = |at: usize| {
+            FRAME_HEADER + u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize
+        };
+        let (first, second) = (frame_len(0), frame_len(frame_len(0)));
+        data[first + FRAME_HEADER + 20] ^= 0xFF; // inside the second frame's body
+        std::fs::write(&segment, &data).unwrap();
+        let (_, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
         assert_eq!(
-            spool.append(record(7)).await.unwrap(),
-            2,
-            "appends continue after the valid prefix"
+            pending.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1, 3, 4, 5]
+        );
+        assert_eq!(recovery.corrupt_bytes, second as u64);
+        assert_eq!(recovery.torn_bytes, 0);
+    }
+
+    /// Issue 10, break 4: ids were derived from the segments that survive, so
+    /// after a drain and two restarts an old id was handed out again and the
+    /// acks file, still listing it, made a 202-answered entry vanish.
+    #[tokio::test]
+    async fn ids_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut issued = Vec::new();
+        {
+            let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+            for n in 0..3 {
+                issued.push(spool.append(record(n)).await.unwrap());
+            }
+        }
+        {
+            let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+            assert_eq!(pending.len(), 3);
+            for entry in &pending {
+                spool.mark_delivered(entry.id);
+            }
+            spool.sync().await.unwrap();
+        }
+        {
+            let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+            assert!(pending.is_empty());
+            let id = spool.append(record(7)).await.unwrap();
+            assert!(
+                !issued.contains(&id),
+                "id {id} was issued before: {issued:?}"
+            );
+            issued.push(id);
+        }
+        let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+        assert_eq!(
+            pending.iter().map(|e| e.record.clone()).collect::<Vec<_>>(),
+            vec![record(7)],
+            "the entry answered 202 is still pending"
+        );
+        let id = spool.append(record(8)).await.unwrap();
+        assert!(
+            !issued.contains(&id),
+            "id {id} was issued before: {issued:?}"
         );
     }
 
