@@ -129,9 +129,9 @@ impl Default for SpoolConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
     pub enabled: bool,
-    /// How long a delivered event's key is remembered.
+    /// How long the latest delivered event of an entity is remembered.
     pub window_secs: u64,
-    /// Keys remembered at most (bounds memory; about 200 bytes each).
+    /// Entities (leads, tasks, calls) remembered at most (bounds memory; about 200 bytes each).
     pub max_entries: usize,
 }
 

@@ -96,15 +96,36 @@ pub fn dispatch(body: &Value) -> Result<EventKind, DispatchError> {
 /// partition in order: `contact_id` as a decimal string. CDR_SUMMARY_READY has
 /// no contact (payload reference), so it falls back to `cdr_phone`, then
 /// `cdr_uuid`, then `cdr_id`; a call event without a contact falls back the same
-/// way. `None` (no key) only when none of them is present.
+/// way, and a task event without a contact to its `task_id` (the reference
+/// includes contact fields on "most" task events, not all). `None` (no key)
+/// only when none of them is present. Whole numbers written as floats key
+/// like integers (`12345.0` is `12345`), so a lead never changes partition.
 pub fn record_key(payload: &Map<String, Value>) -> Option<String> {
-    ["contact_id", "cdr_phone", "cdr_uuid", "cdr_id"]
+    ["contact_id", "cdr_phone", "cdr_uuid", "cdr_id", "task_id"]
         .into_iter()
-        .find_map(|field| match payload.get(field)? {
-            Value::String(text) if !text.is_empty() => Some(text.clone()),
-            Value::Number(number) => Some(number.to_string()),
-            _ => None,
-        })
+        .find_map(|field| id_text(payload.get(field)?))
+}
+
+/// An identifying value as text: a non-empty string as it is, a number in
+/// its integral form when it is whole (`777.0` and `-0` are `777` and `0`).
+fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(normal_number(number)),
+        _ => None,
+    }
+}
+
+/// A JSON number in one canonical text: whole floats as integers.
+fn normal_number(number: &serde_json::Number) -> String {
+    if number.is_f64() {
+        if let Some(float) = number.as_f64() {
+            if float.fract() == 0.0 && float.abs() < 9.0e15 {
+                return (float as i64).to_string();
+            }
+        }
+    }
+    number.to_string()
 }
 
 /// The delivery's correlation id as the body carries it, if it does.
@@ -115,17 +136,38 @@ pub fn body_group_id(payload: &Map<String, Value>) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
-/// The identity of an event for duplicate suppression, also put on the record
-/// as the `superfone-dedup-key` header so consumers can drop repeats too.
-///
-/// `<EVENT>|<id field>=<value>` from the first identifying field present:
-/// call events `cdr_id` (else `cdr_uuid`), CDR_SUMMARY_READY `cdr_uuid` (else
-/// `cdr_id`), CUSTOMER_* `contact_id`, TASK_* `task_id`. The *_CHANGE events add
-/// `updated_key` and a hash of `updated_value`, so successive changes of one
-/// lead or task stay distinct. Without an identifying field: `<EVENT>|body#<hash
-/// of the canonical body>`. Hashes are the first 16 hex digits of SHA-256 over
-/// JSON with object keys sorted.
-pub fn dedup_key(kind: EventKind, payload: &Map<String, Value>) -> String {
+/// An event's identity for duplicate suppression (`dedup`): the entity it is
+/// about, and the dedup key of this very event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupKey {
+    /// `contact_id=555` for CUSTOMER_*, `task_id=4567` for TASK_*, the call
+    /// (`cdr_id=...`, else `cdr_uuid=...`) for call events; `body` when the
+    /// payload names none.
+    pub entity: String,
+    /// `<EVENT>|<entity>|<content hash>`: also the `superfone-dedup-key`
+    /// header, so consumers can recognise a repeat of the previous record of
+    /// the same entity.
+    pub key: String,
+}
+
+impl DedupKey {
+    /// The entity of a key as `key` wrote it (spool recovery reads it back
+    /// from the record's header).
+    pub fn entity_of(key: &str) -> Option<&str> {
+        let (_, rest) = key.split_once('|')?;
+        let (entity, _) = rest.rsplit_once('|')?;
+        Some(entity)
+    }
+}
+
+/// The identity of an event. Superfone may deliver one event twice; a
+/// repeat is recognised only as a copy of the latest event of its entity,
+/// so a real change back (lead stage A -> B -> A, or a reminder firing again
+/// after its task was rescheduled) is a new event. The content hash is the
+/// first 16 hex digits of SHA-256 over the payload as canonical JSON (keys
+/// sorted, whole numbers as integers), without `group_id_ref`, which names
+/// the delivery rather than the event.
+pub fn dedup_key(kind: EventKind, payload: &Map<String, Value>) -> DedupKey {
     let id_fields: &[&str] = match kind {
         EventKind::AllCalls | EventKind::MissedCall | EventKind::CdrRecordingAvailable => {
             &["cdr_id", "cdr_uuid"]
@@ -137,39 +179,18 @@ pub fn dedup_key(kind: EventKind, payload: &Map<String, Value>) -> String {
         | EventKind::TaskNotifyTime
         | EventKind::TaskDueTime => &["task_id"],
     };
-    let identity = id_fields.iter().find_map(|field| {
-        let value = payload.get(*field).filter(|value| !value.is_null())?;
-        Some(match value {
-            Value::String(text) => format!("{field}={text}"),
-            other => format!("{field}={other}"),
-        })
-    });
-    let Some(identity) = identity else {
-        return format!(
-            "{kind}|body#{}",
-            canonical_hash(&Value::Object(payload.clone()))
-        );
-    };
-    match kind {
-        EventKind::CustomerChange | EventKind::TaskChange => {
-            let updated_key = payload
-                .get("updated_key")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let updated_value = payload.get("updated_value").unwrap_or(&Value::Null);
-            format!(
-                "{kind}|{identity}|updated_key={updated_key}|updated_value#{}",
-                canonical_hash(updated_value)
-            )
-        }
-        _ => format!("{kind}|{identity}"),
-    }
+    let entity = id_fields
+        .iter()
+        .find_map(|field| Some(format!("{field}={}", id_text(payload.get(*field)?)?)))
+        .unwrap_or_else(|| "body".to_owned());
+    let mut text = String::new();
+    write_canonical_members(payload, &["group_id_ref"], &mut text);
+    let key = format!("{kind}|{entity}|{}", short_hash(&text));
+    DedupKey { entity, key }
 }
 
-fn canonical_hash(value: &Value) -> String {
+fn short_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    let mut text = String::new();
-    write_canonical(value, &mut text);
     let digest = Sha256::digest(text.as_bytes());
     digest[..8]
         .iter()
@@ -177,23 +198,11 @@ fn canonical_hash(value: &Value) -> String {
         .collect()
 }
 
-/// JSON with object keys sorted, so equal values hash equally whatever the key order.
+/// JSON with object keys sorted and whole numbers as integers, so equal
+/// values hash equally whatever the key order or number spelling.
 fn write_canonical(value: &Value, out: &mut String) {
     match value {
-        Value::Object(object) => {
-            let mut members: Vec<_> = object.iter().collect();
-            members.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (index, (key, member)) in members.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(member, out);
-            }
-            out.push('}');
-        }
+        Value::Object(object) => write_canonical_members(object, &[], out),
         Value::Array(items) => {
             out.push('[');
             for (index, item) in items.iter().enumerate() {
@@ -204,8 +213,27 @@ fn write_canonical(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
+        Value::Number(number) => out.push_str(&normal_number(number)),
         scalar => out.push_str(&scalar.to_string()),
     }
+}
+
+fn write_canonical_members(object: &Map<String, Value>, skip: &[&str], out: &mut String) {
+    let mut members: Vec<_> = object
+        .iter()
+        .filter(|(key, _)| !skip.contains(&key.as_str()))
+        .collect();
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (index, (key, member)) in members.into_iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.clone()).to_string());
+        out.push(':');
+        write_canonical(member, out);
+    }
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -240,39 +268,54 @@ mod tests {
     }
 
     #[test]
-    fn dedup_keys_use_identifying_fields_then_the_body() {
+    fn dedup_keys_name_the_entity_and_hash_the_content() {
         let key = |kind, v: Value| dedup_key(kind, v.as_object().unwrap());
+        let call = key(
+            EventKind::AllCalls,
+            json!({"cdr_id": 9876543, "contact_id": 1}),
+        );
+        assert_eq!(call.entity, "cdr_id=9876543");
+        assert!(call.key.starts_with("ALL_CALLS|cdr_id=9876543|"));
+        assert_eq!(call.key.len(), "ALL_CALLS|cdr_id=9876543|".len() + 16);
+        assert_eq!(DedupKey::entity_of(&call.key), Some("cdr_id=9876543"));
         assert_eq!(
-            key(
-                EventKind::AllCalls,
-                json!({"cdr_id": 9876543, "contact_id": 1})
-            ),
-            "ALL_CALLS|cdr_id=9876543"
+            key(EventKind::CdrSummaryReady, json!({"cdr_uuid": "8f4e"})).entity,
+            "cdr_uuid=8f4e"
         );
         assert_eq!(
-            key(EventKind::CdrSummaryReady, json!({"cdr_uuid": "8f4e"})),
-            "CDR_SUMMARY_READY|cdr_uuid=8f4e"
+            key(EventKind::TaskDueTime, json!({"task_id": 4567})).entity,
+            "task_id=4567"
         );
         assert_eq!(
-            key(EventKind::TaskDueTime, json!({"task_id": 4567})),
-            "TASK_DUE_TIME|task_id=4567"
+            key(EventKind::CustomerChange, json!({"contact_id": 555})).entity,
+            key(EventKind::CustomerCreate, json!({"contact_id": 555})).entity,
+            "a lead's create and changes are one entity"
         );
         let change = |value: Value| {
             key(
-                EventKind::TaskChange,
-                json!({"task_id": 1, "updated_key": "task_status", "updated_value": value}),
+                EventKind::CustomerChange,
+                json!({"contact_id": 555, "updated_key": "lead_stage", "updated_value": value}),
             )
+            .key
         };
         assert_eq!(
             change(json!({"a": 1, "b": 2})),
             change(json!({"b": 2, "a": 1})),
             "key order does not matter"
         );
-        assert_ne!(change(json!("PENDING")), change(json!("COMPLETED")));
-        assert!(change(json!(1))
-            .starts_with("TASK_CHANGE|task_id=1|updated_key=task_status|updated_value#"));
-        let body = key(EventKind::AllCalls, json!({"cdr_phone": "+91"}));
-        assert!(body.starts_with("ALL_CALLS|body#") && body.len() == "ALL_CALLS|body#".len() + 16);
+        assert_ne!(change(json!("Interested")), change(json!("Not interested")));
+        let no_id = key(EventKind::AllCalls, json!({"cdr_phone": "+91"}));
+        assert_eq!(no_id.entity, "body");
+    }
+
+    #[test]
+    fn the_delivery_id_and_number_spelling_do_not_change_the_identity() {
+        let key = |v: Value| dedup_key(EventKind::TaskChange, v.as_object().unwrap());
+        assert_eq!(
+            key(json!({"task_id": 777, "contact_id": 1, "group_id_ref": "a"})),
+            key(json!({"task_id": 777.0, "contact_id": 1.0, "group_id_ref": "b"})),
+        );
+        assert_eq!(key(json!({"task_id": -0.0})).entity, "task_id=0");
     }
 
     #[test]
@@ -291,6 +334,13 @@ mod tests {
             Some("8f4e")
         );
         assert_eq!(key(json!({"cdr_id": 9876543})).as_deref(), Some("9876543"));
+        assert_eq!(key(json!({"task_id": 4567})).as_deref(), Some("4567"));
         assert_eq!(key(json!({"event": "X"})), None);
+        assert_eq!(
+            key(json!({"contact_id": 12345.0})).as_deref(),
+            Some("12345"),
+            "a whole float keys like the integer, on the same partition"
+        );
+        assert_eq!(key(json!({"contact_id": -0.0})).as_deref(), Some("0"));
     }
 }

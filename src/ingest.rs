@@ -56,7 +56,13 @@ impl EventRoute {
         Ok(Record {
             topic: self.topic.clone(),
             key: event::record_key(object),
-            headers: event_headers(self.kind, group_id, received_at, self.schema_id, &dedup_key),
+            headers: event_headers(
+                self.kind,
+                group_id,
+                received_at,
+                self.schema_id,
+                &dedup_key.key,
+            ),
             payload,
         })
     }
@@ -234,7 +240,7 @@ impl Ingest {
         let parsed: Value = match serde_json::from_slice(&body) {
             Ok(parsed) => parsed,
             Err(error) => {
-                let group_id = envelope.group_id.clone().unwrap_or_else(new_group_id);
+                let group_id = group_id_of(&envelope, None);
                 return self
                     .dead_letter(
                         Rejection::invalid_json(&error),
@@ -247,11 +253,7 @@ impl Ingest {
             }
         };
         let object = parsed.as_object();
-        let group_id = envelope
-            .group_id
-            .clone()
-            .or_else(|| object.and_then(event::body_group_id).map(str::to_owned))
-            .unwrap_or_else(new_group_id);
+        let group_id = group_id_of(&envelope, object);
         let current = tracing::Span::current();
         current.record("superfone.group_id", group_id.as_str());
         if let Some(contact_id) = object
@@ -302,7 +304,7 @@ impl Ingest {
             }
         };
         let dedup_key = event::dedup_key(kind, object);
-        current.record("superfone.dedup_key", dedup_key.as_str());
+        current.record("superfone.dedup_key", dedup_key.key.as_str());
         let record = Record {
             topic: route.topic.clone(),
             key,
@@ -311,21 +313,21 @@ impl Ingest {
                 &group_id,
                 &envelope.received_at,
                 route.schema_id,
-                &dedup_key,
+                &dedup_key.key,
             ),
             payload,
         };
         let pending = match &self.dedup {
             None => None,
-            Some(dedup) => match dedup.claim(&dedup_key).await {
+            Some(dedup) => match dedup.claim(&dedup_key.entity, &dedup_key.key).await {
                 Claim::New(pending) => Some(pending),
                 Claim::Duplicate(first_delivery) => {
                     metrics::counter!(crate::metrics::DEDUP_HITS).increment(1);
-                    tracing::info!(dedup_key = %dedup_key, "duplicate delivery, not published again");
+                    tracing::info!(dedup_key = %dedup_key.key, "duplicate delivery, not published again");
                     return Outcome::Duplicate {
                         event: kind.as_str(),
                         group_id,
-                        dedup_key,
+                        dedup_key: dedup_key.key,
                         first_delivery,
                     };
                 }
@@ -479,6 +481,16 @@ fn unavailable(error: &SpoolError, group_id: String) -> Outcome {
     }
 }
 
-fn new_group_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// The delivery's correlation id: the configured header, else the body's
+/// `group_id_ref`, else a new UUID v7; capped, since it is echoed in every
+/// answer, header and log line.
+fn group_id_of(envelope: &Envelope, object: Option<&serde_json::Map<String, Value>>) -> String {
+    let given = envelope
+        .group_id
+        .as_deref()
+        .or_else(|| object.and_then(event::body_group_id));
+    match given {
+        Some(group_id) => crate::dedup::cap_group_id(group_id).to_owned(),
+        None => uuid::Uuid::now_v7().to_string(),
+    }
 }

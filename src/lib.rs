@@ -177,9 +177,12 @@ impl App {
                         .find(|(n, _)| n == name)
                         .map(|(_, v)| v.clone())
                 };
-                if let Some(key) = header(DEDUP_KEY_HEADER) {
+                let key = header(DEDUP_KEY_HEADER);
+                let entity = key.as_deref().and_then(event::DedupKey::entity_of);
+                if let (Some(key), Some(entity)) = (key.as_deref(), entity) {
                     dedup.remember(
-                        &key,
+                        entity,
+                        key,
                         &entry.record.topic,
                         Durable::Spooled(entry.id),
                         &header(ingest::GROUP_ID_HEADER).unwrap_or_default(),
