@@ -378,6 +378,13 @@ impl Config {
         Ok(config)
     }
 
+    /// The largest Kafka record an accepted body can become: the body limit
+    /// plus room for headers and framing. The producer's `message.max.bytes`
+    /// and the created topics' `max.message.bytes` are set to it.
+    pub fn max_record_bytes(&self) -> usize {
+        self.server.max_body_bytes + crate::kafka::RECORD_OVERHEAD_BYTES
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         if !self.server.ingest_path.starts_with('/') {

@@ -15,8 +15,13 @@
 //!   partition), marks each acknowledged one delivered, and backs off while
 //!   Kafka refuses. An entry whose outcome is unknown (timed out) is sent again:
 //!   at-least-once, with the dedup header to recognise the repeat.
+//! - A record Kafka refuses for good (`PublishError::is_permanent`: too
+//!   large, forbidden or invalid topic) is never retried: it is parked in the
+//!   spool (`Durable::Parked`), counted, logged at ERROR with its group id, and
+//!   the replay goes on with the records behind it. Retrying it would block
+//!   every later record of every lead.
 
-use crate::kafka::{Acknowledgement, Delivered, Publisher, Record};
+use crate::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Record};
 use crate::spool::{Spool, SpoolEntry, SpoolError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +30,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+/// How often a replay that keeps failing says so in the log.
+const STUCK_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 /// Most entries the replay task has in flight at once.
 const REPLAY_WINDOW: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -34,6 +41,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub enum Durable {
     Published(Delivered),
     Spooled(u64),
+    /// Kafka refused it for good; kept in the spool's parked records.
+    Parked(u64),
 }
 
 /// Where a record is durable, as response bodies and duplicates report it:
@@ -55,7 +64,7 @@ impl RecordRef {
             Durable::Published(delivered) => {
                 (Some(delivered.partition), Some(delivered.offset), None)
             }
-            Durable::Spooled(id) => (None, None, Some(id)),
+            Durable::Spooled(id) | Durable::Parked(id) => (None, None, Some(id)),
         };
         RecordRef {
             topic: topic.to_owned(),
@@ -86,6 +95,8 @@ pub struct Delivery {
     backlog: Mutex<Backlog>,
     wake: Notify,
     kafka_up: AtomicBool,
+    /// When the replay last reported that it is waiting for Kafka.
+    stuck_reported: Mutex<Option<std::time::Instant>>,
 }
 
 fn key_of(record: &Record) -> String {
@@ -111,6 +122,7 @@ impl Delivery {
             backlog: Mutex::new(Backlog::default()),
             wake: Notify::new(),
             kafka_up: AtomicBool::new(true),
+            stuck_reported: Mutex::new(None),
         };
         for entry in recovered {
             delivery.queue(entry.id, entry.record, None);
@@ -158,6 +170,9 @@ impl Delivery {
                             crate::metrics::record_produce(enqueued_at.elapsed());
                             return Ok(Durable::Published(delivered));
                         }
+                        Ok(Err(error)) if error.is_permanent() => {
+                            return self.park(None, record, &error).await;
+                        }
                         Ok(Err(error)) => {
                             tracing::warn!(%error, "Kafka refused the record; spooling it");
                             self.kafka_up.store(false, Ordering::Relaxed);
@@ -170,6 +185,9 @@ impl Delivery {
                         }
                     }
                 }
+                Err(error) if error.is_permanent() => {
+                    return self.park(None, record, &error).await;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot enqueue the record; spooling it");
                     self.kafka_up.store(false, Ordering::Relaxed);
@@ -180,6 +198,38 @@ impl Delivery {
         let id = self.append(record.clone()).await?;
         self.queue(id, record, None);
         Ok(Durable::Spooled(id))
+    }
+
+    /// Parks a record Kafka refused for good: a spool entry (`id`), or a new
+    /// record. Reported at ERROR with its group id, and counted.
+    async fn park(
+        &self,
+        id: Option<u64>,
+        record: Record,
+        error: &PublishError,
+    ) -> Result<Durable, SpoolError> {
+        let group_id = record
+            .headers
+            .iter()
+            .find(|(name, _)| name == crate::ingest::GROUP_ID_HEADER)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        let (topic, bytes) = (record.topic.clone(), record.payload.len());
+        let parked = self.spool.park(id, record, &error.to_string()).await;
+        match &parked {
+            Ok(parked_id) => {
+                metrics::counter!(crate::metrics::PARKED).increment(1);
+                tracing::error!(
+                    %error, group_id, topic, bytes, spool_id = parked_id,
+                    "Kafka refused the record for good; parked it in the spool \
+                     (superfone-bridge spool parked list); the records behind it go on"
+                );
+            }
+            Err(spool_error) => {
+                tracing::error!(%error, %spool_error, group_id, topic, "cannot park the record Kafka refused");
+            }
+        }
+        parked.map(Durable::Parked)
     }
 
     async fn append(&self, record: Record) -> Result<u64, SpoolError> {
@@ -206,7 +256,14 @@ impl Delivery {
         Ok(Durable::Spooled(id))
     }
 
+    /// The entry reached Kafka: it leaves the backlog and the spool.
     fn complete(&self, id: u64) {
+        self.forget(id);
+        self.spool.mark_delivered(id);
+    }
+
+    /// Takes an entry out of the backlog.
+    fn forget(&self, id: u64) {
         let mut backlog = self.backlog.lock().expect("backlog lock");
         if let Some(queued) = backlog.entries.remove(&id) {
             let key = key_of(&queued.record);
@@ -217,8 +274,6 @@ impl Delivery {
                 }
             }
         }
-        drop(backlog);
-        self.spool.mark_delivered(id);
     }
 
     /// Entries waiting to reach Kafka.
@@ -240,6 +295,7 @@ impl Delivery {
             };
             metrics::gauge!(crate::metrics::SPOOL_RECORDS).set(records as f64);
             metrics::gauge!(crate::metrics::SPOOL_BYTES).set(self.spool.used_bytes() as f64);
+            metrics::gauge!(crate::metrics::SPOOL_PARKED).set(self.spool.parked() as f64);
             metrics::gauge!(crate::metrics::SPOOL_OLDEST_AGE)
                 .set(oldest.unwrap_or_default().as_secs_f64());
             tokio::select! {
@@ -300,25 +356,29 @@ impl Delivery {
                 .collect()
         };
         let mut acknowledgements = Vec::with_capacity(window.len());
+        let mut all_ok = true;
         for (id, record) in &window {
             match self.publisher.enqueue(record) {
-                Ok(acknowledgement) => acknowledgements.push((*id, acknowledgement)),
+                Ok(acknowledgement) => acknowledgements.push((*id, record, acknowledgement)),
+                Err(error) if error.is_permanent() => self.park_spooled(*id, record, &error).await,
                 Err(error) => {
                     self.publisher.recover(&error);
+                    self.report_stuck(*id, &error);
+                    all_ok = false;
                     break;
                 }
             }
         }
-        let mut all_ok = acknowledgements.len() == window.len();
-        for (id, acknowledgement) in acknowledgements {
+        for (id, record, acknowledgement) in acknowledgements {
             match acknowledgement.await {
                 Ok(_) => {
                     metrics::counter!(crate::metrics::REPLAYED).increment(1);
                     self.complete(id);
                 }
+                Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
                 Err(error) => {
-                    tracing::debug!(%error, id, "replay attempt failed");
                     self.publisher.recover(&error);
+                    self.report_stuck(id, &error);
                     all_ok = false;
                 }
             }
@@ -328,5 +388,35 @@ impl Delivery {
             tracing::debug!(count = window.len(), "replayed spooled records");
         }
         Some(all_ok)
+    }
+
+    /// Parks a spooled entry; on success it leaves the backlog. If even the
+    /// park fails (disk), the entry stays and is tried again.
+    async fn park_spooled(&self, id: u64, record: &Record, error: &PublishError) {
+        if self.park(Some(id), record.clone(), error).await.is_ok() {
+            self.forget(id);
+        }
+    }
+
+    /// Says, at most every `STUCK_REPORT_INTERVAL`, why the replay is waiting.
+    fn report_stuck(&self, id: u64, error: &PublishError) {
+        let mut last = self.stuck_reported.lock().expect("stuck lock");
+        if last.is_some_and(|at| at.elapsed() < STUCK_REPORT_INTERVAL) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let (waiting, oldest) = {
+            let backlog = self.backlog.lock().expect("backlog lock");
+            let oldest = backlog
+                .entries
+                .values()
+                .next()
+                .map(|q| q.queued_at.elapsed());
+            (backlog.entries.len(), oldest.unwrap_or_default())
+        };
+        tracing::warn!(
+            %error, spool_id = id, waiting, oldest_secs = oldest.as_secs(),
+            "spool replay is waiting for Kafka; it retries with backoff"
+        );
     }
 }

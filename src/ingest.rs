@@ -366,6 +366,13 @@ impl Ingest {
                     group_id,
                 }
             }
+            Durable::Parked(spool_id) => Outcome::Parked {
+                event: kind.as_str(),
+                topic: route.topic.clone(),
+                spool_id,
+                group_id,
+                error: "Kafka refused the record for good; it is kept in the bridge's parked records for an operator (see the bridge's logs for this group_id)",
+            },
         }
     }
 
@@ -445,6 +452,11 @@ impl Ingest {
             }
             Ok(Durable::Spooled(id)) => {
                 span.record("otel.name", "superfone.spool");
+                span.record("superfone.spool_id", id);
+            }
+            Ok(Durable::Parked(id)) => {
+                span.record("otel.name", "superfone.park");
+                span.record("otel.status_code", "ERROR");
                 span.record("superfone.spool_id", id);
             }
             Err(_) => {

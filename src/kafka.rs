@@ -1,6 +1,12 @@
 //! The rdkafka producer: one idempotent `acks=all` producer for every topic,
 //! start-up checks (broker metadata, topic creation), the publish future that
 //! resolves only once the broker acknowledged the record, and the final flush.
+//!
+//! Every body the HTTP limit accepts must fit the producer, the topics and
+//! the broker: `message.max.bytes` and the topics' `max.message.bytes` are
+//! set from `server.max_body_bytes` plus `RECORD_OVERHEAD_BYTES`, and errors
+//! that no retry can cure (`PublishError::is_permanent`) are told apart, so
+//! the spool parks such a record instead of retrying it forever.
 
 use crate::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -31,6 +37,51 @@ pub enum PublishError {
     },
     #[error("the broker did not acknowledge the record: {0}")]
     Delivery(#[source] KafkaError),
+}
+
+/// Room for what a record adds to its body: headers (trace context, a
+/// group id of up to 256 bytes, the dedup key), the key, the Confluent
+/// framing and Kafka's batch framing. The Avro value of a JSON body is never
+/// larger than the body itself: field names are dropped, and text fields
+/// (JSON kept as text, unmapped members) hold at most what the body held.
+pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The Kafka error codes no retry can cure for one record: it is too large,
+/// its topic is invalid or forbidden, or the broker refuses its format.
+/// Everything else (timeouts, transport, leadership changes, a fenced or
+/// fatal producer, which is replaced) is retried.
+const PERMANENT_CODES: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::MessageSizeTooLarge,
+    RDKafkaErrorCode::InvalidMessageSize,
+    RDKafkaErrorCode::MessageBatchTooLarge,
+    RDKafkaErrorCode::InvalidRecord,
+    RDKafkaErrorCode::InvalidTimestamp,
+    RDKafkaErrorCode::InvalidTopic,
+    RDKafkaErrorCode::UnknownTopic,
+    RDKafkaErrorCode::TopicAuthorizationFailed,
+    RDKafkaErrorCode::ClusterAuthorizationFailed,
+    RDKafkaErrorCode::UnsupportedForMessageFormat,
+    RDKafkaErrorCode::UnsupportedCompressionType,
+    RDKafkaErrorCode::PolicyViolation,
+    RDKafkaErrorCode::InvalidRequiredAcks,
+    RDKafkaErrorCode::BadMessage,
+    RDKafkaErrorCode::InvalidArgument,
+];
+
+impl PublishError {
+    /// The record can never be stored as it is: retrying it would only block
+    /// the records behind it.
+    pub fn is_permanent(&self) -> bool {
+        let code = match self {
+            PublishError::Delivery(KafkaError::MessageProduction(code)) => *code,
+            PublishError::Delivery(error) => match error.rdkafka_error_code() {
+                Some(code) => code,
+                None => return false,
+            },
+            _ => return false,
+        };
+        PERMANENT_CODES.contains(&code)
+    }
 }
 
 /// What the broker acknowledged.
@@ -83,7 +134,10 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(config: &KafkaConfig) -> Result<Self, PublishError> {
+    /// `max_record_bytes`: the largest record the producer must accept
+    /// (`Config::max_record_bytes`); a larger pass-through
+    /// `message.max.bytes` is kept.
+    pub fn new(config: &KafkaConfig, max_record_bytes: usize) -> Result<Self, PublishError> {
         let mut client_config = ClientConfig::new();
         client_config
             .set("bootstrap.servers", &config.brokers)
@@ -99,6 +153,15 @@ impl Publisher {
         for (key, value) in &config.options {
             client_config.set(key, value);
         }
+        let configured_max = config
+            .options
+            .get("message.max.bytes")
+            .and_then(|value| value.parse::<usize>().ok())
+            .unwrap_or(0);
+        client_config.set(
+            "message.max.bytes",
+            configured_max.max(max_record_bytes).to_string(),
+        );
         // Set last so pass-through options cannot weaken the delivery guarantee.
         client_config
             .set("enable.idempotence", "true")
@@ -183,16 +246,19 @@ impl Publisher {
         })
     }
 
-    /// Creates the topics that do not exist yet; existing ones are left as they are.
+    /// Creates the topics that do not exist yet, with a `max.message.bytes`
+    /// that fits `max_record_bytes`; existing ones are left as they are.
     pub async fn create_topics(
         &self,
         topics: &[String],
         partitions: i32,
         replication_factor: i32,
+        max_record_bytes: usize,
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config.create().map_err(PublishError::Client)?;
+        let max_bytes = max_record_bytes.to_string();
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|topic| {
@@ -201,6 +267,7 @@ impl Publisher {
                     partitions,
                     TopicReplication::Fixed(replication_factor),
                 )
+                .set("max.message.bytes", &max_bytes)
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(timeout));

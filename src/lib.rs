@@ -115,7 +115,7 @@ impl App {
         // Install the recorder before anything records.
         metrics::handle();
 
-        let publisher = Arc::new(Publisher::new(&config.kafka)?);
+        let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
         let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
         publisher.check_broker(startup_timeout).await?;
         let dead_letter_topic = config.topics.dead_letter_topic();
@@ -130,6 +130,7 @@ impl App {
                     &topics,
                     config.kafka.topic_partitions,
                     config.kafka.topic_replication_factor,
+                    config.max_record_bytes(),
                     startup_timeout,
                 )
                 .await?;

@@ -35,6 +35,9 @@ enum Command {
     /// Dead-letter topic operations.
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// Local spool operations (`spool.dir` of this config).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
     /// Print a topic's records as JSON lines, values decoded through the registry.
     Tail {
         /// An event (ALL_CALLS), dead_letter, or a topic name.
@@ -88,6 +91,15 @@ fn main() -> anyhow::Result<()> {
             eprintln!("replayed {replayed}, still invalid {still_invalid}");
             Ok(())
         }
+        Command::Spool(SpoolCommand::Parked(command)) => {
+            let format = match command {
+                ParkedCommand::List => tools::ParkedFormat::List,
+                ParkedCommand::Export => tools::ParkedFormat::Export,
+            };
+            let count = tools::parked(&config, format, std::io::stdout())?;
+            eprintln!("{count} parked record(s) in {}", config.spool.dir.display());
+            Ok(())
+        }
         Command::Tail {
             target,
             from_beginning,
@@ -104,6 +116,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Records Kafka refused for good (too large, forbidden or invalid topic),
+    /// parked so they block nothing.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
+}
+
+#[derive(Subcommand)]
+enum ParkedCommand {
+    /// One JSON line per parked record: topic, key, event, group id, reason, size.
+    List,
+    /// One JSON line per parked record with its headers and base64 payload.
+    Export,
 }
 
 #[derive(Subcommand)]

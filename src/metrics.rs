@@ -19,6 +19,8 @@ pub const SPOOL_BYTES: &str = "superfone_spool_bytes";
 pub const SPOOL_OLDEST_AGE: &str = "superfone_spool_oldest_age_seconds";
 pub const SPOOL_FAILURES: &str = "superfone_spool_append_failures_total";
 pub const REPLAYED: &str = "superfone_spool_replayed_total";
+pub const SPOOL_PARKED: &str = "superfone_spool_parked_records";
+pub const PARKED: &str = "superfone_spool_parked_total";
 pub const PRODUCER_REPLACEMENTS: &str = "superfone_kafka_producer_replacements_total";
 pub const KAFKA_QUEUE: &str = "superfone_kafka_queue_messages";
 pub const KAFKA_RTT: &str = "superfone_kafka_broker_rtt_seconds";
@@ -75,6 +77,16 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         "Events neither Kafka nor the spool took (answered 503)"
     );
     describe_counter!(REPLAYED, "Spooled events replayed to Kafka");
+    describe_gauge!(
+        SPOOL_PARKED,
+        "Records Kafka refused for good, kept in the spool's parked log (superfone-bridge spool parked)"
+    );
+    describe_counter!(
+        PARKED,
+        "Records parked because Kafka refused them for good (too large, forbidden or invalid topic)"
+    );
+    // Shown as 0 from the start, so an alert on any increase has a baseline.
+    counter!(PARKED).increment(0);
     describe_counter!(
         PRODUCER_REPLACEMENTS,
         "Kafka producers replaced after a fatal or fenced state"

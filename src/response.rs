@@ -40,6 +40,16 @@ pub enum Outcome {
         spool_id: u64,
         group_id: String,
     },
+    /// Kafka refused the record for good (e.g. over the broker's size
+    /// limit): it is durable in the spool's parked records, where an operator
+    /// can export or retry it; it is not published by itself.
+    Parked {
+        event: &'static str,
+        topic: String,
+        spool_id: u64,
+        group_id: String,
+        error: &'static str,
+    },
     /// The same event was delivered before (within the dedup window); this
     /// repeat is not published again.
     Duplicate {
@@ -107,7 +117,7 @@ impl Outcome {
     pub fn status(&self) -> StatusCode {
         match self {
             Outcome::Published { .. } | Outcome::Duplicate { .. } => StatusCode::OK,
-            Outcome::Spooled { .. } => StatusCode::ACCEPTED,
+            Outcome::Spooled { .. } | Outcome::Parked { .. } => StatusCode::ACCEPTED,
             Outcome::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Outcome::DeadLettered {
                 reason: DeadLetterReason::InvalidJson,
@@ -128,6 +138,7 @@ impl Outcome {
         match self {
             Outcome::Published { .. } => "published",
             Outcome::Spooled { .. } => "spooled",
+            Outcome::Parked { .. } => "parked",
             Outcome::Duplicate { .. } => "duplicate",
             Outcome::RequestTimeout { .. } => "request_timeout",
             Outcome::DeadLettered { .. } => "dead_lettered",
@@ -145,6 +156,7 @@ impl Outcome {
         match self {
             Outcome::Published { event, .. }
             | Outcome::Spooled { event, .. }
+            | Outcome::Parked { event, .. }
             | Outcome::Duplicate { event, .. } => Some(event),
             Outcome::DeadLettered { event, .. } => *event,
             _ => None,
@@ -155,6 +167,7 @@ impl Outcome {
         match self {
             Outcome::Published { group_id, .. }
             | Outcome::Spooled { group_id, .. }
+            | Outcome::Parked { group_id, .. }
             | Outcome::Duplicate { group_id, .. }
             | Outcome::DeadLettered { group_id, .. }
             | Outcome::Unavailable { group_id, .. } => Some(group_id),

@@ -15,6 +15,13 @@
 //!
 //! Frame: `len: u32 LE | crc32(body): u32 LE | body`, body = `id: u64 LE | record`.
 //!
+//! A record Kafka refuses for good (too large, forbidden topic) is *parked*:
+//! appended to `parked.log` in the same frame format, with its reason and
+//! time as the `superfone-parked-*` headers, fsync'd, and only then
+//! acknowledged in the spool, so it leaves the replay without ever being
+//! lost. Parked records count towards the byte cap until an operator takes
+//! them out (`superfone-bridge spool parked`).
+//!
 //! Ids are never reused, across any sequence of restarts and crashes: the
 //! acks file may still list ids whose segments are gone, so a reused id would
 //! be taken for delivered. Ids are reserved in blocks: before an id is issued,
@@ -34,6 +41,11 @@ use tokio::sync::{mpsc, oneshot};
 const FRAME_HEADER: usize = 8;
 const ACK_FRAME: usize = 12;
 const HIGH_WATER_FILE: &str = "high_water";
+pub const PARKED_FILE: &str = "parked.log";
+/// Why a parked record was refused (the Kafka error).
+pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
+/// When it was parked, RFC 3339 UTC.
+pub const PARKED_AT_HEADER: &str = "superfone-parked-at";
 /// Ids reserved by one write of the high-water mark.
 const ID_BLOCK: u64 = 1 << 20;
 /// Larger frames are treated as corruption (records are at most a few MiB).
@@ -67,6 +79,8 @@ pub struct Recovery {
     pub torn_bytes: u64,
     /// Bytes skipped inside segments: damaged frames followed by valid ones.
     pub corrupt_bytes: u64,
+    /// Records parked (refused by Kafka for good) and still kept.
+    pub parked: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +295,9 @@ struct Files {
     current_first: u64,
     acks: File,
     acks_path: PathBuf,
+    parked: File,
+    parked_path: PathBuf,
+    parked_count: Arc<AtomicU64>,
     next_id: u64,
     /// The durable high-water mark: ids below it may be issued.
     reserved_until: u64,
@@ -291,7 +308,15 @@ struct Files {
 enum Command {
     Append(Record, oneshot::Sender<Result<u64, SpoolError>>),
     Delivered(u64),
+    Park(Park),
     Sync(oneshot::Sender<Result<(), SpoolError>>),
+}
+
+/// A record to park: a spool entry (`id`), or a new record not yet spooled.
+struct Park {
+    id: Option<u64>,
+    record: Record,
+    reply: oneshot::Sender<Result<u64, SpoolError>>,
 }
 
 /// Handle to the spool; cheap to clone.
@@ -300,7 +325,44 @@ pub struct Spool {
     commands: mpsc::UnboundedSender<Command>,
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
+    parked: Arc<AtomicU64>,
     cap: u64,
+}
+
+/// Reads the parked records of a spool directory (also while a bridge runs:
+/// frames are checksummed, and a frame still being written is not yet whole).
+pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
+    let path = dir.join(PARKED_FILE);
+    match std::fs::read(&path) {
+        Ok(data) => Ok(read_segment(&data).entries),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(io_error(&path)(error)),
+    }
+}
+
+/// Opens a frame log, cuts a torn tail off it, and returns its valid entries.
+fn open_log(
+    path: &Path,
+    recovery: &mut Recovery,
+) -> Result<(File, Vec<SpoolEntry>, u64), SpoolError> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    let scan = read_segment(&data);
+    recovery.corrupt_bytes += scan.corrupt;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    if scan.valid < data.len() {
+        recovery.torn_bytes += (data.len() - scan.valid) as u64;
+        file.set_len(scan.valid as u64).map_err(io_error(path))?;
+        file.sync_all().map_err(io_error(path))?;
+    }
+    Ok((file, scan.entries, scan.valid as u64))
 }
 
 impl Spool {
@@ -368,9 +430,16 @@ impl Spool {
             );
         }
         recovery.pending = pending.len();
+        let parked_path = settings.dir.join(PARKED_FILE);
+        let (parked, parked_entries, parked_bytes) = open_log(&parked_path, &mut recovery)?;
+        recovery.parked = parked_entries.len();
+        next_id = next_id.max(parked_entries.iter().map(|e| e.id + 1).max().unwrap_or(1));
         let reserved_until = next_id + ID_BLOCK;
         write_high_water(&settings.dir, reserved_until)?;
-        let used = Arc::new(AtomicU64::new(segments.values().map(|s| s.bytes).sum()));
+        let used = Arc::new(AtomicU64::new(
+            segments.values().map(|s| s.bytes).sum::<u64>() + parked_bytes,
+        ));
+        let parked_count = Arc::new(AtomicU64::new(parked_entries.len() as u64));
         let pending_count = Arc::new(AtomicU64::new(pending.len() as u64));
         let acks = OpenOptions::new()
             .create(true)
@@ -384,6 +453,9 @@ impl Spool {
             segments,
             acks,
             acks_path,
+            parked,
+            parked_path,
+            parked_count: Arc::clone(&parked_count),
             next_id,
             reserved_until,
             used: Arc::clone(&used),
@@ -400,6 +472,7 @@ impl Spool {
             commands,
             used,
             pending: pending_count,
+            parked: parked_count,
             cap: settings.max_bytes,
         };
         Ok((spool, pending, recovery))
@@ -417,6 +490,40 @@ impl Spool {
     /// Records that an entry reached Kafka; it will not be replayed.
     pub fn mark_delivered(&self, id: u64) {
         let _ = self.commands.send(Command::Delivered(id));
+    }
+
+    /// Parks a record Kafka refused for good: `id` names a spool entry,
+    /// which leaves the replay; `None` parks a record not yet spooled. The
+    /// record gets the reason and time as headers. Resolves once the parked
+    /// copy is fsync'd, with its id.
+    pub async fn park(
+        &self,
+        id: Option<u64>,
+        mut record: Record,
+        reason: &str,
+    ) -> Result<u64, SpoolError> {
+        let parked_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        record
+            .headers
+            .retain(|(name, _)| name != PARKED_REASON_HEADER && name != PARKED_AT_HEADER);
+        record
+            .headers
+            .push((PARKED_REASON_HEADER.to_owned(), reason.to_owned()));
+        record
+            .headers
+            .push((PARKED_AT_HEADER.to_owned(), parked_at));
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Park(Park { id, record, reply }))
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records parked and kept.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// Makes every ack sent so far durable (at shutdown).
@@ -466,12 +573,14 @@ impl Files {
         while let Some(first) = receiver.blocking_recv() {
             let mut appends = Vec::new();
             let mut delivered = Vec::new();
+            let mut parks = Vec::new();
             let mut syncs = Vec::new();
             let mut command = Some(first);
             while let Some(next) = command {
                 match next {
                     Command::Append(record, reply) => appends.push((record, reply)),
                     Command::Delivered(id) => delivered.push(id),
+                    Command::Park(park) => parks.push(park),
                     Command::Sync(reply) => syncs.push(reply),
                 }
                 command = if appends.len() < 1024 {
@@ -486,6 +595,10 @@ impl Files {
                     tracing::error!(%error, "spool: cannot record deliveries; they may be replayed");
                 }
             }
+            for park in parks {
+                let result = self.park(park.id, &park.record);
+                let _ = park.reply.send(result);
+            }
             if !appends.is_empty() {
                 self.append_batch(appends);
             }
@@ -496,25 +609,74 @@ impl Files {
         let _ = self.acks.sync_all();
     }
 
+    /// Makes sure the durable high-water mark lies past the next `count` ids.
+    fn reserve_ids(&mut self, count: u64) -> Result<(), SpoolError> {
+        if self.next_id + count >= self.reserved_until {
+            let reserved_until = self.next_id + count + ID_BLOCK;
+            write_high_water(&self.settings.dir, reserved_until)?;
+            self.reserved_until = reserved_until;
+        }
+        Ok(())
+    }
+
+    /// Appends the record to the parked log and fsyncs it; then, for a spool
+    /// entry, acknowledges it so it leaves the replay.
+    fn park(&mut self, id: Option<u64>, record: &Record) -> Result<u64, SpoolError> {
+        let id = match id {
+            Some(id) => id,
+            None => {
+                self.reserve_ids(1)?;
+                self.next_id += 1;
+                self.next_id - 1
+            }
+        };
+        let framed = frame(id, record);
+        let used = self.used.load(Ordering::Relaxed);
+        if used + framed.len() as u64 > self.settings.max_bytes && !self.is_spooled(id) {
+            return Err(SpoolError::Full {
+                used,
+                cap: self.settings.max_bytes,
+            });
+        }
+        let before = self.parked.metadata().map(|m| m.len()).unwrap_or(0);
+        let written = self
+            .parked
+            .write_all(&framed)
+            .and_then(|()| self.parked.sync_data());
+        if let Err(source) = written {
+            let _ = self.parked.set_len(before);
+            return Err(io_error(&self.parked_path)(source));
+        }
+        self.used.fetch_add(framed.len() as u64, Ordering::Relaxed);
+        self.parked_count.fetch_add(1, Ordering::Relaxed);
+        if self.is_spooled(id) {
+            self.record_delivered(&[id])?;
+        }
+        Ok(id)
+    }
+
+    fn is_spooled(&self, id: u64) -> bool {
+        self.segments
+            .range(..=id)
+            .next_back()
+            .is_some_and(|(_, segment)| segment.live.contains(&id))
+    }
+
     /// Writes a batch and fsyncs once (group commit). On any error the batch
     /// is cut off the file again and every append in it fails.
     fn append_batch(&mut self, batch: Vec<(Record, oneshot::Sender<Result<u64, SpoolError>>)>) {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
         let used = self.used.load(Ordering::Relaxed);
-        if self.next_id + batch.len() as u64 >= self.reserved_until {
-            let reserved_until = self.next_id + batch.len() as u64 + ID_BLOCK;
-            if let Err(error) = write_high_water(&self.settings.dir, reserved_until) {
-                tracing::error!(%error, "spool: cannot reserve ids");
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(SpoolError::Io {
-                        path: self.settings.dir.join(HIGH_WATER_FILE),
-                        source: std::io::Error::other(error.to_string()),
-                    }));
-                }
-                return;
+        if let Err(error) = self.reserve_ids(batch.len() as u64) {
+            tracing::error!(%error, "spool: cannot reserve ids");
+            for (_, reply) in batch {
+                let _ = reply.send(Err(SpoolError::Io {
+                    path: self.settings.dir.join(HIGH_WATER_FILE),
+                    source: std::io::Error::other(error.to_string()),
+                }));
             }
-            self.reserved_until = reserved_until;
+            return;
         }
         for (record, reply) in batch {
             let framed = frame(self.next_id, &record);
@@ -609,10 +771,11 @@ impl Files {
         }
         if reset {
             // Everything delivered: reset rather than keep an ever-growing acks file.
-            let path = self.segments[&self.current_first].path.clone();
+            let current = &self.segments[&self.current_first];
+            let (path, bytes) = (current.path.clone(), current.bytes);
             self.current.set_len(0).map_err(io_error(&path))?;
             self.acks.set_len(0).map_err(io_error(&self.acks_path))?;
-            self.used.store(0, Ordering::Relaxed);
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
             self.segments
                 .get_mut(&self.current_first)
                 .expect("current")
@@ -705,6 +868,49 @@ mod tests {
             id > 3,
             "appends continue with ids never issued before, got {id}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_parked_entry_leaves_the_replay_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+        let ids: Vec<u64> = futures::future::join_all((0..3).map(|n| spool.append(record(n))))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        spool
+            .park(Some(ids[1]), record(1), "too large")
+            .await
+            .unwrap();
+        let fresh = spool
+            .park(None, record(9), "forbidden topic")
+            .await
+            .unwrap();
+        assert!(!ids.contains(&fresh), "a parked new record gets its own id");
+        assert_eq!((spool.pending(), spool.parked()), (2, 2));
+        drop(spool);
+        let (spool, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
+        assert_eq!(
+            pending.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![ids[0], ids[2]]
+        );
+        assert_eq!((recovery.parked, spool.parked()), (2, 2));
+        let parked = read_parked(dir.path()).unwrap();
+        assert_eq!(
+            parked.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![ids[1], fresh]
+        );
+        let reason = |entry: &SpoolEntry| {
+            entry
+                .record
+                .headers
+                .iter()
+                .find(|(name, _)| name == PARKED_REASON_HEADER)
+                .map(|(_, value)| value.clone())
+        };
+        assert_eq!(reason(&parked[0]).as_deref(), Some("too large"));
+        assert_eq!(parked[0].record.payload, record(1).payload);
     }
 
     /// A frame damaged in the middle of a segment loses only itself: reading

@@ -41,6 +41,8 @@ pub enum ToolError {
     Startup(#[from] crate::StartupError),
     #[error(transparent)]
     Publish(#[from] crate::kafka::PublishError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 /// The ingest URL of the bridge this config describes, seen from this host.
@@ -202,7 +204,7 @@ pub async fn replay_dead_letters(
     use rdkafka::consumer::CommitMode;
 
     let routes = crate::event_routes(config).await?;
-    let publisher = crate::kafka::Publisher::new(&config.kafka)?;
+    let publisher = crate::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
     let topic = config.topics.dead_letter_topic();
     let start = if options.from_beginning {
         Offset::Beginning
@@ -334,4 +336,54 @@ pub async fn tail(
         count += 1;
     }
     Ok(count)
+}
+
+/// How `spool parked` prints a parked record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkedFormat {
+    /// One line each: where it was going, why it was parked, its size.
+    List,
+    /// Everything, the payload in base64: enough to re-produce it by hand.
+    Export,
+}
+
+/// Prints the spool's parked records (records Kafka refused for good) as
+/// JSON lines; reads the files only, so it is safe beside a running bridge.
+/// Returns how many there are.
+pub fn parked(
+    config: &Config,
+    format: ParkedFormat,
+    mut out: impl Write,
+) -> Result<usize, ToolError> {
+    use crate::ingest::{EVENT_HEADER, GROUP_ID_HEADER};
+    use crate::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
+    use base64::Engine;
+    let entries = crate::spool::read_parked(&config.spool.dir)?;
+    for entry in &entries {
+        let header = |name: &str| {
+            entry
+                .record
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let mut line = json!({
+            "spool_id": entry.id,
+            "topic": entry.record.topic,
+            "key": entry.record.key,
+            "event": header(EVENT_HEADER),
+            "group_id": header(GROUP_ID_HEADER),
+            "reason": header(PARKED_REASON_HEADER),
+            "parked_at": header(PARKED_AT_HEADER),
+            "bytes": entry.record.payload.len(),
+        });
+        if format == ParkedFormat::Export {
+            line["headers"] = json!(entry.record.headers);
+            line["payload_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&entry.record.payload));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(entries.len())
 }

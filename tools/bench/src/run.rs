@@ -125,7 +125,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let config_path = out.join("bridge.toml");
     std::fs::write(&config_path, toml::to_string(&config)?)?;
 
-    let publisher = Publisher::new(&config.kafka)?;
+    let publisher = Publisher::new(&config.kafka, config.max_record_bytes())?;
     publisher.check_broker(Duration::from_secs(10)).await?;
     let topics: Vec<String> = EventKind::ALL
         .iter()
@@ -136,6 +136,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             &topics,
             config.kafka.topic_partitions,
             config.kafka.topic_replication_factor,
+            config.max_record_bytes(),
             Duration::from_secs(10),
         )
         .await?;

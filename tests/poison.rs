@@ -1,0 +1,239 @@
+//! One record Kafka cannot take must never block the others (issue 10,
+//! break 1). The largest body the HTTP limit allows must reach its topic; a
+//! record Kafka refuses for good is parked in the spool, reported, and the
+//! replay goes on with everything behind it, in order per lead.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::{consume, consume_from, fixture, free_port, post, Bridge, BridgeOptions, Broker};
+
+/// A valid CDR_SUMMARY_READY for a long call: `bytes` of JSON or a little more.
+fn long_call_summary(bytes: usize) -> Value {
+    let mut event = fixture("CDR_SUMMARY_READY");
+    let turn = json!({"speaker": "customer", "text": "word ".repeat(40), "start": 1.0, "end": 2.0});
+    let per_turn = turn.to_string().len() + 1;
+    event["transcription"] = Value::Array(vec![turn; bytes / per_turn + 1]);
+    event["cdr_uuid"] = json!(uuid::Uuid::now_v7().to_string());
+    event
+}
+
+fn normal_event(contact: i64, sequence: i64) -> String {
+    support::sequenced_event(contact, sequence).to_string()
+}
+
+async fn post_normal_events(client: &reqwest::Client, bridge: &Bridge, count: i64) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for sequence in 0..count {
+        statuses.push(
+            post(client, bridge, normal_event(sequence % 7, sequence))
+                .await
+                .0,
+        );
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_allowed_summary_is_published_and_nothing_waits_behind_it() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    let summary = long_call_summary(2_800_000);
+    let body = summary.to_string();
+    assert!(body.len() > 2_800_000 && body.len() < 4 * 1024 * 1024);
+    let (status, reply) = post(&client, &bridge, body).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("published")),
+        "{reply}"
+    );
+    let started = Instant::now();
+    let statuses = post_normal_events(&client, &bridge, 100).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(consume(&bridge.topic("TASK_CHANGE"), 100, false).len(), 100);
+    println!(
+        "100 normal events after a 2.8 MB one: on the topic in {:?}",
+        started.elapsed()
+    );
+    let records = consume(&bridge.topic("CDR_SUMMARY_READY"), 1, false);
+    assert_eq!(
+        records[0]["value"]["transcription"]
+            .as_array()
+            .unwrap()
+            .len(),
+        summary["transcription"].as_array().unwrap().len(),
+        "decoded whole by Confluent's deserializer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_non_json_body_is_dead_lettered_and_nothing_waits_behind_it() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    let garbage = "not json ".repeat(1_100_000 / 9 + 1);
+    let (status, reply) = post(&client, &bridge, garbage.clone()).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (400, Some("dead_lettered")),
+        "{reply}"
+    );
+    assert!(
+        reply["dead_letter"]["offset"].is_number(),
+        "on the broker: {reply}"
+    );
+    let statuses = post_normal_events(&client, &bridge, 100).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(consume(&bridge.topic("TASK_CHANGE"), 100, false).len(), 100);
+    let dead = consume(&bridge.dead_letter_topic(), 1, true);
+    assert!(dead[0]["value"] == garbage.as_str(), "kept byte for byte");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A spool holds a record the restarted bridge's producer refuses for good
+/// (the body limit was lowered between the two runs, so the record is over
+/// `message.max.bytes`): it is parked, and the 100 records spooled around it
+/// are replayed in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_kafka_refuses_for_good_is_parked_and_the_replay_goes_on() {
+    let broker = Broker::start(free_port());
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix();
+    let options = || BridgeOptions {
+        prefix: prefix.clone(),
+        spool_dir: Some(spool.path().to_owned()),
+        brokers: Some(broker.address()),
+        ..BridgeOptions::default()
+    };
+    let mut first = Bridge::start(
+        options()
+            .with("DELIVERY__ACK_DEADLINE_MS", 300)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000),
+    );
+    let client = support::client();
+    broker.freeze();
+    let mut statuses = post_normal_events(&client, &first, 50).await;
+    let poison = long_call_summary(1_500_000).to_string();
+    let (status, reply) = support::post_with(
+        &client,
+        &first.ingest_url(),
+        poison,
+        Some(&format!("Bearer {}", support::SECRET)),
+        &[("x-superfone-group-id", "poison-group-1")],
+    )
+    .await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (202, Some("spooled")),
+        "{reply}"
+    );
+    for sequence in 50..100 {
+        statuses.push(
+            post(&client, &first, normal_event(sequence % 7, sequence))
+                .await
+                .0,
+        );
+    }
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    first.terminate();
+    first.wait_exit(Duration::from_secs(30)).expect("stops");
+    broker.resume();
+
+    let second = Bridge::start(options().with("SERVER__MAX_BODY_BYTES", 1024 * 1024));
+    let records = consume_from(&broker.address(), &second.topic("TASK_CHANGE"), 100);
+    let sequence = |r: &Value| -> i64 {
+        r["value"]["updated_value"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let distinct: std::collections::BTreeSet<i64> = records.iter().map(sequence).collect();
+    assert_eq!(
+        distinct.len(),
+        100,
+        "everything around the poison record arrived"
+    );
+    // At-least-once: a record the frozen broker took after the first bridge
+    // gave up on it is replayed again; order counts first occurrences.
+    for contact in 0..7 {
+        let mut first_seen: Vec<i64> = Vec::new();
+        for record in records.iter().filter(|r| r["key"] == contact.to_string()) {
+            if !first_seen.contains(&sequence(record)) {
+                first_seen.push(sequence(record));
+            }
+        }
+        assert!(
+            first_seen.windows(2).all(|w| w[0] < w[1]),
+            "{contact}: {first_seen:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = client
+            .get(second.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "superfone_spool_parked_records") >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        metric(&metrics, "superfone_spool_parked_records"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "superfone_spool_parked_total"), 1.0);
+    assert_eq!(
+        metric(&metrics, "superfone_spool_records"),
+        0.0,
+        "nothing left waiting"
+    );
+    let logs = second.log_text();
+    let parked_line = logs
+        .lines()
+        .find(|line| line.contains("parked"))
+        .unwrap_or_else(|| panic!("no parked log line:\n{logs}"));
+    assert!(parked_line.contains("\"ERROR\""), "{parked_line}");
+    assert!(parked_line.contains("poison-group-1"), "{parked_line}");
+    assert!(
+        parked_line.contains("MessageSizeTooLarge") || parked_line.contains("too large"),
+        "{parked_line}"
+    );
+
+    // The operator's view: the parked record, why, and the delivery it came from.
+    let listed = support::stdout_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_superfone-bridge"))
+            .args(["spool", "parked", "list"])
+            .env("SUPERFONE_BRIDGE_SPOOL__DIR", spool.path()),
+    );
+    let lines: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    assert_eq!(lines[0]["group_id"], "poison-group-1");
+    assert_eq!(lines[0]["event"], "CDR_SUMMARY_READY");
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("too large"),
+        "{listed}"
+    );
+    let exported = support::stdout_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_superfone-bridge"))
+            .args(["spool", "parked", "export"])
+            .env("SUPERFONE_BRIDGE_SPOOL__DIR", spool.path()),
+    );
+    let exported: Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert!(exported["payload_base64"].as_str().unwrap().len() > 1_000_000);
+}
