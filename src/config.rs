@@ -86,9 +86,14 @@ pub struct DeliveryConfig {
     pub ack_deadline_ms: u64,
     /// A request body must arrive within this time (slow senders get 408).
     pub body_read_timeout_ms: u64,
-    /// A client must send its request headers within this time (slow-loris guard).
+    /// A connection's first request, and on HTTP/1 every request's headers,
+    /// must arrive within this time (slow-loris and silent-socket guard).
     pub header_read_timeout_ms: u64,
-    /// Open connections at most; further ones wait in the listen backlog.
+    /// A connection with no request in flight for this long is closed (HTTP/2
+    /// too; on HTTP/1 the header-read timeout already bounds keep-alive idling).
+    pub idle_timeout_ms: u64,
+    /// Open connections at most; when all are taken, the connection idle the
+    /// longest is closed to make room for a new one.
     pub max_connections: usize,
 }
 
@@ -98,6 +103,7 @@ impl Default for DeliveryConfig {
             ack_deadline_ms: 2_000,
             body_read_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
             max_connections: 2_048,
         }
     }

@@ -235,6 +235,7 @@ impl App {
             limits: server::Limits {
                 drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
                 header_read_timeout: Duration::from_millis(config.delivery.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(config.delivery.idle_timeout_ms),
                 max_connections: config.delivery.max_connections,
             },
         })

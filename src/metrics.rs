@@ -25,6 +25,8 @@ pub const PRODUCER_REPLACEMENTS: &str = "superfone_kafka_producer_replacements_t
 pub const KAFKA_QUEUE: &str = "superfone_kafka_queue_messages";
 pub const KAFKA_RTT: &str = "superfone_kafka_broker_rtt_seconds";
 pub const READY: &str = "superfone_ready";
+pub const CONNECTIONS_SHED: &str = "superfone_connections_shed_total";
+pub const CONNECTIONS_TIMED_OUT: &str = "superfone_connections_timed_out_total";
 
 /// Latency buckets (seconds): the ack deadline (2 s) and Superfone's 5 s matter most.
 const BUCKETS: &[f64] = &[
@@ -101,6 +103,14 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         "Average broker round-trip time, by broker (librdkafka statistics)"
     );
     describe_gauge!(READY, "1 when /readyz is ready");
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "Idle connections closed to make room for a new one (all delivery.max_connections taken)"
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed for sending no request within delivery.header_read_timeout_ms, or idling past delivery.idle_timeout_ms"
+    );
     Ok(handle)
 }
 

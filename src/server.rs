@@ -1,29 +1,178 @@
-//! The hyper accept loop: one task per connection, a header-read timeout, and
-//! graceful shutdown (stop accepting, let in-flight requests finish within the
-//! drain timeout).
+//! The hyper accept loop: one task per connection, and what bounds what a
+//! client can make the server hold.
+//!
+//! Every connection is tracked (`Connections`): a connection that sends no
+//! request within the header-read timeout, or sits idle between requests for
+//! longer than the idle timeout, is closed, whatever its protocol (hyper's own
+//! HTTP/1 header timeout does not cover the HTTP/1-vs-HTTP/2 sniffing, and
+//! HTTP/2 has none). When every connection permit is taken, the oldest idle
+//! connection is closed to make room for the new one, so sockets that never
+//! speak cannot lock a real delivery out. HTTP/2 gets stream, header-list and
+//! keep-alive ping limits; HTTP/1 a read-buffer cap.
+//!
+//! Shutdown: stop accepting, ask every connection to finish its request in
+//! flight and close, and wait for them for at most the drain timeout.
 
 use crate::ingest::Ingest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// HTTP/2 streams one connection may have open at once (Superfone sends one
+/// request at a time; this only bounds a misbehaving client).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
+/// Largest HTTP/2 header list, and the HTTP/1 read buffer: request headers
+/// of a webhook are a few hundred bytes.
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// HTTP/2 keep-alive pings find peers that vanished without closing.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often connections are checked against their deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a new connection waits for the permit a shed connection frees.
+const SHED_WAIT: Duration = Duration::from_millis(500);
 
 /// Bounds on what clients can make the server hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// On shutdown, how long in-flight requests may take.
     pub drain_timeout: Duration,
-    /// Slow-loris guard: request headers must arrive within this time.
+    /// Slow-loris guard: a connection's first request (and on HTTP/1 every
+    /// request's headers) must arrive within this time.
     pub header_read_timeout: Duration,
-    /// Connections served at once; more wait in the kernel's listen backlog,
-    /// so a flood cannot exhaust memory or file descriptors.
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; when all are taken, the oldest idle one
+    /// is closed for a new one, so a flood cannot exhaust memory or file
+    /// descriptors, nor lock real clients out.
     pub max_connections: usize,
+}
+
+/// One open connection, as the accept loop and the sweeper see it.
+struct Tracked {
+    accepted_ms: u64,
+    /// When the last request finished (or the connection was accepted).
+    idle_since_ms: AtomicU64,
+    /// Requests being handled.
+    active: AtomicU32,
+    served: AtomicBool,
+    close: CancellationToken,
+}
+
+impl Tracked {
+    fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+    }
+}
+
+/// The open connections.
+struct Connections {
+    epoch: Instant,
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<Tracked>>>,
+}
+
+impl Connections {
+    fn new() -> Self {
+        Connections {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn open(&self, close: CancellationToken) -> (u64, Arc<Tracked>) {
+        let now = self.now_ms();
+        let tracked = Arc::new(Tracked {
+            accepted_ms: now,
+            idle_since_ms: AtomicU64::new(now),
+            active: AtomicU32::new(0),
+            served: AtomicBool::new(false),
+            close,
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .lock()
+            .expect("connections lock")
+            .insert(id, Arc::clone(&tracked));
+        (id, tracked)
+    }
+
+    fn closed(&self, id: u64) {
+        self.live.lock().expect("connections lock").remove(&id);
+    }
+
+    /// Asks the idle connection that has been idle longest to close; returns
+    /// whether there was one.
+    fn shed_oldest_idle(&self) -> bool {
+        let live = self.live.lock().expect("connections lock");
+        let oldest = live
+            .values()
+            .filter(|tracked| tracked.is_idle() && !tracked.close.is_cancelled())
+            .min_by_key(|tracked| tracked.idle_since_ms.load(Ordering::Relaxed));
+        match oldest {
+            Some(tracked) => {
+                tracked.close.cancel();
+                metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes connections past their deadlines: no first request within the
+    /// header-read timeout, or idle for longer than the idle timeout.
+    fn sweep(&self, limits: &Limits) {
+        let now = self.now_ms();
+        let first_request = limits.header_read_timeout.as_millis() as u64;
+        let idle = limits.idle_timeout.as_millis() as u64;
+        let live = self.live.lock().expect("connections lock");
+        for tracked in live.values() {
+            if !tracked.is_idle() || tracked.close.is_cancelled() {
+                continue;
+            }
+            let overdue = if tracked.served.load(Ordering::Relaxed) {
+                now.saturating_sub(tracked.idle_since_ms.load(Ordering::Relaxed)) >= idle
+            } else {
+                now.saturating_sub(tracked.accepted_ms) >= first_request
+            };
+            if overdue {
+                tracked.close.cancel();
+                metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT).increment(1);
+            }
+        }
+    }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain_timeout`.
@@ -33,19 +182,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let builder = builder(&limits);
+    let connections = Arc::new(Connections::new());
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let stopping = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(sweep_until(
+        Arc::clone(&connections),
+        limits,
+        stopping.clone(),
+    ));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("semaphore never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -58,31 +206,106 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let ingest = Arc::clone(&ingest);
-        let service = service_fn(move |request| {
-            let ingest = Arc::clone(&ingest);
-            // Boxed so the delivery path's state (about 4 KB) is freed when the
-            // answer is sent: hyper keeps the slot of the service's future for
-            // the connection's life, so inline it stayed with every idle
-            // keep-alive connection (measured: 400 connections held ~1.5 MB more).
-            let delivery = Box::pin(async move { ingest.handle(request).await });
-            async move { Ok::<_, Infallible>(delivery.await) }
-        });
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: make room by closing the longest-idle connection; if
+                // every connection is busy, the new one waits for a permit.
+                let shed = connections.shed_oldest_idle();
+                let wait = Arc::clone(&permits).acquire_owned();
+                let permit = if shed {
+                    tokio::time::timeout(SHED_WAIT, wait).await.ok()
+                } else {
+                    tokio::select! {
+                        permit = wait => Some(permit),
+                        () = &mut shutdown => break,
+                    }
+                };
+                match permit {
+                    Some(permit) => permit.expect("semaphore never closed"),
+                    None => continue, // drops the new connection
+                }
+            }
+        };
+        let (id, tracked) = connections.open(stopping.child_token());
+        let service = {
+            let (ingest, tracked, connections) = (
+                Arc::clone(&ingest),
+                Arc::clone(&tracked),
+                Arc::clone(&connections),
+            );
+            service_fn(move |request| {
+                tracked.active.fetch_add(1, Ordering::AcqRel);
+                tracked.served.store(true, Ordering::Relaxed);
+                let (ingest, tracked, connections) = (
+                    Arc::clone(&ingest),
+                    Arc::clone(&tracked),
+                    Arc::clone(&connections),
+                );
+                // Boxed so the delivery path's state (about 4 KB) is freed when the
+                // answer is sent: hyper keeps the slot of the service's future for
+                // the connection's life, so inline it stayed with every idle
+                // keep-alive connection (measured: 400 connections held ~1.5 MB more).
+                let delivery = Box::pin(async move {
+                    let response = ingest.handle(request).await;
+                    tracked
+                        .idle_since_ms
+                        .store(connections.now_ms(), Ordering::Relaxed);
+                    tracked.active.fetch_sub(1, Ordering::AcqRel);
+                    response
+                });
+                async move { Ok::<_, Infallible>(delivery.await) }
+            })
+        };
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let connections = Arc::clone(&connections);
+        let drain_timeout = limits.drain_timeout;
+        tasks.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = tracked.close.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    if tracked.is_idle() {
+                        // No request in the service, and only this task polls the
+                        // connection, so none can arrive before the drop: one poll
+                        // to send HTTP/2's GOAWAY, then close. (Waiting for hyper
+                        // would wait out the header timeout of a half-sent request.)
+                        futures::future::poll_immediate(connection.as_mut())
+                            .await
+                            .unwrap_or(Ok(()))
+                    } else {
+                        // Finish the request in flight, then close.
+                        tokio::time::timeout(drain_timeout, connection)
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            connections.closed(id);
             drop(permit);
         });
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
+    stopping.cancel();
+    tasks.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tasks.wait() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(limits.drain_timeout) => tracing::warn!(drain_timeout = ?limits.drain_timeout, "drain timeout: closing remaining connections"),
+    }
+}
+
+async fn sweep_until(connections: Arc<Connections>, limits: Limits, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_INTERVAL) => connections.sweep(&limits),
+            () = stop.cancelled() => return,
+        }
     }
 }

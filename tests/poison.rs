@@ -164,7 +164,8 @@ async fn a_record_kafka_refuses_for_good_is_parked_and_the_replay_goes_on() {
     // gave up on it is replayed again; order counts first occurrences.
     for contact in 0..7 {
         let mut first_seen: Vec<i64> = Vec::new();
-        for record in records.iter().filter(|r| r["key"] == contact.to_string()) {
+        let key = contact.to_string();
+        for record in records.iter().filter(|r| r["key"] == key.as_str()) {
             if !first_seen.contains(&sequence(record)) {
                 first_seen.push(sequence(record));
             }
