@@ -209,11 +209,9 @@ impl Delivery {
         error: &PublishError,
     ) -> Result<Durable, SpoolError> {
         let group_id = record
-            .headers
-            .iter()
-            .find(|(name, _)| name == crate::ingest::GROUP_ID_HEADER)
-            .map(|(_, value)| value.clone())
-            .unwrap_or_default();
+            .header(crate::ingest::GROUP_ID_HEADER)
+            .unwrap_or_default()
+            .to_owned();
         let (topic, bytes) = (record.topic.clone(), record.payload.len());
         let parked = self.spool.park(id, record, &error.to_string()).await;
         match &parked {
@@ -281,18 +279,21 @@ impl Delivery {
         self.backlog.lock().expect("backlog lock").entries.len()
     }
 
+    /// Entries waiting to reach Kafka, and how long the oldest has waited.
+    fn backlog_summary(&self) -> (usize, Option<Duration>) {
+        let backlog = self.backlog.lock().expect("backlog lock");
+        let oldest = backlog
+            .entries
+            .values()
+            .next()
+            .map(|q| q.queued_at.elapsed());
+        (backlog.entries.len(), oldest)
+    }
+
     /// Updates the spool gauges once a second until `stop`.
     pub async fn report_spool(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let (records, oldest) = {
-                let backlog = self.backlog.lock().expect("backlog lock");
-                let oldest = backlog
-                    .entries
-                    .values()
-                    .next()
-                    .map(|q| q.queued_at.elapsed());
-                (backlog.entries.len(), oldest)
-            };
+            let (records, oldest) = self.backlog_summary();
             metrics::gauge!(crate::metrics::SPOOL_RECORDS).set(records as f64);
             metrics::gauge!(crate::metrics::SPOOL_BYTES).set(self.spool.used_bytes() as f64);
             metrics::gauge!(crate::metrics::SPOOL_PARKED).set(self.spool.parked() as f64);
@@ -405,17 +406,9 @@ impl Delivery {
             return;
         }
         *last = Some(std::time::Instant::now());
-        let (waiting, oldest) = {
-            let backlog = self.backlog.lock().expect("backlog lock");
-            let oldest = backlog
-                .entries
-                .values()
-                .next()
-                .map(|q| q.queued_at.elapsed());
-            (backlog.entries.len(), oldest.unwrap_or_default())
-        };
+        let (waiting, oldest) = self.backlog_summary();
         tracing::warn!(
-            %error, spool_id = id, waiting, oldest_secs = oldest.as_secs(),
+            %error, spool_id = id, waiting, oldest_secs = oldest.unwrap_or_default().as_secs(),
             "spool replay is waiting for Kafka; it retries with backoff"
         );
     }

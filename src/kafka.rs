@@ -72,15 +72,12 @@ impl PublishError {
     /// The record can never be stored as it is: retrying it would only block
     /// the records behind it.
     pub fn is_permanent(&self) -> bool {
-        let code = match self {
-            PublishError::Delivery(KafkaError::MessageProduction(code)) => *code,
-            PublishError::Delivery(error) => match error.rdkafka_error_code() {
-                Some(code) => code,
-                None => return false,
-            },
-            _ => return false,
-        };
-        PERMANENT_CODES.contains(&code)
+        match self {
+            PublishError::Delivery(error) => error
+                .rdkafka_error_code()
+                .is_some_and(|code| PERMANENT_CODES.contains(&code)),
+            _ => false,
+        }
     }
 }
 
@@ -98,6 +95,16 @@ pub struct Record {
     pub key: Option<String>,
     pub headers: Vec<(String, String)>,
     pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// The value of the header `name`, if the record has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// Resolves when the broker acknowledged (or librdkafka gave up on) one enqueued record.

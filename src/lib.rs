@@ -170,23 +170,18 @@ impl App {
         if let Some(dedup) = &dedup {
             // Events still in the spool were answered 2xx: their repeats are duplicates.
             for entry in &recovered {
-                let header = |name: &str| {
-                    entry
-                        .record
-                        .headers
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| v.clone())
-                };
-                let key = header(DEDUP_KEY_HEADER);
-                let entity = key.as_deref().and_then(event::DedupKey::entity_of);
-                if let (Some(key), Some(entity)) = (key.as_deref(), entity) {
+                let key = entry.record.header(DEDUP_KEY_HEADER);
+                let entity = key.and_then(event::DedupKey::entity_of);
+                if let (Some(key), Some(entity)) = (key, entity) {
                     dedup.remember(
                         entity,
                         key,
                         &entry.record.topic,
                         Durable::Spooled(entry.id),
-                        &header(ingest::GROUP_ID_HEADER).unwrap_or_default(),
+                        entry
+                            .record
+                            .header(ingest::GROUP_ID_HEADER)
+                            .unwrap_or_default(),
                     );
                 }
             }

@@ -60,11 +60,12 @@ pub struct Limits {
 
 /// One open connection, as the accept loop and the sweeper see it.
 struct Tracked {
-    accepted_ms: u64,
-    /// When the last request finished (or the connection was accepted).
+    /// When the last request finished, or the connection was accepted.
     idle_since_ms: AtomicU64,
     /// Requests being handled.
     active: AtomicU32,
+    /// Whether a request has reached the service: decides which deadline
+    /// applies while idle (first request, or idle between requests).
     served: AtomicBool,
     close: CancellationToken,
 }
@@ -96,10 +97,8 @@ impl Connections {
     }
 
     fn open(&self, close: CancellationToken) -> (u64, Arc<Tracked>) {
-        let now = self.now_ms();
         let tracked = Arc::new(Tracked {
-            accepted_ms: now,
-            idle_since_ms: AtomicU64::new(now),
+            idle_since_ms: AtomicU64::new(self.now_ms()),
             active: AtomicU32::new(0),
             served: AtomicBool::new(false),
             close,
@@ -145,11 +144,13 @@ impl Connections {
             if !tracked.is_idle() || tracked.close.is_cancelled() {
                 continue;
             }
-            let overdue = if tracked.served.load(Ordering::Relaxed) {
-                now.saturating_sub(tracked.idle_since_ms.load(Ordering::Relaxed)) >= idle
+            let deadline = if tracked.served.load(Ordering::Relaxed) {
+                idle
             } else {
-                now.saturating_sub(tracked.accepted_ms) >= first_request
+                first_request
             };
+            let overdue =
+                now.saturating_sub(tracked.idle_since_ms.load(Ordering::Relaxed)) >= deadline;
             if overdue {
                 tracked.close.cancel();
                 metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT).increment(1);

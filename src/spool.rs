@@ -236,34 +236,59 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io_error(dir))
 }
 
+/// A file's bytes; empty when it does not exist (yet).
+fn read_if_present(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    match std::fs::read(path) {
+        Ok(data) => Ok(data),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+/// Reads a frame log (segment or parked log), cuts a torn tail off it, and
+/// counts what was cut or skipped.
+fn recover_log(path: &Path, recovery: &mut Recovery) -> Result<SegmentScan, SpoolError> {
+    let data = read_if_present(path)?;
+    let scan = read_segment(&data);
+    recovery.corrupt_bytes += scan.corrupt;
+    if scan.valid < data.len() {
+        recovery.torn_bytes += (data.len() - scan.valid) as u64;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error(path))?;
+        file.set_len(scan.valid as u64).map_err(io_error(path))?;
+        file.sync_all().map_err(io_error(path))?;
+    }
+    Ok(scan)
+}
+
+/// An id as the acks file and the high-water mark store it: `id | crc32(id)`.
+fn id_frame(id: u64) -> [u8; ACK_FRAME] {
+    let mut frame = [0; ACK_FRAME];
+    frame[..8].copy_from_slice(&id.to_le_bytes());
+    frame[8..].copy_from_slice(&crc32fast::hash(&id.to_le_bytes()).to_le_bytes());
+    frame
+}
+
 /// The durable high-water mark: no id below it may be issued again.
 fn read_high_water(dir: &Path) -> Result<u64, SpoolError> {
     let path = dir.join(HIGH_WATER_FILE);
-    match std::fs::read(&path) {
-        Ok(data) if data.len() == ACK_FRAME => {
-            let (id, crc) = data.split_at(8);
-            if crc32fast::hash(id).to_le_bytes() == crc {
-                Ok(u64::from_le_bytes(id.try_into().expect("8 bytes")))
-            } else {
-                // Written by rename, so never torn: a bad checksum is damage.
-                tracing::error!(path = %path.display(), "spool high-water mark is corrupt; ignoring it");
-                Ok(0)
-            }
-        }
-        Ok(_) => Ok(0),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(error) => Err(io_error(&path)(error)),
+    let data = read_if_present(&path)?;
+    let mark = read_acks(&data).into_iter().max();
+    if mark.is_none() && !data.is_empty() {
+        // Written by rename, so never torn: a bad checksum is damage.
+        tracing::error!(path = %path.display(), "spool high-water mark is corrupt; ignoring it");
     }
+    Ok(mark.unwrap_or(0))
 }
 
 fn write_high_water(dir: &Path, next_id: u64) -> Result<(), SpoolError> {
     let path = dir.join(HIGH_WATER_FILE);
     let temporary = dir.join(format!("{HIGH_WATER_FILE}.tmp"));
-    let mut data = next_id.to_le_bytes().to_vec();
-    data.extend_from_slice(&crc32fast::hash(&next_id.to_le_bytes()).to_le_bytes());
     File::create(&temporary)
         .and_then(|mut file| {
-            file.write_all(&data)?;
+            file.write_all(&id_frame(next_id))?;
             file.sync_all()
         })
         .map_err(io_error(&temporary))?;
@@ -332,37 +357,15 @@ pub struct Spool {
 /// Reads the parked records of a spool directory (also while a bridge runs:
 /// frames are checksummed, and a frame still being written is not yet whole).
 pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
-    let path = dir.join(PARKED_FILE);
-    match std::fs::read(&path) {
-        Ok(data) => Ok(read_segment(&data).entries),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(error) => Err(io_error(&path)(error)),
-    }
+    Ok(read_segment(&read_if_present(&dir.join(PARKED_FILE))?).entries)
 }
 
-/// Opens a frame log, cuts a torn tail off it, and returns its valid entries.
-fn open_log(
-    path: &Path,
-    recovery: &mut Recovery,
-) -> Result<(File, Vec<SpoolEntry>, u64), SpoolError> {
-    let data = match std::fs::read(path) {
-        Ok(data) => data,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(io_error(path)(error)),
-    };
-    let scan = read_segment(&data);
-    recovery.corrupt_bytes += scan.corrupt;
-    let file = OpenOptions::new()
+fn open_for_append(path: &Path) -> Result<File, SpoolError> {
+    OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(io_error(path))?;
-    if scan.valid < data.len() {
-        recovery.torn_bytes += (data.len() - scan.valid) as u64;
-        file.set_len(scan.valid as u64).map_err(io_error(path))?;
-        file.sync_all().map_err(io_error(path))?;
-    }
-    Ok((file, scan.entries, scan.valid as u64))
+        .map_err(io_error(path))
 }
 
 impl Spool {
@@ -371,11 +374,7 @@ impl Spool {
     pub fn open(settings: SpoolSettings) -> Result<(Spool, Vec<SpoolEntry>, Recovery), SpoolError> {
         std::fs::create_dir_all(&settings.dir).map_err(io_error(&settings.dir))?;
         let acks_path = settings.dir.join("acks.log");
-        let acked = match std::fs::read(&acks_path) {
-            Ok(data) => read_acks(&data),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
-            Err(error) => return Err(io_error(&acks_path)(error)),
-        };
+        let acked = read_acks(&read_if_present(&acks_path)?);
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         let mut pending = Vec::new();
@@ -389,22 +388,7 @@ impl Spool {
             .collect();
         names.sort();
         for path in names {
-            let data = std::fs::read(&path).map_err(io_error(&path))?;
-            let SegmentScan {
-                entries,
-                valid,
-                corrupt,
-            } = read_segment(&data);
-            recovery.corrupt_bytes += corrupt;
-            if valid < data.len() {
-                recovery.torn_bytes += (data.len() - valid) as u64;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_error(&path))?;
-                file.set_len(valid as u64).map_err(io_error(&path))?;
-                file.sync_all().map_err(io_error(&path))?;
-            }
+            let SegmentScan { entries, valid, .. } = recover_log(&path, &mut recovery)?;
             let Some(first) = entries.first().map(|e| e.id) else {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
                 sync_dir(&settings.dir)?;
@@ -431,7 +415,9 @@ impl Spool {
         }
         recovery.pending = pending.len();
         let parked_path = settings.dir.join(PARKED_FILE);
-        let (parked, parked_entries, parked_bytes) = open_log(&parked_path, &mut recovery)?;
+        let parked_scan = recover_log(&parked_path, &mut recovery)?;
+        let (parked_entries, parked_bytes) = (parked_scan.entries, parked_scan.valid as u64);
+        let parked = open_for_append(&parked_path)?;
         recovery.parked = parked_entries.len();
         next_id = next_id.max(parked_entries.iter().map(|e| e.id + 1).max().unwrap_or(1));
         let reserved_until = next_id + ID_BLOCK;
@@ -441,11 +427,7 @@ impl Spool {
         ));
         let parked_count = Arc::new(AtomicU64::new(parked_entries.len() as u64));
         let pending_count = Arc::new(AtomicU64::new(pending.len() as u64));
-        let acks = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&acks_path)
-            .map_err(io_error(&acks_path))?;
+        let acks = open_for_append(&acks_path)?;
         let mut files = Files {
             current: File::open("/dev/null").map_err(io_error(Path::new("/dev/null")))?,
             current_first: 0,
@@ -505,15 +487,10 @@ impl Spool {
         let parked_at = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        record
-            .headers
-            .retain(|(name, _)| name != PARKED_REASON_HEADER && name != PARKED_AT_HEADER);
-        record
-            .headers
-            .push((PARKED_REASON_HEADER.to_owned(), reason.to_owned()));
-        record
-            .headers
-            .push((PARKED_AT_HEADER.to_owned(), parked_at));
+        record.headers.extend([
+            (PARKED_REASON_HEADER.to_owned(), reason.to_owned()),
+            (PARKED_AT_HEADER.to_owned(), parked_at),
+        ]);
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Park(Park { id, record, reply }))
@@ -554,11 +531,7 @@ impl Files {
     fn start_segment(&mut self) -> Result<(), SpoolError> {
         let first = self.next_id;
         let path = self.settings.dir.join(format!("{first:020}.seg"));
-        self.current = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        self.current = open_for_append(&path)?;
         sync_dir(&self.settings.dir)?;
         self.current_first = first;
         self.segments.entry(first).or_insert(Segment {
@@ -632,7 +605,9 @@ impl Files {
         };
         let framed = frame(id, record);
         let used = self.used.load(Ordering::Relaxed);
-        if used + framed.len() as u64 > self.settings.max_bytes && !self.is_spooled(id) {
+        // A spooled entry only moves; a new record must fit under the cap.
+        let spooled = self.is_spooled(id);
+        if used + framed.len() as u64 > self.settings.max_bytes && !spooled {
             return Err(SpoolError::Full {
                 used,
                 cap: self.settings.max_bytes,
@@ -649,7 +624,7 @@ impl Files {
         }
         self.used.fetch_add(framed.len() as u64, Ordering::Relaxed);
         self.parked_count.fetch_add(1, Ordering::Relaxed);
-        if self.is_spooled(id) {
+        if spooled {
             self.record_delivered(&[id])?;
         }
         Ok(id)
@@ -735,9 +710,7 @@ impl Files {
     fn record_delivered(&mut self, ids: &[u64]) -> Result<(), SpoolError> {
         let mut frames = Vec::with_capacity(ids.len() * ACK_FRAME);
         for id in ids {
-            let bytes = id.to_le_bytes();
-            frames.extend_from_slice(&bytes);
-            frames.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+            frames.extend_from_slice(&id_frame(*id));
             let segment = self.segments.range_mut(..=*id).next_back();
             if let Some((_, segment)) = segment {
                 if segment.live.remove(id) {

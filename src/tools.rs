@@ -360,14 +360,7 @@ pub fn parked(
     use base64::Engine;
     let entries = crate::spool::read_parked(&config.spool.dir)?;
     for entry in &entries {
-        let header = |name: &str| {
-            entry
-                .record
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, value)| value.as_str())
-        };
+        let header = |name: &str| entry.record.header(name);
         let mut line = json!({
             "spool_id": entry.id,
             "topic": entry.record.topic,

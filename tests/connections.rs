@@ -49,21 +49,23 @@ fn flood(addr: SocketAddr, opened: Arc<AtomicUsize>, release: Arc<AtomicBool>) -
     held.len()
 }
 
+/// Posts event `sequence` of lead 1; its status and how long the answer took.
+async fn timed_post(client: &reqwest::Client, bridge: &Bridge, sequence: i64) -> (u16, Duration) {
+    let started = Instant::now();
+    let event = support::sequenced_event(1, sequence).to_string();
+    let (status, _) = post(client, bridge, event).await;
+    (status, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     let bridge = Bridge::start(BridgeOptions::default());
     let client = support::client();
     let mut normal = Vec::new();
     for sequence in 0..200 {
-        let started = Instant::now();
-        let (status, _) = post(
-            &client,
-            &bridge,
-            support::sequenced_event(1, sequence).to_string(),
-        )
-        .await;
+        let (status, latency) = timed_post(&client, &bridge, sequence).await;
         assert_eq!(status, 200);
-        normal.push(started.elapsed());
+        normal.push(latency);
     }
     normal.sort();
     let normal_p99 = percentile(&normal, 0.99);
@@ -82,18 +84,12 @@ async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     let mut answers = Vec::new();
     let mut full_at = None;
     for sequence in 200..200 + EVENTS {
-        let started = Instant::now();
-        let (status, _) = post(
-            &client,
-            &bridge,
-            support::sequenced_event(1, sequence).to_string(),
-        )
-        .await;
-        answers.push((status, started.elapsed()));
+        let (status, latency) = timed_post(&client, &bridge, sequence).await;
+        answers.push((status, latency));
         if full_at.is_none() && opened.load(Ordering::Relaxed) > 2_048 {
             full_at = Some(answers.len());
         }
-        tokio::time::sleep(Duration::from_millis(20).saturating_sub(started.elapsed())).await;
+        tokio::time::sleep(Duration::from_millis(20).saturating_sub(latency)).await;
     }
     let opened_during = opened.load(Ordering::Relaxed);
     let full_at = full_at.expect("the flood filled every connection permit while posting");
