@@ -49,7 +49,8 @@ fn flood(addr: SocketAddr, opened: Arc<AtomicUsize>, release: Arc<AtomicBool>) -
     held.len()
 }
 
-/// Posts event `sequence` of lead 1; its status and how long the answer took.
+/// Posts event `sequence` of lead 1 (on a new connection, with the test's
+/// client); its status and how long the answer took, connecting included.
 async fn timed_post(client: &reqwest::Client, bridge: &Bridge, sequence: i64) -> (u16, Duration) {
     let started = Instant::now();
     let event = support::sequenced_event(1, sequence).to_string();
@@ -60,7 +61,13 @@ async fn timed_post(client: &reqwest::Client, bridge: &Bridge, sequence: i64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     let bridge = Bridge::start(BridgeOptions::default());
-    let client = support::client();
+    // No keep-alive, as a webhook sender may: every event needs a new
+    // connection accepted, through the flood.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let mut normal = Vec::new();
     for sequence in 0..200 {
         let (status, latency) = timed_post(&client, &bridge, sequence).await;
