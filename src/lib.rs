@@ -98,6 +98,26 @@ async fn register_routes(
         .collect())
 }
 
+/// Connections the kernel queues for `accept`. std's 128 overflowed under a
+/// burst of new connections (SYNs dropped, each client stalled a second);
+/// the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener (with `SO_REUSEADDR`, as std does) and a deep accept queue.
+fn listen(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().map_err(|source| StartupError::Bind { addr, source })
+}
+
 pub struct App {
     listener: TcpListener,
     admin_listener: TcpListener,
@@ -211,13 +231,8 @@ impl App {
             Arc::clone(&delivery),
             dedup,
         ));
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartupError::Bind { addr, source })
-        };
-        let listener = bind(config.server.listen).await?;
-        let admin_listener = bind(config.admin.listen).await?;
+        let listener = listen(config.server.listen)?;
+        let admin_listener = listen(config.admin.listen)?;
         let readiness = Arc::new(admin::Readiness::default());
         readiness.set_schemas_registered();
         Ok(App {

@@ -41,6 +41,10 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a new connection waits for the permit a shed connection frees.
 const SHED_WAIT: Duration = Duration::from_millis(500);
+/// Idle connections closed at once when every permit is taken, so a burst
+/// of new connections finds permits free instead of each waiting for one
+/// connection to close (a webhook queued behind a flood waited seconds).
+const SHED_BATCH: usize = 64;
 
 /// Bounds on what clients can make the server hold.
 #[derive(Debug, Clone, Copy)]
@@ -115,22 +119,24 @@ impl Connections {
         self.live.lock().expect("connections lock").remove(&id);
     }
 
-    /// Asks the idle connection that has been idle longest to close; returns
-    /// whether there was one.
-    fn shed_oldest_idle(&self) -> bool {
+    /// Asks the (up to) `count` connections idle the longest to close;
+    /// returns whether there was one.
+    fn shed_oldest_idle(&self, count: usize) -> bool {
         let live = self.live.lock().expect("connections lock");
-        let oldest = live
+        let mut idle: Vec<&Arc<Tracked>> = live
             .values()
             .filter(|tracked| tracked.is_idle() && !tracked.close.is_cancelled())
-            .min_by_key(|tracked| tracked.idle_since_ms.load(Ordering::Relaxed));
-        match oldest {
-            Some(tracked) => {
-                tracked.close.cancel();
-                metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(1);
-                true
-            }
-            None => false,
+            .collect();
+        let idle_since = |tracked: &&Arc<Tracked>| tracked.idle_since_ms.load(Ordering::Relaxed);
+        if idle.len() > count {
+            idle.select_nth_unstable_by_key(count, idle_since);
+            idle.truncate(count);
         }
+        for tracked in &idle {
+            tracked.close.cancel();
+        }
+        metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(idle.len() as u64);
+        !idle.is_empty()
     }
 
     /// Closes connections past their deadlines: no first request within the
@@ -210,9 +216,9 @@ pub async fn serve(
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                // Full: make room by closing the longest-idle connection; if
+                // Full: make room by closing the longest-idle connections; if
                 // every connection is busy, the new one waits for a permit.
-                let shed = connections.shed_oldest_idle();
+                let shed = connections.shed_oldest_idle(SHED_BATCH);
                 let wait = Arc::clone(&permits).acquire_owned();
                 let permit = if shed {
                     tokio::time::timeout(SHED_WAIT, wait).await.ok()
