@@ -391,6 +391,22 @@ impl Config {
         self.server.max_body_bytes + crate::kafka::RECORD_OVERHEAD_BYTES
     }
 
+    /// The topics the bridge creates when missing: one per event and the
+    /// dead-letter topic.
+    pub fn topic_spec(&self) -> crate::kafka::TopicSpec {
+        let mut names: Vec<String> = crate::event::EventKind::ALL
+            .iter()
+            .map(|kind| self.topics.topic_for(*kind))
+            .collect();
+        names.push(self.topics.dead_letter_topic());
+        crate::kafka::TopicSpec {
+            names,
+            partitions: self.kafka.topic_partitions,
+            replication_factor: self.kafka.topic_replication_factor,
+            max_record_bytes: self.max_record_bytes(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         if !self.server.ingest_path.starts_with('/') {

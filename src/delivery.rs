@@ -15,25 +15,38 @@
 //!   partition), marks each acknowledged one delivered, and backs off while
 //!   Kafka refuses. An entry whose outcome is unknown (timed out) is sent again:
 //!   at-least-once, with the dedup header to recognise the repeat.
+//! - The backlog holds where each entry lies on disk, not the record (about
+//!   64 bytes an entry): a window is read back from the spool when it is
+//!   sent, at most `REPLAY_WINDOW` entries and `REPLAY_WINDOW_BYTES`, so a
+//!   long outage costs disk, not memory.
+//! - Nothing is sent before the topics exist (a bridge started while Kafka
+//!   was unreachable creates them once it is back), and a record spooled
+//!   before its schema had a registry id is stamped with it just before it
+//!   is sent (`SchemaIds::stamp`); until then the replay waits.
 //! - A record Kafka refuses for good (`PublishError::is_permanent`: too
 //!   large, forbidden or invalid topic) is never retried: it is parked in the
 //!   spool (`Durable::Parked`), counted, logged at ERROR with its group id, and
 //!   the replay goes on with the records behind it. Retrying it would block
 //!   every later record of every lead.
 
-use crate::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Record};
-use crate::spool::{Spool, SpoolEntry, SpoolError};
+use crate::kafka::{Acknowledgement, Delivered, Publisher, Record};
+use crate::registry::{SchemaIds, Unstamped};
+use crate::spool::{Location, Spool, SpoolError};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// How often a replay that keeps failing says so in the log.
 const STUCK_REPORT_INTERVAL: Duration = Duration::from_secs(30);
-/// Most entries the replay task has in flight at once.
+/// Most entries the replay task has in flight at once...
 const REPLAY_WINDOW: usize = 512;
+/// ...and most bytes (a window has at least one entry, whatever its size).
+const REPLAY_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where a record is durable.
@@ -75,57 +88,94 @@ impl RecordRef {
     }
 }
 
-struct Queued {
-    record: Record,
-    queued_at: std::time::Instant,
-    /// A first attempt still running: resolves `true` if it reached Kafka.
-    first_attempt: Option<oneshot::Receiver<bool>>,
+/// A spooled record waiting for Kafka: where it lies, not the record.
+struct Waiting {
+    location: Location,
+    key: u64,
+    /// Seconds after the delivery started when it was queued.
+    queued_at: u32,
 }
 
 #[derive(Default)]
 struct Backlog {
-    entries: BTreeMap<u64, Queued>,
-    keys: HashMap<String, usize>,
+    entries: BTreeMap<u64, Waiting>,
+    /// Entries per record key (hashed): while a key has entries here, its
+    /// new records are spooled behind them.
+    keys: HashMap<u64, u32>,
+    /// First attempts still running for spooled entries: each resolves
+    /// `true` if it reached Kafka.
+    first_attempts: HashMap<u64, oneshot::Receiver<bool>>,
+}
+
+/// A spool entry found at start-up, as the backlog keeps it.
+pub struct Recovered {
+    id: u64,
+    location: Location,
+    key: u64,
+}
+
+impl Recovered {
+    pub fn new(id: u64, location: Location, record: &Record) -> Self {
+        Recovered {
+            id,
+            location,
+            key: key_of(record),
+        }
+    }
 }
 
 pub struct Delivery {
     publisher: Arc<Publisher>,
     spool: Spool,
+    schemas: Arc<SchemaIds>,
     deadline: Duration,
     backlog: Mutex<Backlog>,
     wake: Notify,
     kafka_up: AtomicBool,
-    /// When the replay last reported that it is waiting for Kafka.
-    stuck_reported: Mutex<Option<std::time::Instant>>,
+    /// The topics exist: created at start-up, or once Kafka was reachable.
+    topics_ready: AtomicBool,
+    started: Instant,
+    /// What the replay is waiting for, while it waits.
+    waiting_for: Mutex<Option<String>>,
+    /// When the replay last reported that it is waiting.
+    stuck_reported: Mutex<Option<Instant>>,
 }
 
-fn key_of(record: &Record) -> String {
-    format!(
-        "{}\u{0}{}",
-        record.topic,
-        record.key.as_deref().unwrap_or_default()
-    )
+/// The per-key ordering key: topic and record key, hashed (a collision
+/// only makes a record wait behind another lead's).
+fn key_of(record: &Record) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    record.topic.hash(&mut hasher);
+    record.key.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Delivery {
     /// `recovered`: entries the spool held at start-up, replayed first.
+    /// `topics_ready`: whether the topics are known to exist.
     pub fn new(
         publisher: Arc<Publisher>,
         spool: Spool,
-        recovered: Vec<SpoolEntry>,
+        schemas: Arc<SchemaIds>,
+        recovered: Vec<Recovered>,
         deadline: Duration,
+        topics_ready: bool,
     ) -> Arc<Self> {
         let delivery = Delivery {
             publisher,
             spool,
+            schemas,
             deadline,
             backlog: Mutex::new(Backlog::default()),
             wake: Notify::new(),
             kafka_up: AtomicBool::new(true),
+            topics_ready: AtomicBool::new(topics_ready),
+            started: Instant::now(),
+            waiting_for: Mutex::new(None),
             stuck_reported: Mutex::new(None),
         };
         for entry in recovered {
-            delivery.queue(entry.id, entry.record, None);
+            delivery.queue(entry.id, entry.location, entry.key, None);
         }
         Arc::new(delivery)
     }
@@ -134,124 +184,158 @@ impl Delivery {
         &self.spool
     }
 
-    fn queue(&self, id: u64, record: Record, first_attempt: Option<oneshot::Receiver<bool>>) {
+    pub fn schemas(&self) -> &Arc<SchemaIds> {
+        &self.schemas
+    }
+
+    /// The topics exist now: records may be sent.
+    pub fn set_topics_ready(&self) {
+        self.topics_ready.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub fn topics_ready(&self) -> bool {
+        self.topics_ready.load(Ordering::Relaxed)
+    }
+
+    /// What the replay is waiting for, if it is waiting.
+    pub fn waiting_for(&self) -> Option<String> {
+        self.waiting_for.lock().expect("waiting lock").clone()
+    }
+
+    fn queue(
+        &self,
+        id: u64,
+        location: Location,
+        key: u64,
+        first_attempt: Option<oneshot::Receiver<bool>>,
+    ) {
+        let queued_at = self.started.elapsed().as_secs() as u32;
         let mut backlog = self.backlog.lock().expect("backlog lock");
-        *backlog.keys.entry(key_of(&record)).or_default() += 1;
+        *backlog.keys.entry(key).or_default() += 1;
         backlog.entries.insert(
             id,
-            Queued {
-                record,
-                queued_at: std::time::Instant::now(),
-                first_attempt,
+            Waiting {
+                location,
+                key,
+                queued_at,
             },
         );
+        if let Some(attempt) = first_attempt {
+            backlog.first_attempts.insert(id, attempt);
+        }
         drop(backlog);
         self.wake.notify_one();
     }
 
+    /// Whether the record must go to the spool rather than to Kafka: the
+    /// topics do not exist yet, Kafka is down and records are already
+    /// waiting, or this record's key has records waiting.
     fn must_spool(&self, record: &Record) -> bool {
-        !self.kafka_up.load(Ordering::Relaxed)
-            || self
-                .backlog
-                .lock()
-                .expect("backlog lock")
-                .keys
-                .contains_key(&key_of(record))
+        if !self.topics_ready() {
+            return true;
+        }
+        let backlog = self.backlog.lock().expect("backlog lock");
+        (!self.kafka_up.load(Ordering::Relaxed) && !backlog.entries.is_empty())
+            || backlog.keys.contains_key(&key_of(record))
     }
 
     /// Makes the record durable: Kafka within the deadline, else the spool.
-    pub async fn deliver(&self, record: Record) -> Result<Durable, SpoolError> {
-        if !self.must_spool(&record) {
-            let enqueued_at = std::time::Instant::now();
-            match self.publisher.enqueue(&record) {
-                Ok(mut acknowledgement) => {
-                    match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
-                        Ok(Ok(delivered)) => {
-                            crate::metrics::record_produce(enqueued_at.elapsed());
-                            return Ok(Durable::Published(delivered));
-                        }
-                        Ok(Err(error)) if error.is_permanent() => {
-                            return self.park(None, record, &error).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "Kafka refused the record; spooling it");
-                            self.kafka_up.store(false, Ordering::Relaxed);
-                            self.publisher.recover(&error);
-                        }
-                        Err(_deadline) => {
-                            tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
-                            self.kafka_up.store(false, Ordering::Relaxed);
-                            return self.spool_behind_attempt(record, acknowledgement).await;
-                        }
+    pub async fn deliver(self: &Arc<Self>, mut record: Record) -> Result<Durable, SpoolError> {
+        match self.schemas.stamp(&mut record) {
+            Ok(()) => {}
+            Err(Unstamped::Waiting { .. }) => return self.spool_record(record, None).await,
+            Err(Unstamped::Refused { reason }) => return self.park(None, record, &reason).await,
+        }
+        if self.must_spool(&record) {
+            return self.spool_record(record, None).await;
+        }
+        let enqueued_at = Instant::now();
+        let error = match self.publisher.enqueue(&record) {
+            Ok(mut acknowledgement) => {
+                match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
+                    Ok(Ok(delivered)) => {
+                        crate::metrics::record_produce(enqueued_at.elapsed());
+                        self.kafka_up.store(true, Ordering::Relaxed);
+                        return Ok(Durable::Published(delivered));
+                    }
+                    Ok(Err(error)) => error,
+                    Err(_deadline) => {
+                        tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
+                        self.kafka_up.store(false, Ordering::Relaxed);
+                        return self.spool_record(record, Some(acknowledgement)).await;
                     }
                 }
-                Err(error) if error.is_permanent() => {
-                    return self.park(None, record, &error).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot enqueue the record; spooling it");
-                    self.kafka_up.store(false, Ordering::Relaxed);
-                    self.publisher.recover(&error);
-                }
             }
+            Err(error) => error,
+        };
+        if error.is_permanent() {
+            return self.park(None, record, &error).await;
         }
-        let id = self.append(record.clone()).await?;
-        self.queue(id, record, None);
-        Ok(Durable::Spooled(id))
+        tracing::warn!(%error, "Kafka refused the record; spooling it");
+        self.kafka_up.store(false, Ordering::Relaxed);
+        self.publisher.recover(&error);
+        self.spool_record(record, None).await
     }
 
-    /// Parks a record Kafka refused for good: a spool entry (`id`), or a new
-    /// record. Reported at ERROR with its group id, and counted.
+    /// Appends the record to the spool and queues it for the replay, in a
+    /// task of its own: a request dropped half-way (client gone) cannot
+    /// leave a spooled entry outside the backlog. `attempt`: a first
+    /// attempt still running, which the replay waits for instead of sending
+    /// the record twice.
+    async fn spool_record(
+        self: &Arc<Self>,
+        record: Record,
+        attempt: Option<Acknowledgement>,
+    ) -> Result<Durable, SpoolError> {
+        let delivery = Arc::clone(self);
+        let spooled = tokio::spawn(async move {
+            let key = key_of(&record);
+            let appended = delivery.spool.append(record).await.inspect_err(|_| {
+                metrics::counter!(crate::metrics::SPOOL_FAILURES).increment(1);
+            })?;
+            let first_attempt = attempt.map(|attempt| {
+                let (landed, outcome) = oneshot::channel();
+                tokio::spawn(async move {
+                    let _ = landed.send(attempt.await.is_ok());
+                });
+                outcome
+            });
+            delivery.queue(appended.id, appended.location, key, first_attempt);
+            Ok(Durable::Spooled(appended.id))
+        });
+        spooled.await.expect("spool task panicked")
+    }
+
+    /// Parks a record Kafka (or the registry) refused for good: a spool
+    /// entry (`id`), or a new record. Reported at ERROR with its group id,
+    /// and counted.
     async fn park(
         &self,
         id: Option<u64>,
         record: Record,
-        error: &PublishError,
+        reason: &(dyn Display + Sync),
     ) -> Result<Durable, SpoolError> {
         let group_id = record
             .header(crate::ingest::GROUP_ID_HEADER)
             .unwrap_or_default()
             .to_owned();
         let (topic, bytes) = (record.topic.clone(), record.payload.len());
-        let parked = self.spool.park(id, record, &error.to_string()).await;
+        let parked = self.spool.park(id, record, &reason.to_string()).await;
         match &parked {
             Ok(parked_id) => {
                 metrics::counter!(crate::metrics::PARKED).increment(1);
                 tracing::error!(
-                    %error, group_id, topic, bytes, spool_id = parked_id,
-                    "Kafka refused the record for good; parked it in the spool \
+                    error = %reason, group_id, topic, bytes, spool_id = parked_id,
+                    "the record can never be stored as it is; parked it in the spool \
                      (superfone-bridge spool parked list); the records behind it go on"
                 );
             }
             Err(spool_error) => {
-                tracing::error!(%error, %spool_error, group_id, topic, "cannot park the record Kafka refused");
+                tracing::error!(error = %reason, %spool_error, group_id, topic, "cannot park the refused record");
             }
         }
         parked.map(Durable::Parked)
-    }
-
-    async fn append(&self, record: Record) -> Result<u64, SpoolError> {
-        let result = self.spool.append(record).await;
-        if result.is_err() {
-            metrics::counter!(crate::metrics::SPOOL_FAILURES).increment(1);
-        }
-        result
-    }
-
-    /// Spools a record whose first attempt is still running; the replay task
-    /// waits for that attempt instead of sending the record twice.
-    async fn spool_behind_attempt(
-        &self,
-        record: Record,
-        attempt: Acknowledgement,
-    ) -> Result<Durable, SpoolError> {
-        let id = self.append(record.clone()).await?;
-        let (landed, outcome) = oneshot::channel();
-        tokio::spawn(async move {
-            let _ = landed.send(attempt.await.is_ok());
-        });
-        self.queue(id, record, Some(outcome));
-        Ok(Durable::Spooled(id))
     }
 
     /// The entry reached Kafka: it leaves the backlog and the spool.
@@ -263,15 +347,15 @@ impl Delivery {
     /// Takes an entry out of the backlog.
     fn forget(&self, id: u64) {
         let mut backlog = self.backlog.lock().expect("backlog lock");
-        if let Some(queued) = backlog.entries.remove(&id) {
-            let key = key_of(&queued.record);
-            if let Some(count) = backlog.keys.get_mut(&key) {
+        if let Some(waiting) = backlog.entries.remove(&id) {
+            if let Some(count) = backlog.keys.get_mut(&waiting.key) {
                 *count -= 1;
                 if *count == 0 {
-                    backlog.keys.remove(&key);
+                    backlog.keys.remove(&waiting.key);
                 }
             }
         }
+        backlog.first_attempts.remove(&id);
     }
 
     /// Entries waiting to reach Kafka.
@@ -280,13 +364,13 @@ impl Delivery {
     }
 
     /// Entries waiting to reach Kafka, and how long the oldest has waited.
-    fn backlog_summary(&self) -> (usize, Option<Duration>) {
+    pub fn backlog_summary(&self) -> (usize, Option<Duration>) {
         let backlog = self.backlog.lock().expect("backlog lock");
-        let oldest = backlog
-            .entries
-            .values()
-            .next()
-            .map(|q| q.queued_at.elapsed());
+        let oldest = backlog.entries.values().next().map(|waiting| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_secs(waiting.queued_at.into()))
+        });
         (backlog.entries.len(), oldest)
     }
 
@@ -306,15 +390,13 @@ impl Delivery {
         }
     }
 
-    /// The replay task: runs until `stop` is cancelled.
+    /// The replay task: runs until `stop` is cancelled. A window already
+    /// sent is waited for, so acknowledgements that arrive while the bridge
+    /// stops are still recorded.
     pub async fn replay(self: Arc<Self>, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
-            let progressed = tokio::select! {
-                progressed = self.replay_once() => progressed,
-                () = stop.cancelled() => break,
-            };
-            match progressed {
+            match self.replay_once().await {
                 Some(true) => backoff = Duration::from_millis(100),
                 Some(false) => {
                     tokio::select! {
@@ -331,13 +413,38 @@ impl Delivery {
         }
     }
 
+    /// The next entries to send: from the head of the backlog, up to the
+    /// first one whose first attempt is still running, within the window.
+    fn next_window(&self) -> Vec<(u64, Location)> {
+        let backlog = self.backlog.lock().expect("backlog lock");
+        let mut bytes = 0;
+        backlog
+            .entries
+            .iter()
+            .take_while(|(id, _)| !backlog.first_attempts.contains_key(id))
+            .take(REPLAY_WINDOW)
+            .take_while(|(_, waiting)| {
+                let within = bytes < REPLAY_WINDOW_BYTES;
+                bytes += u64::from(waiting.location.len);
+                within
+            })
+            .map(|(id, waiting)| (*id, waiting.location))
+            .collect()
+    }
+
     /// One step at the head of the backlog. `None`: nothing to do; `Some(ok)`:
     /// whether everything attempted reached Kafka.
     async fn replay_once(&self) -> Option<bool> {
+        if !self.topics_ready() {
+            self.report_waiting(Some(
+                "Kafka, to create the topics (unreachable since start-up)".into(),
+            ));
+            return None;
+        }
         let (head, attempt) = {
             let mut backlog = self.backlog.lock().expect("backlog lock");
-            let (id, queued) = backlog.entries.iter_mut().next()?;
-            (*id, queued.first_attempt.take())
+            let head = *backlog.entries.keys().next()?;
+            (head, backlog.first_attempts.remove(&head))
         };
         if let Some(attempt) = attempt {
             if attempt.await.unwrap_or(false) {
@@ -346,30 +453,51 @@ impl Delivery {
             }
             return Some(true);
         }
-        let window: Vec<(u64, Record)> = {
-            let backlog = self.backlog.lock().expect("backlog lock");
-            backlog
-                .entries
-                .iter()
-                .take_while(|(_, queued)| queued.first_attempt.is_none())
-                .take(REPLAY_WINDOW)
-                .map(|(id, queued)| (*id, queued.record.clone()))
-                .collect()
-        };
-        let mut acknowledgements = Vec::with_capacity(window.len());
-        let mut all_ok = true;
-        for (id, record) in &window {
-            match self.publisher.enqueue(record) {
-                Ok(acknowledgement) => acknowledgements.push((*id, record, acknowledgement)),
-                Err(error) if error.is_permanent() => self.park_spooled(*id, record, &error).await,
+        let window = self.next_window();
+        let spool = self.spool.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let records = spool.read(&window);
+            window
+                .into_iter()
+                .map(|(id, _)| id)
+                .zip(records)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("spool read task panicked");
+        let mut waiting = None;
+        let mut acknowledgements = Vec::with_capacity(read.len());
+        for (id, record) in read {
+            let mut record = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::error!(%error, spool_id = id, "cannot read a spooled record back; it is left in the spool for the next start");
+                    self.forget(id);
+                    continue;
+                }
+            };
+            match self.schemas.stamp(&mut record) {
+                Ok(()) => {}
+                Err(Unstamped::Refused { reason }) => {
+                    self.park_spooled(id, record, &reason).await;
+                    continue;
+                }
+                Err(Unstamped::Waiting { subject }) => {
+                    waiting = Some(format!("the schema registry, for the id of {subject}"));
+                    break;
+                }
+            }
+            match self.publisher.enqueue(&record) {
+                Ok(acknowledgement) => acknowledgements.push((id, record, acknowledgement)),
+                Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
                 Err(error) => {
                     self.publisher.recover(&error);
-                    self.report_stuck(*id, &error);
-                    all_ok = false;
+                    waiting = Some(format!("Kafka: {error}"));
                     break;
                 }
             }
         }
+        let mut kafka_failed = waiting.as_deref().is_some_and(|w| w.starts_with("Kafka"));
         for (id, record, acknowledgement) in acknowledgements {
             match acknowledgement.await {
                 Ok(_) => {
@@ -379,37 +507,42 @@ impl Delivery {
                 Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
                 Err(error) => {
                     self.publisher.recover(&error);
-                    self.report_stuck(id, &error);
-                    all_ok = false;
+                    kafka_failed = true;
+                    waiting = Some(format!("Kafka: {error}"));
                 }
             }
         }
-        self.kafka_up.store(all_ok, Ordering::Relaxed);
-        if all_ok {
-            tracing::debug!(count = window.len(), "replayed spooled records");
-        }
-        Some(all_ok)
+        self.kafka_up.store(!kafka_failed, Ordering::Relaxed);
+        let progressed = waiting.is_none();
+        self.report_waiting(waiting);
+        Some(progressed)
     }
 
     /// Parks a spooled entry; on success it leaves the backlog. If even the
     /// park fails (disk), the entry stays and is tried again.
-    async fn park_spooled(&self, id: u64, record: &Record, error: &PublishError) {
-        if self.park(Some(id), record.clone(), error).await.is_ok() {
+    async fn park_spooled(&self, id: u64, record: Record, reason: &(dyn Display + Sync)) {
+        if self.park(Some(id), record, reason).await.is_ok() {
             self.forget(id);
         }
     }
 
-    /// Says, at most every `STUCK_REPORT_INTERVAL`, why the replay is waiting.
-    fn report_stuck(&self, id: u64, error: &PublishError) {
+    /// Records what the replay waits for; says so at WARN at most every
+    /// `STUCK_REPORT_INTERVAL`.
+    fn report_waiting(&self, waiting: Option<String>) {
+        let Some(reason) = waiting else {
+            *self.waiting_for.lock().expect("waiting lock") = None;
+            return;
+        };
+        *self.waiting_for.lock().expect("waiting lock") = Some(reason.clone());
         let mut last = self.stuck_reported.lock().expect("stuck lock");
         if last.is_some_and(|at| at.elapsed() < STUCK_REPORT_INTERVAL) {
             return;
         }
-        *last = Some(std::time::Instant::now());
+        *last = Some(Instant::now());
         let (waiting, oldest) = self.backlog_summary();
         tracing::warn!(
-            %error, spool_id = id, waiting, oldest_secs = oldest.unwrap_or_default().as_secs(),
-            "spool replay is waiting for Kafka; it retries with backoff"
+            waiting_for = %reason, waiting, oldest_secs = oldest.unwrap_or_default().as_secs(),
+            "spool replay is waiting; it retries with backoff"
         );
     }
 }

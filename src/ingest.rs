@@ -10,6 +10,7 @@ use crate::dedup::{Claim, Dedup};
 use crate::delivery::{Delivery, Durable};
 use crate::event::{self, EventKind};
 use crate::kafka::Record;
+use crate::registry::Subject;
 use crate::response::{Outcome, RecordRef};
 use crate::spool::SpoolError;
 use crate::telemetry;
@@ -29,7 +30,7 @@ pub const AVRO_CONTENT_TYPE: &str = "application/vnd.confluent.avro";
 pub const EVENT_HEADER: &str = "superfone-event";
 pub const GROUP_ID_HEADER: &str = "superfone-group-id";
 pub const RECEIVED_AT_HEADER: &str = "superfone-received-at";
-pub const SCHEMA_ID_HEADER: &str = "superfone-schema-id";
+pub use crate::registry::SCHEMA_ID_HEADER;
 pub const DEDUP_KEY_HEADER: &str = "superfone-dedup-key";
 
 /// Everything the bridge knows about publishing one event type.
@@ -37,7 +38,8 @@ pub const DEDUP_KEY_HEADER: &str = "superfone-dedup-key";
 pub struct EventRoute {
     pub kind: EventKind,
     pub topic: String,
-    pub schema_id: u32,
+    /// The event's schema in the registry; its id may not be known yet.
+    pub schema: Arc<Subject>,
     pub converter: Converter,
 }
 
@@ -51,7 +53,8 @@ impl EventRoute {
         group_id: &str,
         received_at: &str,
     ) -> Result<Record, crate::convert::ConvertError> {
-        let payload = self.converter.encode(self.schema_id, object)?;
+        let (schema_id, schema_header) = self.schema.schema_header();
+        let payload = self.converter.encode(schema_id, object)?;
         let dedup_key = event::dedup_key(self.kind, object);
         Ok(Record {
             topic: self.topic.clone(),
@@ -60,7 +63,7 @@ impl EventRoute {
                 self.kind,
                 group_id,
                 received_at,
-                self.schema_id,
+                schema_header,
                 &dedup_key.key,
             ),
             payload,
@@ -277,22 +280,24 @@ impl Ingest {
         current.record("superfone.event", kind.as_str());
         let object = object.expect("dispatch accepted an object");
         let route = self.route(kind);
-        // The ids were registered at start-up: the lookup is a cache hit, kept
-        // as a span so a trace shows which schema version encoded the record.
+        // The ids are registered in the background: the lookup is a cache
+        // hit (or a miss, and the record is stamped later), kept as a span so
+        // a trace shows which schema version encoded the record.
+        let (schema_id, schema_header) = route.schema.schema_header();
         tracing::info_span!(
             "superfone.registry.lookup",
-            superfone.schema_id = route.schema_id,
-            superfone.registry.cached = true
+            superfone.schema_id = schema_id,
+            superfone.registry.cached = schema_id != 0
         )
         .in_scope(|| ());
         let convert = tracing::info_span!(
             "superfone.convert",
             superfone.event = kind.as_str(),
-            superfone.schema_id = route.schema_id,
+            superfone.schema_id = schema_id,
             otel.status_code = field::Empty,
             otel.status_description = field::Empty
         );
-        let payload = match convert.in_scope(|| route.converter.encode(route.schema_id, object)) {
+        let payload = match convert.in_scope(|| route.converter.encode(schema_id, object)) {
             Ok(payload) => payload,
             Err(error) => {
                 convert.record("otel.status_code", "ERROR");
@@ -312,7 +317,7 @@ impl Ingest {
                 kind,
                 &group_id,
                 &envelope.received_at,
-                route.schema_id,
+                schema_header,
                 &dedup_key.key,
             ),
             payload,
@@ -353,7 +358,7 @@ impl Ingest {
                     topic: route.topic.clone(),
                     partition: delivered.partition,
                     offset: delivered.offset,
-                    schema_id: route.schema_id,
+                    schema_id: route.schema.id().unwrap_or(schema_id),
                     group_id,
                 }
             }
@@ -472,7 +477,7 @@ pub fn event_headers(
     kind: EventKind,
     group_id: &str,
     received_at: &str,
-    schema_id: u32,
+    schema_header: (String, String),
     dedup_key: &str,
 ) -> Vec<(String, String)> {
     vec![
@@ -480,7 +485,7 @@ pub fn event_headers(
         (GROUP_ID_HEADER.into(), group_id.into()),
         (RECEIVED_AT_HEADER.into(), received_at.into()),
         ("content-type".into(), AVRO_CONTENT_TYPE.into()),
-        (SCHEMA_ID_HEADER.into(), schema_id.to_string()),
+        schema_header,
         (DEDUP_KEY_HEADER.into(), dedup_key.into()),
     ]
 }

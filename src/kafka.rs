@@ -81,6 +81,16 @@ impl PublishError {
     }
 }
 
+/// The topics the bridge creates when they are missing, with a
+/// `max.message.bytes` that fits `max_record_bytes`.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub names: Vec<String>,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub max_record_bytes: usize,
+}
+
 /// What the broker acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -253,26 +263,24 @@ impl Publisher {
         })
     }
 
-    /// Creates the topics that do not exist yet, with a `max.message.bytes`
-    /// that fits `max_record_bytes`; existing ones are left as they are.
+    /// Creates the topics of `spec` that do not exist yet; existing ones are
+    /// left as they are.
     pub async fn create_topics(
         &self,
-        topics: &[String],
-        partitions: i32,
-        replication_factor: i32,
-        max_record_bytes: usize,
+        spec: &TopicSpec,
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config.create().map_err(PublishError::Client)?;
-        let max_bytes = max_record_bytes.to_string();
-        let new_topics: Vec<NewTopic<'_>> = topics
+        let max_bytes = spec.max_record_bytes.to_string();
+        let new_topics: Vec<NewTopic<'_>> = spec
+            .names
             .iter()
             .map(|topic| {
                 NewTopic::new(
                     topic,
-                    partitions,
-                    TopicReplication::Fixed(replication_factor),
+                    spec.partitions,
+                    TopicReplication::Fixed(spec.replication_factor),
                 )
                 .set("max.message.bytes", &max_bytes)
             })

@@ -1,9 +1,11 @@
 //! superfone-bridge: Superfone event notifications (JSON webhooks) -> Avro ->
 //! Kafka, one topic per event, keyed by lead.
 //!
-//! `App::build` does every start-up check (schemas, broker, topics, registry)
-//! and binds the listener; `App::run_until_stopped` serves until the shutdown
-//! future resolves, drains, and flushes the producer.
+//! `App::build` needs only the local schemas and the spool: it opens the
+//! spool, then gives the brokers (topic creation) and the schema registry
+//! one bounded try each; whatever is unreachable is finished in the
+//! background while events go to the spool. `App::run_until_stopped` serves
+//! until the shutdown future resolves, drains, and flushes the producer.
 
 pub mod admin;
 pub mod auth;
@@ -14,6 +16,7 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod delivery;
 pub mod event;
+pub mod health;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
@@ -29,14 +32,14 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::convert::Converter;
 use crate::dedup::Dedup;
-use crate::delivery::{Delivery, Durable};
-use crate::event::EventKind;
+use crate::delivery::{Delivery, Durable, Recovered};
+use crate::health::Health;
 use crate::ingest::DEDUP_KEY_HEADER;
 use crate::ingest::{EventRoute, Ingest, IngestSettings};
 use crate::kafka::{PublishError, Publisher};
-use crate::registry::RegistryError;
+use crate::registry::{RegistryError, SchemaIds};
 use crate::schema::{EventSchema, SchemaError, SchemaSource};
-use crate::spool::{Spool, SpoolError, SpoolSettings};
+use crate::spool::{Recovery, Spool, SpoolError, SpoolSettings};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,28 +77,117 @@ fn schema_source(config: &Config) -> SchemaSource {
 }
 
 /// Loads the ten schemas and registers them (or looks them up): one route per
-/// event, in `EventKind::ALL` order. Used by `serve` and `dead-letter replay`.
+/// event, in `EventKind::ALL` order, every id known. Used by the tools
+/// (`dead-letter replay`, the bench), which need the registry now.
 pub async fn event_routes(config: &Config) -> Result<Vec<EventRoute>, StartupError> {
     let schemas = schema::load_all(&schema_source(config))?;
-    register_routes(config, schemas).await
+    let ids = Arc::new(SchemaIds::new(
+        &config.registry,
+        &config.topics,
+        &schemas,
+        None,
+    ));
+    ids.register_pending().await?;
+    Ok(routes(config, schemas, &ids))
 }
 
-/// Registers (or looks up) loaded schemas: one route per event.
-async fn register_routes(
-    config: &Config,
-    schemas: Vec<EventSchema>,
-) -> Result<Vec<EventRoute>, StartupError> {
-    let registered = registry::register_all(&config.registry, &config.topics, &schemas).await?;
-    Ok(schemas
+/// One route per event: its topic, converter and registry subject.
+fn routes(config: &Config, schemas: Vec<EventSchema>, ids: &SchemaIds) -> Vec<EventRoute> {
+    schemas
         .into_iter()
-        .zip(registered)
-        .map(|(schema, registered)| EventRoute {
+        .zip(ids.subjects())
+        .map(|(schema, subject)| EventRoute {
             kind: schema.kind,
             topic: config.topics.topic_for(schema.kind),
-            schema_id: registered.id,
+            schema: Arc::clone(subject),
             converter: Converter::new(schema.schema),
         })
-        .collect())
+        .collect()
+}
+
+/// Opens the spool: the entries it holds go to the replay backlog (where
+/// they lie, not the records), and their dedup keys to `dedup`, since they
+/// were answered 2xx and a repeat of one is a duplicate.
+fn open_spool(
+    config: &Config,
+    dedup: Option<&Dedup>,
+) -> Result<(Spool, Vec<Recovered>, Recovery), StartupError> {
+    let mut recovered = Vec::new();
+    let settings = SpoolSettings {
+        dir: config.spool.dir.clone(),
+        max_bytes: config.spool.max_bytes,
+        segment_bytes: config.spool.segment_bytes,
+    };
+    let (spool, recovery) = Spool::open(settings, |entry, location| {
+        recovered.push(Recovered::new(entry.id, location, &entry.record));
+        let record = &entry.record;
+        let key = record.header(DEDUP_KEY_HEADER);
+        let entity = key.and_then(event::DedupKey::entity_of);
+        if let (Some(dedup), Some(key), Some(entity)) = (dedup, key, entity) {
+            let group_id = record.header(ingest::GROUP_ID_HEADER).unwrap_or_default();
+            dedup.remember(
+                entity,
+                key,
+                &record.topic,
+                Durable::Spooled(entry.id),
+                group_id,
+            );
+        }
+    })?;
+    if recovery.torn_bytes > 0 {
+        tracing::error!(
+            torn_bytes = recovery.torn_bytes,
+            "spool had a torn or corrupt tail (crash mid-write); kept the valid prefix"
+        );
+    }
+    if recovery.corrupt_bytes > 0 {
+        tracing::error!(
+            corrupt_bytes = recovery.corrupt_bytes,
+            "spool had damaged frames mid-segment; skipped them and kept the frames after them"
+        );
+    }
+    if recovery.pending > 0 {
+        tracing::warn!(
+            pending = recovery.pending,
+            "replaying events left in the spool"
+        );
+    }
+    Ok((spool, recovered, recovery))
+}
+
+/// Gives the brokers one bounded try: reachable, the topics are created
+/// now and `true` is returned; unreachable, the health watcher creates
+/// them once they are back. A broker that answers and refuses is an error.
+async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<bool, StartupError> {
+    let timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    if let Err(error) = publisher.check_broker(timeout).await {
+        tracing::warn!(%error, "Kafka unreachable at start-up; events go to the spool until it is back");
+        return Ok(!config.kafka.create_topics);
+    }
+    if config.kafka.create_topics {
+        publisher
+            .create_topics(&config.topic_spec(), timeout)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// Gives the registry one try: every id known, or an unreachable registry
+/// (the ids kept from the last run are used, the rest registered in the
+/// background). A registry that refuses a schema stops the start.
+async fn prepare_schema_ids(ids: &SchemaIds) -> Result<(), StartupError> {
+    match ids.register_pending().await {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_refusal() => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(
+                %error, known_ids = ids.subjects().len() - ids.pending(),
+                "schema registry unreachable at start-up; events whose schema has no id yet \
+                 go to the spool and are stamped once it is back"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Connections the kernel queues for `accept`. std's 128 overflowed under a
@@ -121,7 +213,7 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 pub struct App {
     listener: TcpListener,
     admin_listener: TcpListener,
-    readiness: Arc<admin::Readiness>,
+    health: Arc<Health>,
     ingest: Arc<Ingest>,
     publisher: Arc<Publisher>,
     delivery: Arc<Delivery>,
@@ -130,89 +222,43 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
-        // Fail fast on broken schema files, before touching Kafka.
+        // Fail fast on broken schema files.
         let schemas = schema::load_all(&schema_source(&config))?;
         // Install the recorder before anything records.
         metrics::handle();
-
-        let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
-        let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
-        publisher.check_broker(startup_timeout).await?;
-        let dead_letter_topic = config.topics.dead_letter_topic();
-        if config.kafka.create_topics {
-            let mut topics: Vec<String> = EventKind::ALL
-                .iter()
-                .map(|kind| config.topics.topic_for(*kind))
-                .collect();
-            topics.push(dead_letter_topic.clone());
-            publisher
-                .create_topics(
-                    &topics,
-                    config.kafka.topic_partitions,
-                    config.kafka.topic_replication_factor,
-                    config.max_record_bytes(),
-                    startup_timeout,
-                )
-                .await?;
-        }
-
-        let routes = register_routes(&config, schemas).await?;
-
-        let (spool, recovered, recovery) = Spool::open(SpoolSettings {
-            dir: config.spool.dir.clone(),
-            max_bytes: config.spool.max_bytes,
-            segment_bytes: config.spool.segment_bytes,
-        })?;
-        if recovery.torn_bytes > 0 {
-            tracing::error!(
-                torn_bytes = recovery.torn_bytes,
-                "spool had a torn or corrupt tail (crash mid-write); kept the valid prefix"
-            );
-        }
-        if recovery.corrupt_bytes > 0 {
-            tracing::error!(
-                corrupt_bytes = recovery.corrupt_bytes,
-                "spool had damaged frames mid-segment; skipped them and kept the frames after them"
-            );
-        }
-        if recovery.pending > 0 {
-            tracing::warn!(
-                pending = recovery.pending,
-                "replaying events left in the spool"
-            );
-        }
         let dedup = config.dedup.enabled.then(|| {
             Dedup::new(
                 Duration::from_secs(config.dedup.window_secs),
                 config.dedup.max_entries,
             )
         });
-        if let Some(dedup) = &dedup {
-            // Events still in the spool were answered 2xx: their repeats are duplicates.
-            for entry in &recovered {
-                let key = entry.record.header(DEDUP_KEY_HEADER);
-                let entity = key.and_then(event::DedupKey::entity_of);
-                if let (Some(key), Some(entity)) = (key, entity) {
-                    dedup.remember(
-                        entity,
-                        key,
-                        &entry.record.topic,
-                        Durable::Spooled(entry.id),
-                        entry
-                            .record
-                            .header(ingest::GROUP_ID_HEADER)
-                            .unwrap_or_default(),
-                    );
-                }
-            }
-        }
+        let (spool, recovered, _) = open_spool(&config, dedup.as_ref())?;
+
+        let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
+        let topics_ready = prepare_topics(&config, &publisher).await?;
+        let schema_ids = Arc::new(SchemaIds::new(
+            &config.registry,
+            &config.topics,
+            &schemas,
+            Some(&config.spool.dir),
+        ));
+        prepare_schema_ids(&schema_ids).await?;
+        let routes = routes(&config, schemas, &schema_ids);
+
         let delivery = Delivery::new(
             Arc::clone(&publisher),
             spool,
+            schema_ids,
             recovered,
             Duration::from_millis(config.delivery.ack_deadline_ms),
+            topics_ready,
         );
-
+        let health = Arc::new(Health::new(
+            Arc::clone(&delivery),
+            Arc::clone(&publisher),
+            config.max_record_bytes() as u64,
+            config.kafka.create_topics.then(|| config.topic_spec()),
+        ));
         let settings = IngestSettings {
             ingest_path: config.server.ingest_path.clone(),
             max_body_bytes: config.server.max_body_bytes,
@@ -221,7 +267,7 @@ impl App {
                 .group_id_header
                 .parse()
                 .map_err(|_| StartupError::GroupIdHeader)?,
-            dead_letter_topic,
+            dead_letter_topic: config.topics.dead_letter_topic(),
             body_read_timeout: Duration::from_millis(config.delivery.body_read_timeout_ms),
         };
         let ingest = Arc::new(Ingest::new(
@@ -233,12 +279,10 @@ impl App {
         ));
         let listener = listen(config.server.listen)?;
         let admin_listener = listen(config.admin.listen)?;
-        let readiness = Arc::new(admin::Readiness::default());
-        readiness.set_schemas_registered();
         Ok(App {
             listener,
             admin_listener,
-            readiness,
+            health,
             ingest,
             publisher,
             delivery,
@@ -275,19 +319,22 @@ impl App {
         let replay = tokio::spawn(Arc::clone(&self.delivery).replay(stop_replay.clone()));
         let stop_background = CancellationToken::new();
         tokio::spawn(Arc::clone(&self.delivery).report_spool(stop_background.clone()));
+        tokio::spawn(Arc::clone(&self.health).watch(stop_background.clone()));
         tokio::spawn(
-            Arc::clone(&self.readiness)
-                .watch_broker(Arc::clone(&self.publisher), stop_background.clone()),
+            Arc::clone(self.delivery.schemas()).register_until_done(stop_background.clone()),
         );
         tokio::spawn(admin::serve(
             self.admin_listener,
-            Arc::clone(&self.readiness),
+            Arc::clone(&self.health),
             metrics::handle(),
             stop_background.clone(),
         ));
         server::serve(self.listener, self.ingest, shutdown, self.limits).await;
+        // The replay finishes the window it sent, so its acknowledgements are recorded.
         stop_replay.cancel();
-        let _ = replay.await;
+        if tokio::time::timeout(FLUSH_TIMEOUT, replay).await.is_err() {
+            tracing::warn!("spool replay did not finish its window in time; its records are sent again after the restart");
+        }
         if let Err(error) = self.publisher.flush(FLUSH_TIMEOUT).await {
             tracing::error!(%error, "producer flush at shutdown did not complete");
         }

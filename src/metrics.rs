@@ -25,6 +25,8 @@ pub const PRODUCER_REPLACEMENTS: &str = "superfone_kafka_producer_replacements_t
 pub const KAFKA_QUEUE: &str = "superfone_kafka_queue_messages";
 pub const KAFKA_RTT: &str = "superfone_kafka_broker_rtt_seconds";
 pub const READY: &str = "superfone_ready";
+pub const KAFKA_REACHABLE: &str = "superfone_kafka_reachable";
+pub const REGISTRY_PENDING: &str = "superfone_registry_pending_subjects";
 pub const CONNECTIONS_SHED: &str = "superfone_connections_shed_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "superfone_connections_timed_out_total";
 
@@ -102,7 +104,18 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         Unit::Seconds,
         "Average broker round-trip time, by broker (librdkafka statistics)"
     );
-    describe_gauge!(READY, "1 when /readyz is ready");
+    describe_gauge!(
+        READY,
+        "1 when /readyz is ready: the spool is writable and has room for a largest record"
+    );
+    describe_gauge!(
+        KAFKA_REACHABLE,
+        "1 when the brokers answered the last metadata request (every 2 s)"
+    );
+    describe_gauge!(
+        REGISTRY_PENDING,
+        "Event schemas without a registry id yet; their events wait in the spool"
+    );
     describe_counter!(
         CONNECTIONS_SHED,
         "Idle connections closed to make room for a new one (all delivery.max_connections taken)"

@@ -1,8 +1,19 @@
-//! Start-up registration of the event schemas in a Confluent-compatible schema
+//! Registration of the event schemas in a Confluent-compatible schema
 //! registry (through `schema_registry_converter`), and the resulting id per
 //! event, which the hot path uses without further registry calls.
+//!
+//! The registry is not needed to accept an event: records are converted
+//! with the local schema, and one whose schema has no id yet (the registry
+//! was down since start-up) is spooled with id 0 in its wire header and the
+//! schema's fingerprint in `superfone-schema-pending`. `SchemaIds::stamp`
+//! writes the id in just before the record is sent. Registration goes on in
+//! the background until every schema has its id, and the last known ids are
+//! kept in the spool directory, so a restart during a registry outage still
+//! publishes straight away.
 
 use crate::config::{RegistryConfig, SubjectStrategy, TopicsConfig};
+use crate::event::EventKind;
+use crate::kafka::Record;
 use crate::schema::EventSchema;
 use schema_registry_converter::async_impl::schema_registry::{
     perform_sr_call, post_schema, SrSettings,
@@ -12,7 +23,20 @@ use schema_registry_converter::schema_registry_common::{
     RawError, SchemaType, SrCall, SuppliedSchema,
 };
 use std::error::Error as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Carried by a record, instead of `superfone-schema-id`, while its schema
+/// has no registry id yet: the schema's fingerprint. Removed when stamped.
+pub const SCHEMA_PENDING_HEADER: &str = "superfone-schema-pending";
+/// The record header naming the registry id the value was framed with.
+pub const SCHEMA_ID_HEADER: &str = "superfone-schema-id";
+/// The last known ids, in the spool directory.
+const IDS_FILE: &str = "schema_ids.json";
+const MAX_REGISTRATION_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -26,11 +50,14 @@ pub enum RegistryError {
     Unavailable { subject: String, cause: String },
 }
 
-/// An event schema as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisteredSubject {
-    pub subject: String,
-    pub id: u32,
+impl RegistryError {
+    /// The registry answered, and said no: no retry of the same call helps.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Rejected { .. } | RegistryError::Missing { .. }
+        )
+    }
 }
 
 pub fn subject_for(strategy: SubjectStrategy, topic: &str, schema: &EventSchema) -> String {
@@ -65,33 +92,6 @@ fn http_status_of(error_code: u32) -> u32 {
 /// The registry's own `{error_code, message}`, when the call got that far.
 fn registry_message(error: &SRCError) -> Option<&RawError> {
     error.source()?.downcast_ref::<RawError>()
-}
-
-/// Registers (or, with auto-registration off, looks up) each event schema under
-/// its subject; returns the ids in the order of `schemas`.
-pub async fn register_all(
-    config: &RegistryConfig,
-    topics: &TopicsConfig,
-    schemas: &[EventSchema],
-) -> Result<Vec<RegisteredSubject>, RegistryError> {
-    let settings = settings(config)?;
-    let mut registered = Vec::with_capacity(schemas.len());
-    for schema in schemas {
-        let subject = subject_for(
-            config.subject_strategy,
-            &topics.topic_for(schema.kind),
-            schema,
-        );
-        let id = if config.auto_register {
-            register(&settings, &subject, schema).await
-        } else {
-            look_up(&settings, &subject, schema).await
-        }
-        .inspect_err(|_| metrics::counter!(crate::metrics::REGISTRY_ERRORS).increment(1))?;
-        tracing::info!(event = %schema.kind, subject = %subject, schema_id = id, "schema ready");
-        registered.push(RegisteredSubject { subject, id });
-    }
-    Ok(registered)
 }
 
 async fn register(
@@ -144,5 +144,294 @@ async fn look_up(
                 cause: error.to_string(),
             },
         }),
+    }
+}
+
+/// One event schema and, once known, the registry's id for it.
+#[derive(Debug)]
+pub struct Subject {
+    pub kind: EventKind,
+    /// The registry subject, e.g. `superfone.all_calls-value`.
+    pub name: String,
+    /// Identifies the local schema a pending record was encoded with.
+    pub fingerprint: String,
+    schema: EventSchema,
+    /// 0 until known (Confluent registries number schemas from 1).
+    id: AtomicU32,
+    /// The registry gave the id in this run: an id kept from the last run
+    /// is used until then, and checked as soon as the registry answers (a
+    /// rebuilt registry numbers schemas anew).
+    confirmed: AtomicBool,
+    /// Why the registry refused the schema, when it did.
+    refused: Mutex<Option<String>>,
+}
+
+impl Subject {
+    pub fn id(&self) -> Option<u32> {
+        Some(self.id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// The id to frame a record with (0 while unknown) and the header that
+    /// names it, or the fingerprint that `stamp` will replace.
+    pub fn schema_header(&self) -> (u32, (String, String)) {
+        match self.id() {
+            Some(id) => (id, (SCHEMA_ID_HEADER.to_owned(), id.to_string())),
+            None => (
+                0,
+                (SCHEMA_PENDING_HEADER.to_owned(), self.fingerprint.clone()),
+            ),
+        }
+    }
+
+    fn refusal(&self) -> Option<String> {
+        self.refused.lock().expect("subject lock").clone()
+    }
+}
+
+/// Why a record cannot be stamped with its registry id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unstamped {
+    /// Not yet: the registry has not been reached for this subject.
+    Waiting { subject: String },
+    /// Never as it is: the registry refused the schema, or the record was
+    /// encoded with a schema this bridge no longer has.
+    Refused { reason: String },
+}
+
+/// The fingerprint of a schema text: 16 hex digits of its SHA-256.
+fn fingerprint(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The last known ids as kept on disk.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct KnownIds {
+    registry: String,
+    /// subject -> (fingerprint, id)
+    subjects: std::collections::BTreeMap<String, (String, u32)>,
+}
+
+/// The registry ids of the event schemas, as far as they are known.
+pub struct SchemaIds {
+    subjects: Vec<Arc<Subject>>,
+    config: RegistryConfig,
+    /// The file keeping the last known ids; `None`: kept nowhere.
+    known_ids: Option<PathBuf>,
+}
+
+impl SchemaIds {
+    /// One subject per schema, in the order of `schemas`, with the ids kept
+    /// in `keep_dir` (if any) for the same registry and schema text.
+    pub fn new(
+        config: &RegistryConfig,
+        topics: &TopicsConfig,
+        schemas: &[EventSchema],
+        keep_dir: Option<&Path>,
+    ) -> SchemaIds {
+        let known_ids = keep_dir.map(|dir| dir.join(IDS_FILE));
+        let known = known_ids
+            .as_deref()
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|data| serde_json::from_slice::<KnownIds>(&data).ok())
+            .filter(|known| known.registry == config.url)
+            .unwrap_or_default();
+        let subjects = schemas
+            .iter()
+            .map(|schema| {
+                let name = subject_for(
+                    config.subject_strategy,
+                    &topics.topic_for(schema.kind),
+                    schema,
+                );
+                let fingerprint = fingerprint(&schema.text);
+                let id = known
+                    .subjects
+                    .get(&name)
+                    .filter(|(known, _)| *known == fingerprint)
+                    .map_or(0, |(_, id)| *id);
+                Arc::new(Subject {
+                    kind: schema.kind,
+                    name,
+                    fingerprint,
+                    schema: schema.clone(),
+                    id: AtomicU32::new(id),
+                    confirmed: AtomicBool::new(false),
+                    refused: Mutex::new(None),
+                })
+            })
+            .collect();
+        SchemaIds {
+            subjects,
+            config: config.clone(),
+            known_ids,
+        }
+    }
+
+    pub fn subjects(&self) -> &[Arc<Subject>] {
+        &self.subjects
+    }
+
+    /// Subjects without an id yet.
+    pub fn pending(&self) -> usize {
+        self.subjects.iter().filter(|s| s.id().is_none()).count()
+    }
+
+    /// Subjects whose id the registry has not given in this run.
+    fn unconfirmed(&self) -> usize {
+        self.subjects
+            .iter()
+            .filter(|s| !s.confirmed.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Registers (or, with auto-registration off, looks up) every schema
+    /// whose id the registry has not given in this run. Stops at the first
+    /// call that cannot reach the registry; a refusal is recorded on its
+    /// subject and returned after the others.
+    pub async fn register_pending(&self) -> Result<(), RegistryError> {
+        let settings = settings(&self.config)?;
+        let mut refusal = None;
+        let unconfirmed = self
+            .subjects
+            .iter()
+            .filter(|s| !s.confirmed.load(Ordering::Relaxed));
+        for subject in unconfirmed {
+            let result = if self.config.auto_register {
+                register(&settings, &subject.name, &subject.schema).await
+            } else {
+                look_up(&settings, &subject.name, &subject.schema).await
+            };
+            match result {
+                Ok(id) => {
+                    tracing::info!(event = %subject.kind, subject = %subject.name, schema_id = id, "schema ready");
+                    let kept = subject.id.swap(id, Ordering::Relaxed);
+                    if kept != 0 && kept != id {
+                        tracing::warn!(
+                            subject = %subject.name, kept, schema_id = id,
+                            "the registry gives another id than the last run did (a rebuilt registry?); \
+                             records sent meanwhile carry the old one"
+                        );
+                    }
+                    subject.confirmed.store(true, Ordering::Relaxed);
+                    *subject.refused.lock().expect("subject lock") = None;
+                    self.keep_known_ids();
+                }
+                Err(error) => {
+                    metrics::counter!(crate::metrics::REGISTRY_ERRORS).increment(1);
+                    if !error.is_refusal() {
+                        return Err(error);
+                    }
+                    *subject.refused.lock().expect("subject lock") = Some(error.to_string());
+                    refusal.get_or_insert(error);
+                }
+            }
+        }
+        refusal.map_or(Ok(()), Err)
+    }
+
+    /// Retries registration with backoff until the registry has given
+    /// every schema's id in this run.
+    pub async fn register_until_done(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(500);
+        while self.unconfirmed() > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {},
+                () = stop.cancelled() => return,
+            }
+            match self.register_pending().await {
+                Ok(()) => tracing::info!("schema registry reached: every schema has its id"),
+                Err(error) if error.is_refusal() => {
+                    tracing::error!(%error, "schema registry refused a schema; its events are parked until it is fixed");
+                }
+                Err(error) => tracing::debug!(%error, "schema registry still unreachable"),
+            }
+            backoff = (backoff * 2).min(MAX_REGISTRATION_BACKOFF);
+        }
+    }
+
+    /// Writes the registry id into a record spooled before its schema had
+    /// one: the wire header's id and the `superfone-schema-id` header.
+    /// Records that carry their id already are left as they are.
+    pub fn stamp(&self, record: &mut Record) -> Result<(), Unstamped> {
+        let Some(position) = record
+            .headers
+            .iter()
+            .position(|(name, _)| name == SCHEMA_PENDING_HEADER)
+        else {
+            return Ok(());
+        };
+        let fingerprint = &record.headers[position].1;
+        let Some(subject) = self.subjects.iter().find(|s| s.fingerprint == *fingerprint) else {
+            return Err(Unstamped::Refused {
+                reason: format!(
+                    "encoded with a schema this bridge no longer has (fingerprint {fingerprint})"
+                ),
+            });
+        };
+        if let Some(reason) = subject.refusal() {
+            return Err(Unstamped::Refused { reason });
+        }
+        let Some(id) = subject.id() else {
+            return Err(Unstamped::Waiting {
+                subject: subject.name.clone(),
+            });
+        };
+        let Some(wire_id) = record.payload.get_mut(1..5) else {
+            return Err(Unstamped::Refused {
+                reason: "value too short for a Confluent wire header".into(),
+            });
+        };
+        wire_id.copy_from_slice(&id.to_be_bytes());
+        record.headers[position] = (SCHEMA_ID_HEADER.to_owned(), id.to_string());
+        Ok(())
+    }
+
+    /// Each subject's id (or why it has none), for `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let subjects: Vec<serde_json::Value> = self
+            .subjects
+            .iter()
+            .map(|subject| {
+                serde_json::json!({
+                    "event": subject.kind.as_str(),
+                    "subject": subject.name,
+                    "schema_id": subject.id(),
+                    "confirmed": subject.confirmed.load(Ordering::Relaxed),
+                    "refused": subject.refusal(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "url": self.config.url, "pending": self.pending(), "subjects": subjects })
+    }
+
+    /// Keeps the known ids for the next start (temporary file, fsync, rename).
+    fn keep_known_ids(&self) {
+        let Some(path) = &self.known_ids else {
+            return;
+        };
+        let known = KnownIds {
+            registry: self.config.url.clone(),
+            subjects: self
+                .subjects
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), (s.fingerprint.clone(), s.id()?))))
+                .collect(),
+        };
+        let temporary = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&known)
+            .map_err(std::io::Error::other)
+            .and_then(|data| {
+                let mut file = std::fs::File::create(&temporary)?;
+                std::io::Write::write_all(&mut file, &data)?;
+                file.sync_all()?;
+                std::fs::rename(&temporary, path)
+            });
+        if let Err(error) = written {
+            tracing::warn!(%error, path = %path.display(), "cannot keep the schema ids for the next start");
+        }
     }
 }

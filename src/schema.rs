@@ -44,7 +44,7 @@ pub enum SchemaError {
 }
 
 /// One event's schema, ready to register and to encode with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EventSchema {
     pub kind: EventKind,
     /// Full record name, e.g. `com.superfone.events.AllCalls` (RecordNameStrategy subject).

@@ -32,7 +32,7 @@
 use crate::kafka::Record;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,6 +62,8 @@ pub enum SpoolError {
     Full { used: u64, cap: u64 },
     #[error("spool writer has stopped")]
     Closed,
+    #[error("spool entry {id} is not intact in {path} at offset {offset}")]
+    Damaged { id: u64, path: PathBuf, offset: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,65 +170,153 @@ fn frame(id: u64, record: &Record) -> Vec<u8> {
     framed
 }
 
-/// The frame starting at `at`, if one is there whole and intact: its entry and end.
-fn frame_at(data: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
-    let header = data.get(at..at + FRAME_HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if !(8..=MAX_FRAME).contains(&len) {
-        return None;
-    }
-    let end = at + FRAME_HEADER + len as usize;
-    let body = data.get(at + FRAME_HEADER..end)?;
+/// Where a frame lies: the segment file (named by `segment`), the offset of
+/// the frame in it and the frame's length. Replay reads records from disk by
+/// location instead of keeping them in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A record made durable: its id and where it lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: u64,
+    pub location: Location,
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.seg"))
+}
+
+/// The entry of a frame body, if its checksum holds and it decodes.
+fn decode_body(body: &[u8], crc: u32) -> Option<SpoolEntry> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let id = u64::from_le_bytes(body.get(..8)?.try_into().expect("8 bytes"));
     let record = Record::decode(&body[8..])?;
-    Some((SpoolEntry { id, record }, end))
+    Some(SpoolEntry { id, record })
 }
 
-/// A segment's valid frames, as `read_segment` found them.
-struct SegmentScan {
-    entries: Vec<SpoolEntry>,
+/// A frame header's body length and checksum, if the length is plausible.
+fn parse_header(header: &[u8]) -> Option<(usize, u32)> {
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    (8..=MAX_FRAME)
+        .contains(&len)
+        .then_some((len as usize, crc))
+}
+
+/// The frame starting at `at`, if one is there whole and intact: its entry and end.
+fn frame_at(data: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
+    let (len, crc) = parse_header(data.get(at..at + FRAME_HEADER)?)?;
+    let end = at + FRAME_HEADER + len;
+    let entry = decode_body(data.get(at + FRAME_HEADER..end)?, crc)?;
+    Some((entry, end))
+}
+
+/// Reads the frame at the reader's position, if it is whole (within
+/// `available` bytes) and intact. `body` is a buffer reused between frames.
+fn read_frame(reader: &mut impl Read, available: u64, body: &mut Vec<u8>) -> Option<SpoolEntry> {
+    let mut header = [0; FRAME_HEADER];
+    reader.read_exact(&mut header).ok()?;
+    let (len, crc) = parse_header(&header)?;
+    if (FRAME_HEADER + len) as u64 > available {
+        return None;
+    }
+    body.resize(len, 0);
+    reader.read_exact(body).ok()?;
+    decode_body(body, crc)
+}
+
+/// Called with each intact frame of a log: its entry, offset and length.
+type Visit<'a> = dyn FnMut(SpoolEntry, u64, u32) + 'a;
+
+/// What scanning a frame log found besides its frames.
+#[derive(Default)]
+struct LogScan {
     /// Length of the prefix that ends with the last valid frame.
-    valid: usize,
+    valid: u64,
     /// Bytes skipped between valid frames.
     corrupt: u64,
+    /// The file's length.
+    len: u64,
 }
 
-/// Reads a segment's valid frames. A damaged frame is skipped by searching
-/// for the next intact frame with a higher id; nothing intact after it means
-/// a torn tail (the bytes past `valid`).
-fn read_segment(data: &[u8]) -> SegmentScan {
-    let mut scan = SegmentScan {
-        entries: Vec::new(),
-        valid: 0,
-        corrupt: 0,
+/// Visits the valid frames of an in-memory log. A damaged frame is skipped
+/// by searching for the next intact frame with an id above `last_id`;
+/// nothing intact after it means a torn tail (the bytes past `valid`).
+fn scan_bytes(data: &[u8], mut last_id: u64, visit: &mut Visit<'_>) -> LogScan {
+    let mut scan = LogScan {
+        len: data.len() as u64,
+        ..LogScan::default()
     };
     let mut at = 0;
     while at < data.len() {
-        if let Some((entry, end)) = frame_at(data, at) {
-            scan.entries.push(entry);
-            scan.valid = end;
-            at = end;
-            continue;
-        }
-        let last_id = scan.entries.last().map_or(0, |entry| entry.id);
-        let resync = (at + 1..data.len()).find_map(|candidate| {
-            frame_at(data, candidate)
-                .filter(|(entry, _)| entry.id > last_id)
-                .map(|found| (candidate, found))
+        let found = frame_at(data, at).map(|found| (at, found)).or_else(|| {
+            (at + 1..data.len()).find_map(|candidate| {
+                frame_at(data, candidate)
+                    .filter(|(entry, _)| entry.id > last_id)
+                    .map(|found| (candidate, found))
+            })
         });
-        let Some((start, (entry, end))) = resync else {
+        let Some((start, (entry, end))) = found else {
             break;
         };
         scan.corrupt += (start - at) as u64;
-        scan.entries.push(entry);
-        scan.valid = end;
+        last_id = entry.id;
+        visit(entry, start as u64, (end - start) as u32);
+        scan.valid = end as u64;
         at = end;
     }
     scan
+}
+
+/// Visits the valid frames of a log file one at a time, so a log is never
+/// held in memory whole; only the rest of a damaged log is, to search past
+/// the damage.
+fn scan_log(path: &Path, visit: &mut Visit<'_>) -> Result<LogScan, SpoolError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(LogScan::default()),
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    let len = file.metadata().map_err(io_error(path))?.len();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let (mut at, mut last_id, mut body) = (0, 0, Vec::new());
+    while at < len {
+        match read_frame(&mut reader, len - at, &mut body) {
+            Some(entry) => {
+                let frame_len = FRAME_HEADER + body.len();
+                last_id = entry.id;
+                visit(entry, at, frame_len as u32);
+                at += frame_len as u64;
+            }
+            None => {
+                let mut rest = Vec::new();
+                reader
+                    .seek(SeekFrom::Start(at))
+                    .and_then(|_| reader.read_to_end(&mut rest))
+                    .map_err(io_error(path))?;
+                let tail = scan_bytes(&rest, last_id, &mut |entry, offset, frame_len| {
+                    visit(entry, at + offset, frame_len)
+                });
+                return Ok(LogScan {
+                    valid: at + tail.valid,
+                    corrupt: tail.corrupt,
+                    len,
+                });
+            }
+        }
+    }
+    Ok(LogScan {
+        valid: at,
+        corrupt: 0,
+        len,
+    })
 }
 
 /// Makes created, renamed or deleted directory entries durable.
@@ -245,19 +335,22 @@ fn read_if_present(path: &Path) -> Result<Vec<u8>, SpoolError> {
     }
 }
 
-/// Reads a frame log (segment or parked log), cuts a torn tail off it, and
+/// Scans a frame log (segment or parked log), cuts a torn tail off it, and
 /// counts what was cut or skipped.
-fn recover_log(path: &Path, recovery: &mut Recovery) -> Result<SegmentScan, SpoolError> {
-    let data = read_if_present(path)?;
-    let scan = read_segment(&data);
+fn recover_log(
+    path: &Path,
+    recovery: &mut Recovery,
+    visit: &mut Visit<'_>,
+) -> Result<LogScan, SpoolError> {
+    let scan = scan_log(path, visit)?;
     recovery.corrupt_bytes += scan.corrupt;
-    if scan.valid < data.len() {
-        recovery.torn_bytes += (data.len() - scan.valid) as u64;
+    if scan.valid < scan.len {
+        recovery.torn_bytes += scan.len - scan.valid;
         let file = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(io_error(path))?;
-        file.set_len(scan.valid as u64).map_err(io_error(path))?;
+        file.set_len(scan.valid).map_err(io_error(path))?;
         file.sync_all().map_err(io_error(path))?;
     }
     Ok(scan)
@@ -328,13 +421,29 @@ struct Files {
     reserved_until: u64,
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
+    health: Arc<Health>,
 }
 
 enum Command {
-    Append(Record, oneshot::Sender<Result<u64, SpoolError>>),
+    Append(Record, oneshot::Sender<Result<Appended, SpoolError>>),
     Delivered(u64),
     Park(Park),
     Sync(oneshot::Sender<Result<(), SpoolError>>),
+    Probe(oneshot::Sender<Result<(), SpoolError>>),
+}
+
+/// The outcome of the spool's last write to disk: `None` when it succeeded.
+#[derive(Default)]
+struct Health(std::sync::Mutex<Option<String>>);
+
+impl Health {
+    fn record<T>(&self, result: &Result<T, SpoolError>) {
+        let error = match result {
+            Err(error @ SpoolError::Io { .. }) => Some(error.to_string()),
+            _ => None,
+        };
+        *self.0.lock().expect("spool health lock") = error;
+    }
 }
 
 /// A record to park: a spool entry (`id`), or a new record not yet spooled.
@@ -348,16 +457,22 @@ struct Park {
 #[derive(Clone)]
 pub struct Spool {
     commands: mpsc::UnboundedSender<Command>,
+    dir: Arc<Path>,
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
     parked: Arc<AtomicU64>,
+    health: Arc<Health>,
     cap: u64,
 }
 
 /// Reads the parked records of a spool directory (also while a bridge runs:
 /// frames are checksummed, and a frame still being written is not yet whole).
 pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
-    Ok(read_segment(&read_if_present(&dir.join(PARKED_FILE))?).entries)
+    let mut entries = Vec::new();
+    scan_log(&dir.join(PARKED_FILE), &mut |entry, _, _| {
+        entries.push(entry)
+    })?;
+    Ok(entries)
 }
 
 fn open_for_append(path: &Path) -> Result<File, SpoolError> {
@@ -369,64 +484,84 @@ fn open_for_append(path: &Path) -> Result<File, SpoolError> {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool, truncating torn tails, and returns the
-    /// entries not yet delivered, in append order.
-    pub fn open(settings: SpoolSettings) -> Result<(Spool, Vec<SpoolEntry>, Recovery), SpoolError> {
+    /// Opens (or creates) the spool, truncating torn tails, and calls
+    /// `visit` with each entry not yet delivered, in append order, one at a
+    /// time: the spool is never read into memory whole.
+    pub fn open(
+        settings: SpoolSettings,
+        mut visit: impl FnMut(SpoolEntry, Location),
+    ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&settings.dir).map_err(io_error(&settings.dir))?;
         let acks_path = settings.dir.join("acks.log");
         let acked = read_acks(&read_if_present(&acks_path)?);
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
-        let mut pending = Vec::new();
         // Past the mark, and past what the files show in case it was lost.
         let mut next_id =
             read_high_water(&settings.dir)?.max(acked.iter().max().map_or(1, |id| id + 1));
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&settings.dir)
+        let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(&settings.dir)
             .map_err(io_error(&settings.dir))?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+            .filter_map(|path| {
+                let number = path.file_stem()?.to_str()?.parse().ok();
+                if number.is_none() {
+                    tracing::warn!(path = %path.display(), "ignoring a .seg file not named by its first id");
+                }
+                Some((number?, path))
+            })
             .collect();
-        names.sort();
-        for path in names {
-            let SegmentScan { entries, valid, .. } = recover_log(&path, &mut recovery)?;
-            let Some(first) = entries.first().map(|e| e.id) else {
+        numbered.sort();
+        for (number, path) in numbered {
+            let mut live = HashSet::new();
+            let (mut entries, mut delivered) = (0, 0);
+            let scan = recover_log(&path, &mut recovery, &mut |entry, offset, len| {
+                entries += 1;
+                next_id = next_id.max(entry.id + 1);
+                if acked.contains(&entry.id) {
+                    delivered += 1;
+                } else {
+                    live.insert(entry.id);
+                    let location = Location {
+                        segment: number,
+                        offset,
+                        len,
+                    };
+                    visit(entry, location);
+                }
+            })?;
+            if entries == 0 {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
                 sync_dir(&settings.dir)?;
                 continue;
-            };
-            let mut live = HashSet::new();
-            for entry in entries {
-                next_id = next_id.max(entry.id + 1);
-                if acked.contains(&entry.id) {
-                    recovery.delivered += 1;
-                } else {
-                    live.insert(entry.id);
-                    pending.push(entry);
-                }
             }
+            recovery.pending += live.len();
+            recovery.delivered += delivered;
             segments.insert(
-                first,
+                number,
                 Segment {
                     path,
-                    bytes: valid as u64,
+                    bytes: scan.valid,
                     live,
                 },
             );
         }
-        recovery.pending = pending.len();
         let parked_path = settings.dir.join(PARKED_FILE);
-        let parked_scan = recover_log(&parked_path, &mut recovery)?;
-        let (parked_entries, parked_bytes) = (parked_scan.entries, parked_scan.valid as u64);
+        let mut parked_entries = 0;
+        let parked_scan = recover_log(&parked_path, &mut recovery, &mut |entry, _, _| {
+            parked_entries += 1;
+            next_id = next_id.max(entry.id + 1);
+        })?;
         let parked = open_for_append(&parked_path)?;
-        recovery.parked = parked_entries.len();
-        next_id = next_id.max(parked_entries.iter().map(|e| e.id + 1).max().unwrap_or(1));
+        recovery.parked = parked_entries;
         let reserved_until = next_id + ID_BLOCK;
         write_high_water(&settings.dir, reserved_until)?;
         let used = Arc::new(AtomicU64::new(
-            segments.values().map(|s| s.bytes).sum::<u64>() + parked_bytes,
+            segments.values().map(|s| s.bytes).sum::<u64>() + parked_scan.valid,
         ));
-        let parked_count = Arc::new(AtomicU64::new(parked_entries.len() as u64));
-        let pending_count = Arc::new(AtomicU64::new(pending.len() as u64));
+        let parked_count = Arc::new(AtomicU64::new(parked_entries as u64));
+        let pending_count = Arc::new(AtomicU64::new(recovery.pending as u64));
+        let health = Arc::new(Health::default());
         let acks = open_for_append(&acks_path)?;
         let mut files = Files {
             current: File::open("/dev/null").map_err(io_error(Path::new("/dev/null")))?,
@@ -442,6 +577,7 @@ impl Spool {
             reserved_until,
             used: Arc::clone(&used),
             pending: Arc::clone(&pending_count),
+            health: Arc::clone(&health),
         };
         files.start_segment()?;
         files.collect_garbage()?;
@@ -452,16 +588,18 @@ impl Spool {
             .map_err(io_error(&settings.dir))?;
         let spool = Spool {
             commands,
+            dir: Arc::from(settings.dir.as_path()),
             used,
             pending: pending_count,
             parked: parked_count,
+            health,
             cap: settings.max_bytes,
         };
-        Ok((spool, pending, recovery))
+        Ok((spool, recovery))
     }
 
     /// Appends a record; resolves once it is on disk (fsync'd).
-    pub async fn append(&self, record: Record) -> Result<u64, SpoolError> {
+    pub async fn append(&self, record: Record) -> Result<Appended, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append(record, reply))
@@ -512,6 +650,59 @@ impl Spool {
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
+    /// Writes to the disk (the high-water mark, fsync'd) to check that the
+    /// spool can still make an event durable.
+    pub async fn probe(&self) -> Result<(), SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Probe(reply))
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Why the last write to disk failed; `None` when it succeeded.
+    pub fn write_error(&self) -> Option<String> {
+        self.health.0.lock().expect("spool health lock").clone()
+    }
+
+    /// Whether a record of `bytes` (framed) fits under the cap now.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        self.used_bytes().saturating_add(bytes) <= self.cap
+    }
+
+    /// Reads spool entries back from disk, by the ids and locations their
+    /// appends returned (blocking: call it off the async runtime). An entry
+    /// not found intact where it was written is an error of its own.
+    pub fn read(&self, wanted: &[(u64, Location)]) -> Vec<Result<Record, SpoolError>> {
+        let mut open: Option<(u64, PathBuf, BufReader<File>)> = None;
+        let mut body = Vec::new();
+        wanted
+            .iter()
+            .map(|&(id, location)| {
+                if open
+                    .as_ref()
+                    .is_none_or(|(segment, ..)| *segment != location.segment)
+                {
+                    let path = segment_path(&self.dir, location.segment);
+                    let file = File::open(&path).map_err(io_error(&path))?;
+                    open = Some((location.segment, path, BufReader::new(file)));
+                }
+                let (_, path, reader) = open.as_mut().expect("opened above");
+                reader
+                    .seek(SeekFrom::Start(location.offset))
+                    .map_err(io_error(path))?;
+                match read_frame(reader, u64::from(location.len), &mut body) {
+                    Some(entry) if entry.id == id => Ok(entry.record),
+                    _ => Err(SpoolError::Damaged {
+                        id,
+                        path: path.clone(),
+                        offset: location.offset,
+                    }),
+                }
+            })
+            .collect()
+    }
+
     /// Entries appended and not yet delivered.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
@@ -530,7 +721,7 @@ impl Spool {
 impl Files {
     fn start_segment(&mut self) -> Result<(), SpoolError> {
         let first = self.next_id;
-        let path = self.settings.dir.join(format!("{first:020}.seg"));
+        let path = segment_path(&self.settings.dir, first);
         self.current = open_for_append(&path)?;
         sync_dir(&self.settings.dir)?;
         self.current_first = first;
@@ -548,6 +739,7 @@ impl Files {
             let mut delivered = Vec::new();
             let mut parks = Vec::new();
             let mut syncs = Vec::new();
+            let mut probes = Vec::new();
             let mut command = Some(first);
             while let Some(next) = command {
                 match next {
@@ -555,6 +747,7 @@ impl Files {
                     Command::Delivered(id) => delivered.push(id),
                     Command::Park(park) => parks.push(park),
                     Command::Sync(reply) => syncs.push(reply),
+                    Command::Probe(reply) => probes.push(reply),
                 }
                 command = if appends.len() < 1024 {
                     receiver.try_recv().ok()
@@ -577,6 +770,19 @@ impl Files {
             }
             for reply in syncs {
                 let _ = reply.send(self.acks.sync_data().map_err(io_error(&self.acks_path)));
+            }
+            if !probes.is_empty() {
+                let result = write_high_water(&self.settings.dir, self.reserved_until);
+                self.health.record(&result);
+                for reply in probes {
+                    let _ = reply.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(error) => Err(SpoolError::Io {
+                            path: self.settings.dir.join(HIGH_WATER_FILE),
+                            source: std::io::Error::other(error.to_string()),
+                        }),
+                    });
+                }
             }
         }
         let _ = self.acks.sync_all();
@@ -639,11 +845,16 @@ impl Files {
 
     /// Writes a batch and fsyncs once (group commit). On any error the batch
     /// is cut off the file again and every append in it fails.
-    fn append_batch(&mut self, batch: Vec<(Record, oneshot::Sender<Result<u64, SpoolError>>)>) {
+    fn append_batch(
+        &mut self,
+        batch: Vec<(Record, oneshot::Sender<Result<Appended, SpoolError>>)>,
+    ) {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
         let used = self.used.load(Ordering::Relaxed);
-        if let Err(error) = self.reserve_ids(batch.len() as u64) {
+        let reserved = self.reserve_ids(batch.len() as u64);
+        self.health.record(&reserved);
+        if let Err(error) = reserved {
             tracing::error!(%error, "spool: cannot reserve ids");
             for (_, reply) in batch {
                 let _ = reply.send(Err(SpoolError::Io {
@@ -663,8 +874,18 @@ impl Files {
                 }));
                 continue;
             }
+            let segment = &self.segments[&self.current_first];
+            let location = Location {
+                segment: self.current_first,
+                offset: segment.bytes + buffer.len() as u64,
+                len: framed.len() as u32,
+            };
             buffer.extend_from_slice(&framed);
-            accepted.push((self.next_id, reply));
+            let appended = Appended {
+                id: self.next_id,
+                location,
+            };
+            accepted.push((appended, reply));
             self.next_id += 1;
         }
         if accepted.is_empty() {
@@ -684,6 +905,11 @@ impl Files {
             let _ = self.current.set_len(before);
             let _ = self.current.seek(SeekFrom::End(0));
             tracing::error!(path = %path.display(), error = %source, "spool write failed");
+            self.health
+                .record::<()>(&Err(io_error(&path)(std::io::Error::new(
+                    source.kind(),
+                    source.to_string(),
+                ))));
             for (_, reply) in accepted {
                 let _ = reply.send(Err(SpoolError::Io {
                     path: path.clone(),
@@ -696,9 +922,10 @@ impl Files {
         self.used.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         self.pending
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        for (id, reply) in accepted {
-            segment.live.insert(id);
-            let _ = reply.send(Ok(id));
+        self.health.record::<()>(&Ok(()));
+        for (appended, reply) in accepted {
+            segment.live.insert(appended.id);
+            let _ = reply.send(Ok(appended));
         }
         if segment.bytes >= self.settings.segment_bytes {
             if let Err(error) = self.start_segment() {
@@ -769,6 +996,13 @@ mod tests {
         Ok(data)
     }
 
+    /// Opens a spool, collecting its pending entries.
+    fn open(settings: SpoolSettings) -> Result<(Spool, Vec<SpoolEntry>, Recovery), SpoolError> {
+        let mut pending = Vec::new();
+        let (spool, recovery) = Spool::open(settings, |entry, _| pending.push(entry))?;
+        Ok((spool, pending, recovery))
+    }
+
     fn settings(dir: &Path) -> SpoolSettings {
         SpoolSettings {
             dir: dir.to_owned(),
@@ -789,11 +1023,11 @@ mod tests {
     #[tokio::test]
     async fn survives_reopen_and_forgets_delivered_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, pending, _) = open(settings(dir.path())).unwrap();
         assert!(pending.is_empty());
         let mut ids = Vec::new();
         for n in 0..40 {
-            ids.push(spool.append(record(n)).await.unwrap());
+            ids.push(spool.append(record(n)).await.unwrap().id);
         }
         assert!(
             dir.path().read_dir().unwrap().count() > 3,
@@ -806,17 +1040,79 @@ mod tests {
         spool.append(record(99)).await.unwrap();
         drop(spool);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let (_, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
+        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
         assert_eq!(recovery.pending, 16);
         let replayed: Vec<Record> = pending.into_iter().map(|e| e.record).collect();
         let expected: Vec<Record> = (25..40).map(record).chain([record(99)]).collect();
         assert_eq!(replayed, expected, "pending entries come back in order");
     }
 
+    /// Issue 10, break 6: the replay reads records back by location instead
+    /// of holding them; locations survive a reopen and a reset of the
+    /// current segment (its offsets are reused by later ids).
+    #[tokio::test]
+    async fn entries_are_read_back_from_disk_by_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
+        let mut appended = Vec::new();
+        for n in 0..30 {
+            appended.push(spool.append(record(n)).await.unwrap());
+        }
+        let wanted: Vec<(u64, Location)> = appended.iter().map(|a| (a.id, a.location)).collect();
+        let read: Vec<Record> = spool
+            .read(&wanted)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(read, (0..30).map(record).collect::<Vec<_>>());
+        assert!(
+            wanted
+                .iter()
+                .map(|(_, l)| l.segment)
+                .collect::<HashSet<_>>()
+                .len()
+                > 1,
+            "read across segments"
+        );
+        drop(spool);
+
+        let mut found = Vec::new();
+        let (spool, _) = Spool::open(settings(dir.path()), |entry, location| {
+            found.push((entry, location))
+        })
+        .unwrap();
+        let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
+        let read: Vec<Record> = spool
+            .read(&wanted)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(read, (0..30).map(record).collect::<Vec<_>>());
+        assert!(
+            matches!(
+                spool.read(&[(9_999, wanted[0].1)])[0],
+                Err(SpoolError::Damaged { .. })
+            ),
+            "another id at that location is not taken for the entry"
+        );
+
+        // Everything delivered: the current segment is reset, and new ids
+        // are written at its old offsets.
+        for (id, _) in &wanted {
+            spool.mark_delivered(*id);
+        }
+        let later = spool.append(record(77)).await.unwrap();
+        spool.sync().await.unwrap();
+        let again = spool.append(record(78)).await.unwrap();
+        let read = spool.read(&[(later.id, later.location), (again.id, again.location)]);
+        let read: Vec<Record> = read.into_iter().map(Result::unwrap).collect();
+        assert_eq!(read, vec![record(77), record(78)]);
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_the_valid_prefix_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
         for n in 0..3 {
             spool.append(record(n)).await.unwrap();
         }
@@ -826,7 +1122,7 @@ mod tests {
         let full = data.len();
         data.truncate(full - 10); // a write torn mid-frame
         std::fs::write(&segment, &data).unwrap();
-        let (_, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
+        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
         assert_eq!(pending.len(), 2);
         assert!(recovery.torn_bytes > 0);
         // Flip a byte inside the second frame: its checksum fails, the first survives.
@@ -834,9 +1130,9 @@ mod tests {
         let last = data.len() - 5;
         data[last] ^= 0xFF;
         std::fs::write(&segment, &data).unwrap();
-        let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, pending, _) = open(settings(dir.path())).unwrap();
         assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
-        let id = spool.append(record(7)).await.unwrap();
+        let id = spool.append(record(7)).await.unwrap().id;
         assert!(
             id > 3,
             "appends continue with ids never issued before, got {id}"
@@ -846,11 +1142,11 @@ mod tests {
     #[tokio::test]
     async fn a_parked_entry_leaves_the_replay_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
         let ids: Vec<u64> = futures::future::join_all((0..3).map(|n| spool.append(record(n))))
             .await
             .into_iter()
-            .map(Result::unwrap)
+            .map(|appended| appended.unwrap().id)
             .collect();
         spool
             .park(Some(ids[1]), record(1), "too large")
@@ -863,7 +1159,7 @@ mod tests {
         assert!(!ids.contains(&fresh), "a parked new record gets its own id");
         assert_eq!((spool.pending(), spool.parked()), (2, 2));
         drop(spool);
-        let (spool, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, pending, recovery) = open(settings(dir.path())).unwrap();
         assert_eq!(
             pending.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![ids[0], ids[2]]
@@ -891,7 +1187,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_frame_mid_segment_does_not_discard_the_frames_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
         for n in 0..5 {
             spool.append(record(n)).await.unwrap();
         }
@@ -904,7 +1200,7 @@ mod tests {
         let (first, second) = (frame_len(0), frame_len(frame_len(0)));
         data[first + FRAME_HEADER + 20] ^= 0xFF; // inside the second frame's body
         std::fs::write(&segment, &data).unwrap();
-        let (_, pending, recovery) = Spool::open(settings(dir.path())).unwrap();
+        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
         assert_eq!(
             pending.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![1, 3, 4, 5]
@@ -921,13 +1217,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut issued = Vec::new();
         {
-            let (spool, _, _) = Spool::open(settings(dir.path())).unwrap();
+            let (spool, _, _) = open(settings(dir.path())).unwrap();
             for n in 0..3 {
-                issued.push(spool.append(record(n)).await.unwrap());
+                issued.push(spool.append(record(n)).await.unwrap().id);
             }
         }
         {
-            let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+            let (spool, pending, _) = open(settings(dir.path())).unwrap();
             assert_eq!(pending.len(), 3);
             for entry in &pending {
                 spool.mark_delivered(entry.id);
@@ -935,22 +1231,22 @@ mod tests {
             spool.sync().await.unwrap();
         }
         {
-            let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+            let (spool, pending, _) = open(settings(dir.path())).unwrap();
             assert!(pending.is_empty());
-            let id = spool.append(record(7)).await.unwrap();
+            let id = spool.append(record(7)).await.unwrap().id;
             assert!(
                 !issued.contains(&id),
                 "id {id} was issued before: {issued:?}"
             );
             issued.push(id);
         }
-        let (spool, pending, _) = Spool::open(settings(dir.path())).unwrap();
+        let (spool, pending, _) = open(settings(dir.path())).unwrap();
         assert_eq!(
             pending.iter().map(|e| e.record.clone()).collect::<Vec<_>>(),
             vec![record(7)],
             "the entry answered 202 is still pending"
         );
-        let id = spool.append(record(8)).await.unwrap();
+        let id = spool.append(record(8)).await.unwrap().id;
         assert!(
             !issued.contains(&id),
             "id {id} was issued before: {issued:?}"
@@ -960,12 +1256,12 @@ mod tests {
     #[tokio::test]
     async fn refuses_appends_over_the_cap_and_recovers_after_delivery() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _, _) = Spool::open(SpoolSettings {
+        let (spool, _, _) = open(SpoolSettings {
             max_bytes: 1100,
             ..settings(dir.path())
         })
         .unwrap();
-        let first = spool.append(record(0)).await.unwrap();
+        let first = spool.append(record(0)).await.unwrap().id;
         spool.append(record(1)).await.unwrap();
         spool.append(record(2)).await.unwrap();
         assert!(matches!(

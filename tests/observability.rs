@@ -5,7 +5,7 @@ mod support;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::{fixture, free_port, post, post_with, Bridge, BridgeOptions, Broker};
+use support::{fixture, free_port, post, post_with, Bridge, BridgeOptions};
 
 /// Parses Prometheus exposition text into `series -> value` (`name{labels}` as written).
 fn scrape(text: &str) -> HashMap<String, f64> {
@@ -122,63 +122,6 @@ async fn metrics_count_what_was_sent_by_event_and_outcome() {
     // Metrics stay off the public port.
     let public = client.get(bridge.url("/metrics")).send().await.unwrap();
     assert_eq!(public.status().as_u16(), 404);
-}
-
-async fn readyz(client: &reqwest::Client, bridge: &Bridge) -> (u16, serde_json::Value) {
-    let response = client
-        .get(bridge.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn wait_for_readyz(
-    client: &reqwest::Client,
-    bridge: &Bridge,
-    status: u16,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (now, body) = readyz(client, bridge).await;
-        if now == status {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "/readyz stayed {now}: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn readyz_follows_the_broker_and_healthz_stays_alive() {
-    let broker = Broker::start(free_port());
-    let bridge = Bridge::start(BridgeOptions {
-        brokers: Some(broker.address()),
-        ..BridgeOptions::default()
-    });
-    let client = support::client();
-    wait_for_readyz(&client, &bridge, 200).await;
-    broker.freeze();
-    let body = wait_for_readyz(&client, &bridge, 503).await;
-    assert_eq!(body["status"], "not_ready");
-    assert!(
-        body["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("Kafka broker metadata unreachable"),
-        "{body}"
-    );
-    let health = client
-        .get(bridge.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status().as_u16(), 200, "alive even when not ready");
-    broker.resume();
-    assert_eq!(
-        wait_for_readyz(&client, &bridge, 200).await["status"],
-        "ready"
-    );
 }
 
 fn traced_bridge(endpoint: String, protocol: &str) -> Bridge {

@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--idle", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--raw", action="store_true")
+    parser.add_argument("--no-value", action="store_true")
     args = parser.parse_args()
 
     consumer = Consumer({
@@ -43,7 +44,7 @@ def main():
     metadata = consumer.list_topics(args.topic, timeout=10)
     partitions = metadata.topics[args.topic].partitions
     consumer.assign([TopicPartition(args.topic, p, OFFSET_BEGINNING) for p in partitions])
-    deserializer = None if args.raw else AvroDeserializer(SchemaRegistryClient({"url": args.registry}))
+    deserializer = None if args.raw or args.no_value else AvroDeserializer(SchemaRegistryClient({"url": args.registry}))
 
     seen, deadline, last = 0, time.monotonic() + args.timeout, time.monotonic()
     while time.monotonic() < deadline:
@@ -62,7 +63,9 @@ def main():
             "key": message.key().decode() if message.key() is not None else None,
             "headers": {k: (v.decode() if v is not None else None) for k, v in (message.headers() or [])},
         }
-        if args.raw:
+        if args.no_value:
+            record["value_bytes"] = len(raw)
+        elif args.raw:
             record["value"] = raw.decode("utf-8", errors="replace")
         else:
             record["magic"] = raw[0]

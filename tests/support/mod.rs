@@ -5,6 +5,8 @@
 //! Every bridge gets its own topic prefix, so tests never read each other's records.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod faults;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ pub struct BridgeOptions {
     pub spool_dir: Option<PathBuf>,
     /// Broker address; the shared test broker unless set.
     pub brokers: Option<String>,
+    /// Schema registry URL; the shared test registry unless set.
+    pub registry_url: Option<String>,
 }
 
 impl Default for BridgeOptions {
@@ -62,6 +66,7 @@ impl Default for BridgeOptions {
             env: vec![("SUPERFONE_AUTH_SECRETS".into(), SECRET.into())],
             spool_dir: None,
             brokers: None,
+            registry_url: None,
         }
     }
 }
@@ -103,7 +108,7 @@ fn spawn(options: &BridgeOptions, dir: &Path) -> (Child, Logs, ReadyAddrs) {
         file,
         "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n[topics]\nprefix = \"{}\"\n[spool]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
         options.brokers.as_deref().unwrap_or(&stack.brokers),
-        stack.registry_url,
+        options.registry_url.as_deref().unwrap_or(&stack.registry_url),
         options.prefix,
         options.spool_dir.clone().unwrap_or_else(|| dir.join("spool")).display()
     )
@@ -272,24 +277,89 @@ pub async fn post_with(
     )
 }
 
+/// The bridge's (any process's) peak resident memory so far, from VmHWM.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap()
+        / 1024
+}
+
 /// Reads a topic of the shared test broker from the beginning through
 /// Confluent's Python client. `raw` skips Avro decoding (dead letters).
 pub fn consume(topic: &str, expect: usize, raw: bool) -> Vec<Value> {
-    read_topic(&stack().brokers, topic, expect, raw, "1.0", "60")
+    let stack = stack();
+    let values = if raw { Values::Raw } else { Values::Decoded };
+    read_topic(
+        &stack.brokers,
+        &stack.registry_url,
+        topic,
+        expect,
+        values,
+        "1.0",
+        "60",
+    )
 }
 
 /// Reads a topic from `brokers` (a test's own broker), patient enough for replays.
 pub fn consume_from(brokers: &str, topic: &str, expect: usize) -> Vec<Value> {
-    read_topic(brokers, topic, expect, false, "2.0", "180")
+    read_topic(
+        brokers,
+        &stack().registry_url,
+        topic,
+        expect,
+        Values::Decoded,
+        "2.0",
+        "180",
+    )
+}
+
+/// Like `consume_from`, decoding with the schemas of `registry` (a test's own).
+pub fn consume_with(brokers: &str, registry: &str, topic: &str, expect: usize) -> Vec<Value> {
+    read_topic(
+        brokers,
+        registry,
+        topic,
+        expect,
+        Values::Decoded,
+        "2.0",
+        "180",
+    )
+}
+
+/// Counts a topic's records (keys and headers only, values not decoded).
+pub fn count_records(brokers: &str, topic: &str, expect: usize) -> usize {
+    read_topic(brokers, "", topic, expect, Values::Skipped, "2.0", "300").len()
+}
+
+/// How read_topic prints record values.
+enum Values {
+    /// Decoded by Confluent's AvroDeserializer.
+    Decoded,
+    /// As text (dead letters).
+    Raw,
+    /// Not at all (counting large records).
+    Skipped,
 }
 
 /// Runs tests/py/consume.py: stops after `expect` records and `idle` seconds
 /// without more, or at `timeout`; returns the records as JSON.
 fn read_topic(
     brokers: &str,
+    registry: &str,
     topic: &str,
     expect: usize,
-    raw: bool,
+    values: Values,
     idle: &str,
     timeout: &str,
 ) -> Vec<Value> {
@@ -302,7 +372,7 @@ fn read_topic(
             "--brokers",
             brokers,
             "--registry",
-            &stack.registry_url,
+            registry,
             "--topic",
             topic,
         ])
@@ -314,8 +384,14 @@ fn read_topic(
             "--timeout",
             timeout,
         ]);
-    if raw {
-        command.arg("--raw");
+    match values {
+        Values::Decoded => {}
+        Values::Raw => {
+            command.arg("--raw");
+        }
+        Values::Skipped => {
+            command.arg("--no-value");
+        }
     }
     stdout_of(&mut command)
         .lines()
@@ -415,6 +491,79 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The project's test schema registry owned by one test (in memory: it
+/// starts empty), built next to the bridge by scripts/test.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+}
+
+impl Registry {
+    pub fn start(port: u16) -> Registry {
+        let binary = Path::new(env!("CARGO_BIN_EXE_superfone-bridge"))
+            .with_file_name("superfone-test-schema-registry");
+        let child = Command::new(&binary)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {}: {error}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "registry did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs an admin endpoint (`/readyz`, `/status`): status and JSON body.
+pub async fn admin_get(client: &reqwest::Client, bridge: &Bridge, path: &str) -> (u16, Value) {
+    let response = client.get(bridge.admin_url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Polls an admin endpoint until `done` holds for its answer (60 s at most).
+pub async fn wait_for_admin(
+    client: &reqwest::Client,
+    bridge: &Bridge,
+    path: &str,
+    what: &str,
+    done: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = admin_get(client, bridge, path).await;
+        if done(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never showed {what}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

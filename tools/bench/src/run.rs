@@ -132,13 +132,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .map(|kind| config.topics.topic_for(*kind))
         .collect();
     publisher
-        .create_topics(
-            &topics,
-            config.kafka.topic_partitions,
-            config.kafka.topic_replication_factor,
-            config.max_record_bytes(),
-            Duration::from_secs(10),
-        )
+        .create_topics(&config.topic_spec(), Duration::from_secs(10))
         .await?;
     let routes = superfone_bridge::event_routes(&config).await?;
     let records = broker_records(&routes, &payloads)?;

@@ -1,0 +1,171 @@
+//! What this pod reports about itself, and the watcher that keeps it current.
+//!
+//! - **Readiness** (`/readyz`) means "this pod can make an event durable
+//!   now": its spool is writable (a write is probed every couple of
+//!   seconds) and has room for a largest record. Kafka's state is left out
+//!   on purpose: while Kafka is down the spool takes the events, and taking
+//!   every pod out of the Service would turn a Kafka outage into events the
+//!   vendor drops.
+//! - **Status** (`/status`) is what an operator asks during an incident:
+//!   Kafka's reachability and the topics, each schema's registry id, the
+//!   spool's backlog and what its replay waits for.
+//! - The watcher also finishes what start-up could not: topics are created
+//!   once Kafka is reachable.
+
+use crate::delivery::Delivery;
+use crate::kafka::{Publisher, TopicSpec};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often, and how patiently, the watcher checks the spool and Kafka.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last broker check.
+struct KafkaState {
+    reachable: Option<bool>,
+    error: Option<String>,
+    since: Instant,
+}
+
+pub struct Health {
+    delivery: Arc<Delivery>,
+    publisher: Arc<Publisher>,
+    /// Spool bytes a largest record takes: the room readiness asks for.
+    largest_record: u64,
+    /// The topics to create once Kafka is reachable; `None` when they are
+    /// not the bridge's to create.
+    topics: Option<TopicSpec>,
+    kafka: Mutex<KafkaState>,
+}
+
+impl Health {
+    pub fn new(
+        delivery: Arc<Delivery>,
+        publisher: Arc<Publisher>,
+        largest_record: u64,
+        topics: Option<TopicSpec>,
+    ) -> Self {
+        Health {
+            delivery,
+            publisher,
+            largest_record,
+            topics,
+            kafka: Mutex::new(KafkaState {
+                reachable: None,
+                error: None,
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    /// `Ok` when this pod can make an event durable now, else the reasons.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let spool = self.delivery.spool();
+        let mut reasons = Vec::new();
+        if let Some(error) = spool.write_error() {
+            reasons.push(format!("spool is not writable: {error}"));
+        }
+        if !spool.has_room_for(self.largest_record) {
+            reasons.push(format!(
+                "spool is full: {} of {} bytes used, and a largest record needs {}",
+                spool.used_bytes(),
+                spool.cap_bytes(),
+                self.largest_record
+            ));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    /// The `/status` report.
+    pub fn status(&self) -> Value {
+        let spool = self.delivery.spool();
+        let (records, oldest) = self.delivery.backlog_summary();
+        let kafka = self.kafka.lock().expect("kafka state lock");
+        let readiness = self.readiness();
+        json!({
+            "ready": readiness.is_ok(),
+            "reasons": readiness.err().unwrap_or_default(),
+            "spool": {
+                "records": records,
+                "bytes": spool.used_bytes(),
+                "cap_bytes": spool.cap_bytes(),
+                "parked": spool.parked(),
+                "oldest_age_secs": oldest.unwrap_or_default().as_secs(),
+                "write_error": spool.write_error(),
+            },
+            "replay": { "waiting_for": self.delivery.waiting_for() },
+            "kafka": {
+                "reachable": kafka.reachable,
+                "error": kafka.error,
+                "for_secs": kafka.since.elapsed().as_secs(),
+                "topics_ready": self.delivery.topics_ready(),
+            },
+            "registry": self.delivery.schemas().status(),
+        })
+    }
+
+    /// Every `CHECK_INTERVAL` until `stop`: probes the spool, checks the
+    /// brokers, creates the topics once they are reachable, and updates the
+    /// gauges.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(error) = self.delivery.spool().probe().await {
+                tracing::error!(%error, "spool probe failed: not ready");
+            }
+            self.check_kafka().await;
+            let ready = self.readiness().is_ok();
+            metrics::gauge!(crate::metrics::READY).set(f64::from(u8::from(ready)));
+            metrics::gauge!(crate::metrics::REGISTRY_PENDING)
+                .set(self.delivery.schemas().pending() as f64);
+            tokio::select! {
+                () = tokio::time::sleep(CHECK_INTERVAL) => {},
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn check_kafka(&self) {
+        let result = self.publisher.check_broker(BROKER_CHECK_TIMEOUT).await;
+        let reachable = result.is_ok();
+        {
+            let mut kafka = self.kafka.lock().expect("kafka state lock");
+            if kafka.reachable != Some(reachable) {
+                match &result {
+                    Ok(()) => tracing::info!("Kafka reachable"),
+                    Err(error) => {
+                        tracing::warn!(%error, "Kafka unreachable; events go to the spool")
+                    }
+                }
+                kafka.since = Instant::now();
+            }
+            kafka.reachable = Some(reachable);
+            kafka.error = result.err().map(|error| error.to_string());
+        }
+        metrics::gauge!(crate::metrics::KAFKA_REACHABLE).set(f64::from(u8::from(reachable)));
+        if reachable && !self.delivery.topics_ready() {
+            self.create_topics().await;
+        }
+    }
+
+    async fn create_topics(&self) {
+        if let Some(spec) = &self.topics {
+            if let Err(error) = self
+                .publisher
+                .create_topics(spec, BROKER_CHECK_TIMEOUT)
+                .await
+            {
+                tracing::warn!(%error, "cannot create the topics yet");
+                return;
+            }
+        }
+        tracing::info!("topics ready: sending what was spooled");
+        self.delivery.set_topics_ready();
+    }
+}

@@ -1,0 +1,363 @@
+//! Outages of the bridge's dependencies (issue 10, breaks 5 and 6): a pod
+//! must make events durable whenever its spool can, whatever Kafka and the
+//! schema registry are doing; readiness says exactly that; and a long
+//! outage must not run it out of memory, before or after a restart.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::faults::{
+    check_records, count_answers, own_broker_options, post_sequenced, read_back_and_check,
+};
+use support::{
+    admin_get, consume_with, count_records, fixture, free_port, peak_rss_mib, post, stream_events,
+    wait_for_admin, Bridge, BridgeOptions, Broker, Registry,
+};
+
+/// The limit the issue sets for a bridge holding a long outage's spool (the
+/// chart's memory limit is 256 Mi).
+const RSS_LIMIT_MIB: u64 = 128;
+
+fn unreachable_dependencies(broker_port: u16, registry_port: u16) -> BridgeOptions {
+    BridgeOptions {
+        brokers: Some(format!("127.0.0.1:{broker_port}")),
+        registry_url: Some(format!("http://127.0.0.1:{registry_port}")),
+        ..BridgeOptions::default()
+    }
+    .with("KAFKA__STARTUP_TIMEOUT_MS", 1000)
+    .with("REGISTRY__TIMEOUT_MS", 1000)
+    .with("DELIVERY__ACK_DEADLINE_MS", 500)
+    .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn started_with_broker_and_registry_down_it_accepts_turns_ready_and_delivers_in_order() {
+    let (broker_port, registry_port) = (free_port(), free_port());
+    let bridge = Bridge::start(unreachable_dependencies(broker_port, registry_port));
+    let client = support::client();
+    wait_for_admin(&client, &bridge, "/readyz", "ready", |status, _| {
+        status == 200
+    })
+    .await;
+
+    let answers = stream_events(bridge.ingest_url(), 0..50, 20, 8, Arc::new(|_| {})).await;
+    let mut figures = count_answers("started_with_broker_and_registry_down", &answers);
+    assert_eq!(figures.spooled_202, 1_000, "{figures:?}");
+    let (_, status) = admin_get(&client, &bridge, "/status").await;
+    assert_eq!(status["kafka"]["reachable"], false, "{status}");
+    assert_eq!(status["spool"]["records"], 1_000, "{status}");
+    assert!(
+        status["registry"]["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|subject| subject["schema_id"].is_null()),
+        "no schema id known yet: {status}"
+    );
+
+    // The broker first: the records still wait, since none can be stamped
+    // with a registry id yet.
+    let broker = Broker::start(broker_port);
+    let status = wait_for_admin(&client, &bridge, "/status", "Kafka reachable", |_, body| {
+        body["kafka"]["reachable"] == true
+    })
+    .await;
+    assert_eq!(status["spool"]["records"], 1_000, "{status}");
+
+    // The registry last (empty, as after a rebuild): schemas are registered,
+    // the records stamped with the ids and replayed.
+    let registry = Registry::start(registry_port);
+    let records = consume_with(
+        &broker.address(),
+        &registry.url(),
+        &bridge.topic("TASK_CHANGE"),
+        1_000,
+    );
+    check_records(&mut figures, &answers, &records);
+    figures.peak_rss_mib = peak_rss_mib(bridge.pid());
+    figures.report();
+    assert_eq!(figures.lost, 0, "{figures:?}");
+    let ids: HashSet<&Value> = records.iter().map(|r| &r["schema_id"]).collect();
+    assert_eq!(ids.len(), 1, "one schema id for the event: {ids:?}");
+    wait_for_admin(&client, &bridge, "/status", "an empty spool", |_, body| {
+        body["spool"]["records"] == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_during_a_registry_outage_publishes_with_the_last_known_ids() {
+    let broker = Broker::start(free_port());
+    let registry_port = free_port();
+    let registry = Registry::start(registry_port);
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix();
+    let options = || {
+        BridgeOptions {
+            spool_dir: Some(spool.path().to_owned()),
+            registry_url: Some(format!("http://127.0.0.1:{registry_port}")),
+            prefix: prefix.clone(),
+            ..own_broker_options(&broker)
+        }
+        .with("REGISTRY__TIMEOUT_MS", 1000)
+    };
+    let client = support::client();
+    let mut bridge = Bridge::start(options());
+    let (status, first) = post(&client, &bridge, support::sequenced_event(1, 1).to_string()).await;
+    assert_eq!(status, 200, "{first}");
+    bridge.terminate();
+    bridge.wait_exit(Duration::from_secs(30)).expect("stops");
+
+    drop(registry);
+    let mut bridge = Bridge::start(options());
+    let (status, second) = post(&client, &bridge, support::sequenced_event(1, 2).to_string()).await;
+    assert_eq!(
+        (status, second["status"].as_str()),
+        (200, Some("published")),
+        "published with the id kept in the spool directory: {second}"
+    );
+    assert_eq!(second["schema_id"], first["schema_id"]);
+    bridge.terminate();
+    bridge.wait_exit(Duration::from_secs(30)).expect("stops");
+
+    // A rebuilt registry numbers schemas anew: a kept id is checked as soon
+    // as the registry answers, and records carry the new registry's id.
+    let rebuilt = Registry::start(registry_port);
+    let dummy = json!({"schema": r#"{"type":"record","name":"Other","fields":[]}"#});
+    for subject in ["other-1-value", "other-2-value"] {
+        let url = format!("{}/subjects/{subject}/versions", rebuilt.url());
+        assert!(client
+            .post(url)
+            .json(&dummy)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    let bridge = Bridge::start(options());
+    let (status, third) = post(&client, &bridge, support::sequenced_event(1, 3).to_string()).await;
+    assert_eq!(status, 200, "{third}");
+    assert_ne!(
+        third["schema_id"], first["schema_id"],
+        "the rebuilt registry's id"
+    );
+    let topic = bridge.topic("TASK_CHANGE");
+    let records = consume_with(&broker.address(), &rebuilt.url(), &topic, 3);
+    let last = records
+        .iter()
+        .find(|r| r["offset"] == third["offset"] && r["partition"] == third["partition"]);
+    assert_eq!(
+        last.expect("the third record")["schema_id"],
+        third["schema_id"]
+    );
+}
+
+/// A valid CDR_SUMMARY_READY of about `bytes` of JSON for `contact`.
+fn summary(contact: i64, bytes: usize) -> String {
+    let mut event = fixture("CDR_SUMMARY_READY");
+    let turn = json!({"speaker": "agent", "text": "word ".repeat(40), "start": 1.0, "end": 2.0});
+    let per_turn = turn.to_string().len() + 1;
+    event["transcription"] = Value::Array(vec![turn; bytes / per_turn + 1]);
+    event["contact_id"] = json!(contact);
+    event["cdr_uuid"] = json!(uuid::Uuid::now_v7().to_string());
+    event.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_a_gigabyte_spooled_in_an_outage_stays_in_bounded_memory_across_a_restart() {
+    const EVENTS: i64 = 1_000;
+    let port = free_port();
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix();
+    let options = || {
+        BridgeOptions {
+            prefix: prefix.clone(),
+            spool_dir: Some(spool.path().to_owned()),
+            brokers: Some(format!("127.0.0.1:{port}")),
+            ..BridgeOptions::default()
+        }
+        .with("KAFKA__STARTUP_TIMEOUT_MS", 1000)
+        .with("DELIVERY__ACK_DEADLINE_MS", 500)
+        .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000)
+    };
+    let broker = Broker::start(port);
+    let mut bridge = Bridge::start(options());
+    drop(broker);
+
+    let client = support::client();
+    let started = Instant::now();
+    let posts = (0..4).map(|worker| {
+        let (client, url) = (client.clone(), bridge.ingest_url());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for n in (worker..EVENTS).step_by(4) {
+                let auth = format!("Bearer {}", support::SECRET);
+                let body = summary(n % 97, 600_000);
+                statuses.push(
+                    support::post_with(&client, &url, body, Some(&auth), &[])
+                        .await
+                        .0,
+                );
+            }
+            statuses
+        })
+    });
+    let mut statuses = Vec::new();
+    for task in futures::future::join_all(posts).await {
+        statuses.extend(task.unwrap());
+    }
+    let (_, status) = admin_get(&client, &bridge, "/status").await;
+    let spooled_mib = status["spool"]["bytes"].as_u64().unwrap_or(0) / (1024 * 1024);
+    let during_outage = peak_rss_mib(bridge.pid());
+    println!(
+        "OUTAGE-FIGURES {}",
+        json!({"phase": "outage", "events": EVENTS, "spooled_mib": spooled_mib,
+               "seconds": started.elapsed().as_secs(), "peak_rss_mib": during_outage})
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 202),
+        "all spooled: {statuses:?}"
+    );
+    assert!(spooled_mib >= 476, "half a gigabyte spooled: {status}");
+    assert!(
+        during_outage < RSS_LIMIT_MIB,
+        "{during_outage} MiB during the outage"
+    );
+
+    bridge.terminate();
+    bridge.wait_exit(Duration::from_secs(30)).expect("stops");
+    let bridge = Bridge::start(options());
+    wait_for_admin(&client, &bridge, "/readyz", "ready", |status, _| {
+        status == 200
+    })
+    .await;
+    let after_restart = peak_rss_mib(bridge.pid());
+    assert!(
+        after_restart < RSS_LIMIT_MIB,
+        "{after_restart} MiB after the restart"
+    );
+
+    let broker = Broker::start(port);
+    let replay_started = Instant::now();
+    wait_for_admin(&client, &bridge, "/status", "an empty spool", |_, body| {
+        body["spool"]["records"] == 0
+    })
+    .await;
+    let replay_secs = replay_started.elapsed().as_secs_f64();
+    let during_replay = peak_rss_mib(bridge.pid());
+    let records = count_records(
+        &broker.address(),
+        &bridge.topic("CDR_SUMMARY_READY"),
+        EVENTS as usize,
+    );
+    println!(
+        "OUTAGE-FIGURES {}",
+        json!({"phase": "restart_and_replay", "peak_rss_after_restart_mib": after_restart,
+               "peak_rss_during_replay_mib": during_replay, "replay_seconds": replay_secs,
+               "records": records})
+    );
+    assert!(records >= EVENTS as usize, "all on the topic: {records}");
+    assert!(
+        during_replay < RSS_LIMIT_MIB,
+        "{during_replay} MiB during the replay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_follows_the_spool_not_the_broker() {
+    let broker = Broker::start(free_port());
+    let bridge = Bridge::start(
+        own_broker_options(&broker)
+            .with("SERVER__MAX_BODY_BYTES", 20_000)
+            .with("SPOOL__MAX_BYTES", 300_000)
+            .with("SPOOL__SEGMENT_BYTES", 50_000)
+            .with("DELIVERY__ACK_DEADLINE_MS", 300)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000),
+    );
+    let client = support::client();
+    let ready = |status: u16, _: &Value| status == 200;
+    wait_for_admin(&client, &bridge, "/readyz", "ready", ready).await;
+
+    broker.freeze();
+    wait_for_admin(
+        &client,
+        &bridge,
+        "/status",
+        "Kafka unreachable",
+        |_, body| body["kafka"]["reachable"] == false,
+    )
+    .await;
+    let (status, body) = admin_get(&client, &bridge, "/readyz").await;
+    assert_eq!(status, 200, "the spool can take events: {body}");
+
+    // Fill the spool until it has no room for a largest record: not ready.
+    let mut answers = Vec::new();
+    let mut not_ready = None;
+    for sequence in 0..2_000 {
+        answers.push(post_sequenced(&client, &bridge, 3, sequence).await);
+        let (status, body) = admin_get(&client, &bridge, "/readyz").await;
+        if status == 503 {
+            not_ready = Some(body);
+            break;
+        }
+    }
+    let body = not_ready.expect("readiness turned false as the spool filled");
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains("spool"),
+        "{body}"
+    );
+    assert!(answers.iter().all(|a| a.status == Some(202)), "spooled");
+    let (health, _) = admin_get(&client, &bridge, "/healthz").await;
+    assert_eq!(health, 200, "alive even when not ready");
+
+    broker.resume();
+    wait_for_admin(&client, &bridge, "/readyz", "ready again", ready).await;
+    let mut figures = count_answers("readiness_spool_filled", &answers);
+    read_back_and_check(
+        &broker.address(),
+        &bridge.topic("TASK_CHANGE"),
+        &mut figures,
+        &answers,
+    );
+    figures.report();
+    assert_eq!(figures.lost, 0, "{figures:?}");
+}
+
+/// An outage during which the spool cannot take events either (here: a cap
+/// smaller than any record) must not leave the bridge believing Kafka is
+/// down once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_back_after_a_spool_failure_is_used_again() {
+    let broker = Broker::start(free_port());
+    let bridge = Bridge::start(
+        own_broker_options(&broker)
+            .with("SPOOL__MAX_BYTES", 1)
+            .with("SPOOL__SEGMENT_BYTES", 1)
+            .with("DELIVERY__ACK_DEADLINE_MS", 300)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 1000),
+    );
+    let client = support::client();
+    broker.freeze();
+    let refused = post_sequenced(&client, &bridge, 5, 0).await;
+    assert_eq!(refused.status, Some(503), "{:?}", refused.body);
+    broker.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sequence = 1;
+    loop {
+        let answer = post_sequenced(&client, &bridge, 5, sequence).await;
+        if answer.status == Some(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka is back but events are still refused: {:?}",
+            answer.body
+        );
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
