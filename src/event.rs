@@ -96,12 +96,20 @@ pub fn dispatch(body: &Value) -> Result<EventKind, DispatchError> {
 /// partition in order: `contact_id` as a decimal string. CDR_SUMMARY_READY has
 /// no contact (payload reference), so it falls back to `cdr_phone`, then
 /// `cdr_uuid`, then `cdr_id`; a call event without a contact falls back the same
-/// way, and a task event without a contact to its `task_id` (the reference
-/// includes contact fields on "most" task events, not all). `None` (no key)
-/// only when none of them is present. Whole numbers written as floats key
-/// like integers (`12345.0` is `12345`), so a lead never changes partition.
+/// way. A task event without a contact (the reference includes contact
+/// fields on "most" task events, not all) is keyed by its `task_id` first,
+/// so a task's events stay in order. `None` (no key) only when none of them
+/// is present. Whole numbers written as floats key like integers (`12345.0`
+/// is `12345`), so a lead never changes partition.
 pub fn record_key(payload: &Map<String, Value>) -> Option<String> {
-    ["contact_id", "cdr_phone", "cdr_uuid", "cdr_id", "task_id"]
+    const CALL_ORDER: [&str; 5] = ["contact_id", "cdr_phone", "cdr_uuid", "cdr_id", "task_id"];
+    const TASK_ORDER: [&str; 5] = ["contact_id", "task_id", "cdr_phone", "cdr_uuid", "cdr_id"];
+    let is_task = payload
+        .get("event")
+        .and_then(Value::as_str)
+        .is_some_and(|event| event.starts_with("TASK_"));
+    let order = if is_task { TASK_ORDER } else { CALL_ORDER };
+    order
         .into_iter()
         .find_map(|field| id_text(payload.get(field)?))
 }
@@ -335,6 +343,11 @@ mod tests {
         );
         assert_eq!(key(json!({"cdr_id": 9876543})).as_deref(), Some("9876543"));
         assert_eq!(key(json!({"task_id": 4567})).as_deref(), Some("4567"));
+        assert_eq!(
+            key(json!({"event": "TASK_DUE_TIME", "cdr_phone": "+91", "task_id": 4567})).as_deref(),
+            Some("4567"),
+            "a task without a contact is keyed by its task"
+        );
         assert_eq!(key(json!({"event": "X"})), None);
         assert_eq!(
             key(json!({"contact_id": 12345.0})).as_deref(),

@@ -244,4 +244,35 @@ mod tests {
             }
         }
     }
+
+    /// Task events may come without a contact: their `contact_id` became
+    /// nullable. A registry with the earlier version under the subject
+    /// (BACKWARD, Confluent's default) accepts the change: the new schema
+    /// reads what the old one wrote.
+    #[test]
+    fn task_schemas_accepting_no_contact_read_what_the_earlier_version_wrote() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let schemas = load_all(&SchemaSource::Embedded).expect("embedded schemas load");
+        let tasks = [
+            EventKind::TaskCreate,
+            EventKind::TaskChange,
+            EventKind::TaskNotifyTime,
+            EventKind::TaskDueTime,
+        ];
+        for schema in schemas.iter().filter(|s| tasks.contains(&s.kind)) {
+            let mut earlier: Value = serde_json::from_str(&schema.text).unwrap();
+            let contact_id = earlier["fields"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|field| field["name"] == "contact_id")
+                .expect("contact_id field");
+            assert_eq!(contact_id["default"], Value::Null, "{}", schema.kind);
+            contact_id["type"] = Value::from("long");
+            contact_id.as_object_mut().unwrap().remove("default");
+            let earlier = Schema::parse(&earlier).unwrap();
+            SchemaCompatibility::can_read(&earlier, &schema.schema)
+                .unwrap_or_else(|error| panic!("{}: {error}", schema.kind));
+        }
+    }
 }

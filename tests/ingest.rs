@@ -285,3 +285,45 @@ async fn events_of_one_lead_stay_in_order_on_one_partition() {
         );
     }
 }
+
+/// The payload reference includes contact fields only "when the event is
+/// associated with a CRM contact": a task event may come without any. It is
+/// a valid event, published with null contact fields and keyed by its task.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_events_without_a_contact_are_published_keyed_by_task() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    for (n, event) in [
+        "TASK_CREATE",
+        "TASK_CHANGE",
+        "TASK_NOTIFY_TIME",
+        "TASK_DUE_TIME",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut payload = fixture(event);
+        let object = payload.as_object_mut().unwrap();
+        object.retain(|field, _| !field.starts_with("contact_"));
+        let task_id = 880_000 + n as i64;
+        object.insert("task_id".into(), json!(task_id));
+        object.insert("cdr_phone".into(), json!("+918000000001"));
+        let (status, reply) = post(&client, &bridge, payload.to_string()).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("published")),
+            "{event}: {reply}"
+        );
+        let records = consume(&bridge.topic(event), 1, false);
+        let record = &records[0];
+        assert_eq!(
+            record["key"],
+            json!(task_id.to_string()),
+            "{event} keyed by task_id"
+        );
+        let value = record["value"].as_object().unwrap();
+        assert!(value["contact_id"].is_null(), "{event}: {value:?}");
+        assert!(value["contact_first_name"].is_null(), "{event}: {value:?}");
+        assert_eq!(value["task_id"], json!(task_id));
+    }
+}
