@@ -284,11 +284,25 @@ fn integer(json: &Json) -> Option<i64> {
     })
 }
 
+/// Largest UTC offset accepted: ±23:59, as RFC 3339 and the ISO 8601
+/// parsers consumers use allow.
+const MAX_OFFSET_SECONDS: i32 = 23 * 3600 + 59 * 60;
+
+/// UTC milliseconds of an ISO 8601 timestamp with an offset. Only instants
+/// in the years 0001-9999 (UTC) are accepted: consumers' date types
+/// (Python's `datetime`, Java's `Instant` formatting) cannot decode others.
 fn timestamp_millis(text: &str) -> Option<i64> {
     let instant = OffsetDateTime::parse(text, &Rfc3339)
         .or_else(|_| OffsetDateTime::parse(text, &Iso8601::DEFAULT))
         .ok()?;
-    i64::try_from(instant.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+    if instant.offset().whole_seconds().abs() > MAX_OFFSET_SECONDS {
+        return None;
+    }
+    let utc = instant.checked_to_offset(time::UtcOffset::UTC)?;
+    if !(1..=9999).contains(&utc.year()) {
+        return None;
+    }
+    i64::try_from(utc.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 fn collect_named(schema: &Schema, named: &mut HashMap<String, Schema>) {
@@ -326,6 +340,26 @@ fn frame(
 
 #[cfg(test)]
 mod tests {
+    /// Years 0001-9999 only (UTC), offsets up to ±23:59: Confluent's Python
+    /// deserializer could not decode `0000-01-01T00:00:00Z` (date value out
+    /// of range) once it was accepted.
+    #[test]
+    fn timestamps_outside_what_consumers_decode_are_refused() {
+        assert!(timestamp_millis("0001-01-01T00:00:00Z").is_some());
+        assert!(timestamp_millis("9999-12-31T23:59:59.999Z").is_some());
+        assert!(timestamp_millis("2026-05-15T10:30:00+23:59").is_some());
+        assert!(timestamp_millis("2026-05-15T10:30:00-23:59").is_some());
+        for refused in [
+            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:00:00-05:00",
+            "2026-05-15T10:30:00+24:00",
+            "2026-05-15T10:30:00-25:30",
+        ] {
+            assert_eq!(timestamp_millis(refused), None, "{refused}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -13,6 +13,8 @@ pub const ERROR_HEADER: &str = "superfone-dead-letter-error";
 pub enum DeadLetterReason {
     /// The body is not JSON at all.
     InvalidJson,
+    /// JSON nested deeper than the parser's limit (serde_json's 128 levels).
+    TooDeep,
     /// JSON, but not an object.
     NotAnObject,
     /// An object without a string `event`.
@@ -27,6 +29,7 @@ impl DeadLetterReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::InvalidJson => "invalid_json",
+            DeadLetterReason::TooDeep => "too_deep",
             DeadLetterReason::NotAnObject => "not_an_object",
             DeadLetterReason::MissingEvent => "missing_event",
             DeadLetterReason::UnknownEvent => "unknown_event",
@@ -46,10 +49,25 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn invalid_json(error: &serde_json::Error) -> Self {
+    /// A body serde_json could not parse: not JSON, or JSON nested deeper
+    /// than its recursion limit (128 levels), which no Superfone payload is.
+    pub fn unparsable(error: &serde_json::Error) -> Self {
+        // serde_json reports its recursion limit as a syntax error; its
+        // message is the only thing that tells it apart.
+        let (reason, error) = if error.to_string().starts_with("recursion limit exceeded") {
+            (
+                DeadLetterReason::TooDeep,
+                format!("JSON nested 128 levels or deeper is not accepted: {error}"),
+            )
+        } else {
+            (
+                DeadLetterReason::InvalidJson,
+                format!("body is not valid JSON: {error}"),
+            )
+        };
         Rejection {
-            reason: DeadLetterReason::InvalidJson,
-            error: format!("body is not valid JSON: {error}"),
+            reason,
+            error,
             field: None,
             event: None,
         }

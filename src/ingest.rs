@@ -93,7 +93,8 @@ pub struct Ingest {
 struct Envelope {
     group_id: Option<String>,
     received_at: String,
-    content_type: String,
+    /// The request's Content-Type, if it had one.
+    content_type: Option<String>,
 }
 
 impl Ingest {
@@ -214,7 +215,7 @@ impl Ingest {
             received_at: OffsetDateTime::now_utc()
                 .format(&Rfc3339)
                 .unwrap_or_default(),
-            content_type: header_text(&CONTENT_TYPE).unwrap_or_else(|| "application/json".into()),
+            content_type: header_text(&CONTENT_TYPE),
         };
         let read = Limited::new(request.into_body(), limit).collect();
         let body = match tokio::time::timeout(self.settings.body_read_timeout, read).await {
@@ -246,7 +247,7 @@ impl Ingest {
                 let group_id = group_id_of(&envelope, None);
                 return self
                     .dead_letter(
-                        Rejection::invalid_json(&error),
+                        Rejection::unparsable(&error),
                         &envelope,
                         group_id,
                         None,
@@ -394,8 +395,10 @@ impl Ingest {
         let mut headers = vec![
             (GROUP_ID_HEADER.to_owned(), group_id.clone()),
             (RECEIVED_AT_HEADER.to_owned(), envelope.received_at.clone()),
-            ("content-type".to_owned(), envelope.content_type.clone()),
         ];
+        if let Some(content_type) = &envelope.content_type {
+            headers.push(("content-type".to_owned(), content_type.clone()));
+        }
         if let Some(kind) = rejection.event {
             headers.push((EVENT_HEADER.to_owned(), kind.as_str().to_owned()));
         }

@@ -6,7 +6,7 @@ mod support;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use support::{consume, fixture, post, post_with, Bridge, BridgeOptions};
+use support::{consume, fixture, post, post_with, Bridge, BridgeOptions, SECRET};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_rejects_missing_and_wrong_and_accepts_both_rotated_secrets() {
@@ -83,6 +83,9 @@ fn bad_inputs() -> Vec<BadInput> {
     no_task.as_object_mut().unwrap().remove("task_id");
     let mut bad_phone = fixture("CUSTOMER_CREATE");
     bad_phone["contact_phones"][0]["phone"] = json!(5);
+    let mut year_zero = fixture("ALL_CALLS");
+    year_zero["cdr_start"] = json!("0000-01-01T00:00:00Z");
+    let too_deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let case = |body: String, status, reason, field| BadInput {
         body,
         status,
@@ -98,6 +101,7 @@ fn bad_inputs() -> Vec<BadInput> {
             None,
         ),
         case("[1, 2, 3]".into(), 422, "not_an_object", None),
+        case(too_deep, 422, "too_deep", None),
         case(
             r#"{"superfone_number": "+918000099999"}"#.into(),
             422,
@@ -112,6 +116,13 @@ fn bad_inputs() -> Vec<BadInput> {
         ),
         case(
             bad_time.to_string(),
+            422,
+            "conversion_failed",
+            Some("cdr_start"),
+        ),
+        // Accepted once, and then Confluent's deserializer could not decode it.
+        case(
+            year_zero.to_string(),
             422,
             "conversion_failed",
             Some("cdr_start"),
@@ -234,4 +245,39 @@ async fn oversized_wrong_method_and_unknown_path_are_refused_and_not_published()
         consume(&bridge.dead_letter_topic(), 0, true).is_empty(),
         "refusals are not dead-lettered"
     );
+}
+
+/// The dead letter's `content-type` header is the request's, and absent when
+/// the request had none (it used to say application/json regardless).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_keeps_the_request_content_type_or_none() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    let auth = format!("Bearer {SECRET}");
+    let mut replies = Vec::new();
+    for content_type in [None, Some("text/plain")] {
+        let mut request = client
+            .post(bridge.ingest_url())
+            .header("authorization", &auth)
+            .body("not json at all");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        replies.push(response.json::<serde_json::Value>().await.unwrap());
+    }
+    let records = consume(&bridge.dead_letter_topic(), 2, true);
+    let header_of = |reply: &serde_json::Value| {
+        let record = records
+            .iter()
+            .find(|r| {
+                r["partition"] == reply["dead_letter"]["partition"]
+                    && r["offset"] == reply["dead_letter"]["offset"]
+            })
+            .expect("dead letter read back");
+        record["headers"].get("content-type").cloned()
+    };
+    assert_eq!(header_of(&replies[0]), None, "no content type: no header");
+    assert_eq!(header_of(&replies[1]), Some(json!("text/plain")));
 }
