@@ -4,16 +4,29 @@
 //! accepted secrets.
 //!
 //! Several secrets may be accepted at once, so one can be rotated without
-//! downtime. Only SHA-256 digests of the secrets are kept, and the presented
-//! credential is compared with every digest in constant time, so neither its
-//! content nor its length (nor which secret matched) leaks through timing.
+//! downtime, and `auth.secrets_file` is read again when its content changes
+//! (a Kubernetes secret mount is updated in place), so rotation needs no
+//! restart; a file that becomes unreadable, empty or weak keeps the secrets
+//! in use and is logged at ERROR. Every secret must be at least
+//! `MIN_SECRET_BYTES` long. Only SHA-256 digests of the secrets are kept, and
+//! the presented credential is compared with every digest in constant time,
+//! so neither its content nor its length (nor which secret matched) leaks
+//! through timing.
 
 use crate::config::AuthConfig;
 use hyper::header::{HeaderMap, HeaderName};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+/// The shortest secret accepted: guessing one must stay out of reach.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// How often `auth.secrets_file` is checked for a change.
+const SECRETS_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -24,6 +37,8 @@ pub enum AuthError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{count} accepted auth secret(s) shorter than {MIN_SECRET_BYTES} bytes; use long random ones (e.g. `openssl rand -hex 24`)")]
+    WeakSecret { count: usize },
     #[error("auth.header is not a valid header name")]
     HeaderName,
     #[error("the {0} header is missing")]
@@ -35,7 +50,10 @@ pub enum AuthError {
 pub struct Authenticator {
     header: HeaderName,
     scheme: String,
-    accepted: Vec<[u8; 32]>,
+    accepted: RwLock<Vec<[u8; 32]>>,
+    config: AuthConfig,
+    /// Digest of `auth.secrets_file`'s content when it was last read.
+    file_digest: Mutex<Option<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -45,7 +63,7 @@ impl std::fmt::Debug for Authenticator {
             .field("scheme", &self.scheme)
             .field(
                 "accepted",
-                &format_args!("<{} secrets>", self.accepted.len()),
+                &format_args!("<{} secrets>", self.secret_count()),
             )
             .finish()
     }
@@ -78,22 +96,46 @@ fn digest(credential: &[u8]) -> [u8; 32] {
     Sha256::digest(credential).into()
 }
 
+/// The digests of the accepted secrets, if there are some and all are long enough.
+fn accepted_digests(
+    config: &AuthConfig,
+    secrets: &[SecretString],
+) -> Result<Vec<[u8; 32]>, AuthError> {
+    if secrets.is_empty() {
+        return Err(AuthError::NoSecrets {
+            env: config.secrets_env.clone(),
+        });
+    }
+    let weak = secrets
+        .iter()
+        .filter(|secret| secret.expose_secret().len() < MIN_SECRET_BYTES)
+        .count();
+    if weak > 0 {
+        return Err(AuthError::WeakSecret { count: weak });
+    }
+    Ok(secrets
+        .iter()
+        .map(|secret| digest(secret.expose_secret().as_bytes()))
+        .collect())
+}
+
+/// The digest of the secrets file's content, `None` if it cannot be read.
+fn file_digest(config: &AuthConfig) -> Option<[u8; 32]> {
+    let path = config.secrets_file.as_ref()?;
+    std::fs::read(path).ok().map(|content| digest(&content))
+}
+
 impl Authenticator {
     pub fn new(config: &AuthConfig, secrets: &[SecretString]) -> Result<Self, AuthError> {
-        if secrets.is_empty() {
-            return Err(AuthError::NoSecrets {
-                env: config.secrets_env.clone(),
-            });
-        }
+        let accepted = accepted_digests(config, secrets)?;
         let header =
             HeaderName::from_bytes(config.header.as_bytes()).map_err(|_| AuthError::HeaderName)?;
         Ok(Authenticator {
             header,
             scheme: config.scheme.trim().to_owned(),
-            accepted: secrets
-                .iter()
-                .map(|secret| digest(secret.expose_secret().as_bytes()))
-                .collect(),
+            accepted: RwLock::new(accepted),
+            config: config.clone(),
+            file_digest: Mutex::new(file_digest(config)),
         })
     }
 
@@ -103,7 +145,46 @@ impl Authenticator {
     }
 
     pub fn secret_count(&self) -> usize {
-        self.accepted.len()
+        self.accepted.read().expect("secrets lock").len()
+    }
+
+    /// Reads the secrets again when `auth.secrets_file` changed. Returns
+    /// whether the accepted secrets were replaced; on an error the ones in
+    /// use are kept.
+    pub fn reload_if_changed(&self) -> Result<bool, AuthError> {
+        let current = file_digest(&self.config);
+        if *self.file_digest.lock().expect("digest lock") == current {
+            return Ok(false);
+        }
+        *self.file_digest.lock().expect("digest lock") = current;
+        let accepted = accepted_digests(&self.config, &load_secrets(&self.config)?)?;
+        *self.accepted.write().expect("secrets lock") = accepted;
+        Ok(true)
+    }
+
+    /// Watches `auth.secrets_file` until `stop`, reloading on a change.
+    pub async fn watch_secrets_file(self: Arc<Self>, stop: CancellationToken) {
+        if self.config.secrets_file.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SECRETS_FILE_CHECK_INTERVAL) => {},
+                () = stop.cancelled() => return,
+            }
+            match self.reload_if_changed() {
+                Ok(true) => tracing::info!(
+                    accepted = self.secret_count(),
+                    "auth secrets file changed: secrets reloaded"
+                ),
+                Ok(false) => {}
+                Err(error) => tracing::error!(
+                    %error,
+                    accepted = self.secret_count(),
+                    "auth secrets file changed but cannot be used; the secrets in use are kept"
+                ),
+            }
+        }
     }
 
     pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
@@ -127,6 +208,8 @@ impl Authenticator {
         let presented = digest(credential);
         let matched = self
             .accepted
+            .read()
+            .expect("secrets lock")
             .iter()
             .fold(subtle::Choice::from(0), |any, accepted| {
                 any | accepted.ct_eq(&presented)
@@ -159,15 +242,15 @@ mod tests {
 
     #[test]
     fn accepts_any_rotated_secret_with_the_scheme() {
-        let auth = authenticator(&["old-secret", "new-secret"]);
-        assert!(auth.check(&headers("Bearer old-secret")).is_ok());
-        assert!(auth.check(&headers("bearer  new-secret")).is_ok());
+        let auth = authenticator(&["old-secret-0123456", "new-secret-0123456"]);
+        assert!(auth.check(&headers("Bearer old-secret-0123456")).is_ok());
+        assert!(auth.check(&headers("bearer  new-secret-0123456")).is_ok());
         assert!(matches!(
             auth.check(&headers("Bearer other")),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
-            auth.check(&headers("new-secret")),
+            auth.check(&headers("new-secret-0123456")),
             Err(AuthError::Invalid(_))
         ));
         assert!(matches!(
@@ -183,9 +266,13 @@ mod tests {
             scheme: String::new(),
             ..AuthConfig::default()
         };
-        let auth = Authenticator::new(&config, &[SecretString::from("k1".to_owned())]).unwrap();
+        let auth = Authenticator::new(
+            &config,
+            &[SecretString::from("key-0123456789abcdef".to_owned())],
+        )
+        .unwrap();
         let mut map = HeaderMap::new();
-        map.insert("x-api-key", "k1".parse().unwrap());
+        map.insert("x-api-key", "key-0123456789abcdef".parse().unwrap());
         assert!(auth.check(&map).is_ok());
     }
 
@@ -195,8 +282,51 @@ mod tests {
             Authenticator::new(&AuthConfig::default(), &[]),
             Err(AuthError::NoSecrets { .. })
         ));
-        let shown = format!("{:?}", authenticator(&["s3cr3t"]));
+        let shown = format!("{:?}", authenticator(&["s3cr3t-s3cr3t-s3cr3t"]));
         assert!(!shown.contains("s3cr3t"));
         assert_eq!(split_secrets(" a, b\nc ,\n").count(), 3);
+    }
+
+    #[test]
+    fn refuses_secrets_shorter_than_sixteen_bytes() {
+        let secrets = [
+            SecretString::from("long-enough-secret".to_owned()),
+            SecretString::from("short".to_owned()),
+        ];
+        assert!(matches!(
+            Authenticator::new(&AuthConfig::default(), &secrets),
+            Err(AuthError::WeakSecret { count: 1 })
+        ));
+    }
+
+    /// Rotation through the secrets file needs no restart; a file that
+    /// turns weak or empty keeps the secrets in use.
+    #[test]
+    fn a_changed_secrets_file_is_reloaded_and_a_bad_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets");
+        std::fs::write(&file, "first-secret-0123456\n").unwrap();
+        let config = AuthConfig {
+            secrets_env: "SUPERFONE_TEST_NO_SUCH_VARIABLE".into(),
+            secrets_file: Some(file.clone()),
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::from_config(&config).unwrap();
+        assert!(!auth.reload_if_changed().unwrap(), "unchanged");
+        std::fs::write(&file, "first-secret-0123456\nsecond-secret-012345\n").unwrap();
+        assert!(auth.reload_if_changed().unwrap());
+        assert!(auth.check(&headers("Bearer second-secret-012345")).is_ok());
+        std::fs::write(&file, "second-secret-012345\n").unwrap();
+        assert!(auth.reload_if_changed().unwrap());
+        assert!(auth.check(&headers("Bearer first-secret-0123456")).is_err());
+        std::fs::write(&file, "short\n").unwrap();
+        assert!(matches!(
+            auth.reload_if_changed(),
+            Err(AuthError::WeakSecret { .. })
+        ));
+        assert!(
+            auth.check(&headers("Bearer second-secret-012345")).is_ok(),
+            "kept"
+        );
     }
 }

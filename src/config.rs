@@ -62,7 +62,10 @@ pub struct TracingConfig {
     pub sampler_ratio: Option<f64>,
 }
 
-/// The admin listener: /metrics, /healthz, /readyz (keep it off the public ingress).
+/// The admin listener: /metrics, /healthz, /readyz, /status. Loopback by
+/// default, so a bridge run on a plain host does not publish its metrics
+/// and status; the container image listens on all interfaces (probes), and
+/// the chart keeps the port off the public Service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
@@ -72,7 +75,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
         }
     }
 }
@@ -495,6 +498,10 @@ mod tests {
     fn defaults_are_valid_and_name_topics_per_event() {
         let config = Config::default();
         config.validate().unwrap();
+        assert!(
+            config.admin.listen.ip().is_loopback(),
+            "metrics and status are not published by default"
+        );
         assert_eq!(
             config.topics.topic_for(EventKind::AllCalls),
             "superfone.all_calls"

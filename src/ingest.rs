@@ -83,7 +83,7 @@ pub struct IngestSettings {
 
 pub struct Ingest {
     settings: IngestSettings,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     routes: Vec<EventRoute>,
     delivery: Arc<Delivery>,
     dedup: Option<Dedup>,
@@ -101,7 +101,7 @@ impl Ingest {
     /// `routes` must hold one route per event, in `EventKind::ALL` order.
     pub fn new(
         settings: IngestSettings,
-        auth: Authenticator,
+        auth: Arc<Authenticator>,
         routes: Vec<EventRoute>,
         delivery: Arc<Delivery>,
         dedup: Option<Dedup>,

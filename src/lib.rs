@@ -212,6 +212,7 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 
 pub struct App {
     listener: TcpListener,
+    auth: Arc<Authenticator>,
     admin_listener: TcpListener,
     health: Arc<Health>,
     ingest: Arc<Ingest>,
@@ -270,9 +271,10 @@ impl App {
             dead_letter_topic: config.topics.dead_letter_topic(),
             body_read_timeout: Duration::from_millis(config.delivery.body_read_timeout_ms),
         };
+        let auth = Arc::new(auth);
         let ingest = Arc::new(Ingest::new(
             settings,
-            auth,
+            Arc::clone(&auth),
             routes,
             Arc::clone(&delivery),
             dedup,
@@ -281,6 +283,7 @@ impl App {
         let admin_listener = listen(config.admin.listen)?;
         Ok(App {
             listener,
+            auth,
             admin_listener,
             health,
             ingest,
@@ -320,6 +323,7 @@ impl App {
         let stop_background = CancellationToken::new();
         tokio::spawn(Arc::clone(&self.delivery).report_spool(stop_background.clone()));
         tokio::spawn(Arc::clone(&self.health).watch(stop_background.clone()));
+        tokio::spawn(Arc::clone(&self.auth).watch_secrets_file(stop_background.clone()));
         tokio::spawn(
             Arc::clone(self.delivery.schemas()).register_until_done(stop_background.clone()),
         );

@@ -26,7 +26,10 @@ fn check_config_prints_the_effective_config_without_secrets() {
     let shown = support::stdout_of(
         bridge_command()
             .args(["--config", config.to_str().unwrap(), "check-config"])
-            .env("SUPERFONE_AUTH_SECRETS", "first-secret,second-secret")
+            .env(
+                "SUPERFONE_AUTH_SECRETS",
+                "first-secret-0123456,second-secret-012345",
+            )
             .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", "acme."),
     );
     assert!(shown.contains("brokers = \"kafka-1:9092\""), "{shown}");
@@ -54,6 +57,19 @@ fn check_config_refuses_a_config_without_secrets_or_with_bad_values() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("server.ingest_path"));
+
+    let output = bridge_command()
+        .arg("check-config")
+        .env("SUPERFONE_AUTH_SECRETS", "long-enough-secret,short")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shorter than 16 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains("short,") && !stderr.contains("long-enough"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -62,9 +62,66 @@ async fn auth_rejects_missing_and_wrong_and_accepts_both_rotated_secrets() {
         consume(&bridge.dead_letter_topic(), 0, true).is_empty(),
         "401s are not dead-lettered"
     );
+    // Rotation without a restart: the file now names a third secret.
+    std::fs::write(&secrets_file, "third-rotated-secret\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, _) = post_with(
+            &client,
+            &url,
+            body.clone(),
+            Some("Bearer third-rotated-secret"),
+            &[],
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed file was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, _) = post_with(
+        &client,
+        &url,
+        body.clone(),
+        Some("Bearer new-rotated-secret"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401, "the secret taken out of the file is refused");
+    // A file that turns weak is refused and the secrets in use are kept.
+    std::fs::write(&secrets_file, "short\n").unwrap();
+    while !bridge.log_text().contains("secrets in use are kept") {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            "the weak file was not reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, _) = post_with(
+        &client,
+        &url,
+        body.clone(),
+        Some("Bearer third-rotated-secret"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "kept");
+
     let logs = bridge.log_text();
     assert!(logs.contains("rejected unauthenticated request"));
-    for secret in ["old-rotated-secret", "new-rotated-secret"] {
+    assert!(
+        logs.contains("secrets in use are kept"),
+        "the weak file is reported"
+    );
+    for secret in [
+        "old-rotated-secret",
+        "new-rotated-secret",
+        "third-rotated-secret",
+    ] {
         assert!(!logs.contains(secret), "a secret appeared in the logs");
     }
 }

@@ -28,7 +28,7 @@ use superfone_bridge::kafka::{Publisher, Record};
 use tokio::process::{Child, Command};
 
 /// The bearer secret the benchmark's bridge accepts.
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456";
 /// Distinct pre-converted records the broker ceiling cycles through.
 const BROKER_RECORDS: u64 = 2_000;
 
