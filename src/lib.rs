@@ -69,7 +69,7 @@ pub enum StartupError {
     },
 }
 
-fn schema_source(config: &Config) -> SchemaSource {
+pub(crate) fn schema_source(config: &Config) -> SchemaSource {
     match &config.registry.schemas_dir {
         Some(dir) => SchemaSource::Dir(dir.clone()),
         None => SchemaSource::Embedded,

@@ -95,6 +95,20 @@ fn main() -> anyhow::Result<()> {
             let format = match command {
                 ParkedCommand::List => tools::ParkedFormat::List,
                 ParkedCommand::Export => tools::ParkedFormat::Export,
+                ParkedCommand::Retry { ids } => {
+                    let (published, failed) = runtime()?.block_on(tools::retry_parked(
+                        &config,
+                        &ids,
+                        std::io::stdout(),
+                    ))?;
+                    eprintln!("re-published {published}, failed {failed}");
+                    if failed > 0 {
+                        anyhow::bail!(
+                            "{failed} parked record(s) could not be published; they stay parked"
+                        );
+                    }
+                    return Ok(());
+                }
             };
             let count = tools::parked(&config, format, std::io::stdout())?;
             eprintln!("{count} parked record(s) in {}", config.spool.dir.display());
@@ -132,6 +146,14 @@ enum ParkedCommand {
     List,
     /// One JSON line per parked record with its headers and base64 payload.
     Export,
+    /// Publish parked records again once the cause is fixed (e.g. a topic's
+    /// max.message.bytes raised); each one Kafka acknowledges leaves the list.
+    /// Safe beside a running bridge.
+    Retry {
+        /// Only these spool ids (default: every parked record).
+        #[arg(long = "id")]
+        ids: Vec<u64>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -42,6 +42,9 @@ const FRAME_HEADER: usize = 8;
 const ACK_FRAME: usize = 12;
 const HIGH_WATER_FILE: &str = "high_water";
 pub const PARKED_FILE: &str = "parked.log";
+/// Ids of parked records an operator re-published (`spool parked retry`);
+/// they leave `parked.log` when the spool is next opened.
+pub const RETRIED_FILE: &str = "parked.retried";
 /// Why a parked record was refused (the Kafka error).
 pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
 /// When it was parked, RFC 3339 UTC.
@@ -488,14 +491,56 @@ pub struct Spool {
     cap: u64,
 }
 
-/// Reads the parked records of a spool directory (also while a bridge runs:
-/// frames are checksummed, and a frame still being written is not yet whole).
+/// Reads the parked records of a spool directory that were not re-published
+/// yet (also while a bridge runs: frames are checksummed, and a frame still
+/// being written is not yet whole).
 pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
+    let retried = read_acks(&read_if_present(&dir.join(RETRIED_FILE))?).0;
     let mut entries = Vec::new();
     scan_log(&dir.join(PARKED_FILE), &mut |entry, _, _| {
-        entries.push(entry)
+        if !retried.contains(&entry.id) {
+            entries.push(entry);
+        }
     })?;
     Ok(entries)
+}
+
+/// Records that a parked record was re-published (fsync'd): it is no longer
+/// listed, and leaves the parked log at the spool's next open. Safe beside a
+/// running bridge, which never writes this file.
+pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
+    let path = dir.join(RETRIED_FILE);
+    let mut file = open_for_append(&path)?;
+    file.write_all(&id_frame(id))
+        .and_then(|()| file.sync_data())
+        .map_err(io_error(&path))
+}
+
+/// Rewrites the parked log without the records re-published since the last
+/// open (temporary file, fsync, rename), then forgets them.
+fn drop_retried(dir: &Path) -> Result<(), SpoolError> {
+    let retried_path = dir.join(RETRIED_FILE);
+    let retried = read_acks(&read_if_present(&retried_path)?).0;
+    if retried.is_empty() {
+        return Ok(());
+    }
+    let parked_path = dir.join(PARKED_FILE);
+    let temporary = dir.join(format!("{PARKED_FILE}.tmp"));
+    let mut kept = Vec::new();
+    scan_log(&parked_path, &mut |entry, _, _| {
+        if !retried.contains(&entry.id) {
+            kept.extend_from_slice(&frame(entry.id, &entry.record));
+        }
+    })?;
+    File::create(&temporary)
+        .and_then(|mut file| {
+            file.write_all(&kept)?;
+            file.sync_all()
+        })
+        .map_err(io_error(&temporary))?;
+    std::fs::rename(&temporary, &parked_path).map_err(io_error(&parked_path))?;
+    std::fs::remove_file(&retried_path).map_err(io_error(&retried_path))?;
+    sync_dir(dir)
 }
 
 fn open_for_append(path: &Path) -> Result<File, SpoolError> {
@@ -569,6 +614,7 @@ impl Spool {
                 },
             );
         }
+        drop_retried(&settings.dir)?;
         let parked_path = settings.dir.join(PARKED_FILE);
         let mut parked_entries = 0;
         let parked_scan = recover_log(&parked_path, &mut recovery, &mut |entry, _, _| {
@@ -1203,6 +1249,23 @@ mod tests {
         };
         assert_eq!(reason(&parked[0]).as_deref(), Some("too large"));
         assert_eq!(parked[0].record.payload, record(1).payload);
+
+        // Re-published by an operator: no longer listed, and gone from the
+        // parked log (and its bytes from the cap) at the next open.
+        mark_retried(dir.path(), ids[1]).unwrap();
+        let listed: Vec<u64> = read_parked(dir.path())
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(listed, vec![fresh]);
+        let used = spool.used_bytes();
+        drop(spool);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (spool, _, recovery) = open(settings(dir.path())).unwrap();
+        assert_eq!((recovery.parked, spool.parked()), (1, 1));
+        assert!(spool.used_bytes() < used);
+        assert!(!dir.path().join(RETRIED_FILE).exists());
     }
 
     /// A frame damaged in the middle of a segment loses only itself: reading

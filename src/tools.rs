@@ -380,3 +380,74 @@ pub fn parked(
     }
     Ok(entries.len())
 }
+
+/// Re-publishes parked records (all, or those in `only`) once the cause is
+/// fixed (a topic's limit raised, an ACL granted, a schema accepted): their
+/// parked headers removed, stamped with their registry id if they still
+/// wait for one, sent with the bridge's producer settings. Each one Kafka
+/// acknowledges is marked retried (fsync'd) and no longer listed. Prints a
+/// JSON line per record; returns (published, failed).
+pub async fn retry_parked(
+    config: &Config,
+    only: &[u64],
+    mut out: impl Write,
+) -> Result<(usize, usize), ToolError> {
+    use crate::registry::{SchemaIds, SCHEMA_PENDING_HEADER};
+    use crate::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
+    let entries: Vec<_> = crate::spool::read_parked(&config.spool.dir)?
+        .into_iter()
+        .filter(|entry| only.is_empty() || only.contains(&entry.id))
+        .collect();
+    let waiting_for_ids = entries
+        .iter()
+        .any(|entry| entry.record.header(SCHEMA_PENDING_HEADER).is_some());
+    let schema_ids = if waiting_for_ids {
+        let schemas = crate::schema::load_all(&crate::schema_source(config))
+            .map_err(crate::StartupError::from)?;
+        let ids = SchemaIds::new(
+            &config.registry,
+            &config.topics,
+            &schemas,
+            Some(&config.spool.dir),
+        );
+        ids.register_pending().await?;
+        Some(ids)
+    } else {
+        None
+    };
+    let publisher = crate::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
+    let (mut published, mut failed) = (0, 0);
+    for entry in entries {
+        let mut record = entry.record;
+        record
+            .headers
+            .retain(|(name, _)| name != PARKED_REASON_HEADER && name != PARKED_AT_HEADER);
+        let stamped = match &schema_ids {
+            Some(ids) => ids
+                .stamp(&mut record)
+                .map_err(|unstamped| format!("{unstamped:?}")),
+            None => Ok(()),
+        };
+        let result = match stamped {
+            Ok(()) => publisher
+                .publish(&record)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error),
+        };
+        let line = match result {
+            Ok(delivered) => {
+                crate::spool::mark_retried(&config.spool.dir, entry.id)?;
+                published += 1;
+                json!({"spool_id": entry.id, "status": "published", "topic": record.topic,
+                       "partition": delivered.partition, "offset": delivered.offset})
+            }
+            Err(error) => {
+                failed += 1;
+                json!({"spool_id": entry.id, "status": "failed", "topic": record.topic, "error": error})
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok((published, failed))
+}

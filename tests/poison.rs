@@ -237,4 +237,36 @@ async fn a_record_kafka_refuses_for_good_is_parked_and_the_replay_goes_on() {
     );
     let exported: Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
     assert!(exported["payload_base64"].as_str().unwrap().len() > 1_000_000);
+
+    // The cause fixed (the limit back to what the record needs), the
+    // operator re-publishes it; it leaves the list, and the next start drops
+    // it from the parked log.
+    let parked_cli = |args: &[&str], limit: usize| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+        command
+            .args(["spool", "parked"])
+            .args(args)
+            .env("SUPERFONE_BRIDGE_SPOOL__DIR", spool.path())
+            .env("SUPERFONE_BRIDGE_KAFKA__BROKERS", broker.address())
+            .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", &second.prefix)
+            .env("SUPERFONE_BRIDGE_SERVER__MAX_BODY_BYTES", limit.to_string());
+        command
+    };
+    let refused = parked_cli(&["retry"], 1024 * 1024).output().unwrap();
+    assert!(!refused.status.success(), "still too large for this limit");
+    let retried = support::stdout_of(&mut parked_cli(&["retry"], 4 * 1024 * 1024));
+    let retried: Value = serde_json::from_str(retried.lines().next().unwrap()).unwrap();
+    assert_eq!(retried["status"], "published", "{retried}");
+    assert_eq!(retried["spool_id"], lines[0]["spool_id"]);
+    let listed = support::stdout_of(&mut parked_cli(&["list"], 4 * 1024 * 1024));
+    assert!(listed.is_empty(), "no longer listed: {listed}");
+    let records = consume_from(&broker.address(), &second.topic("CDR_SUMMARY_READY"), 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0]["headers"]["superfone-group-id"],
+        "poison-group-1"
+    );
+    assert!(records[0]["headers"]
+        .get("superfone-parked-reason")
+        .is_none());
 }
