@@ -164,6 +164,9 @@ impl Health {
                 tracing::warn!(%error, "cannot create the topics yet");
                 return;
             }
+            self.publisher
+                .check_topic_limits(spec, BROKER_CHECK_TIMEOUT)
+                .await;
         }
         tracing::info!("topics ready: sending what was spooled");
         self.delivery.set_topics_ready();

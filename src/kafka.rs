@@ -9,7 +9,7 @@
 //! the spool parks such a record instead of retrying it forever.
 
 use crate::config::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -300,6 +300,62 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// Asks the brokers for each topic's `max.message.bytes` and says, at
+    /// WARN with the numbers, which topics cannot store a record as large as
+    /// an accepted body can become (such records would be parked). A broker
+    /// that does not describe configs (some Kafka-compatible brokers) is
+    /// reported once at WARN; the check never stops the bridge. Returns the
+    /// topics found too small.
+    pub async fn check_topic_limits(&self, spec: &TopicSpec, timeout: Duration) -> Vec<String> {
+        let admin: AdminClient<DefaultClientContext> = match self.client_config.create() {
+            Ok(admin) => admin,
+            Err(error) => {
+                tracing::warn!(%error, "cannot check the topics' max.message.bytes");
+                return Vec::new();
+            }
+        };
+        let resources: Vec<ResourceSpecifier<'_>> = spec
+            .names
+            .iter()
+            .map(|name| ResourceSpecifier::Topic(name))
+            .collect();
+        let options = AdminOptions::new().request_timeout(Some(timeout));
+        let described = match admin.describe_configs(&resources, &options).await {
+            Ok(described) => described,
+            Err(error) => {
+                tracing::warn!(%error, "the brokers did not describe the topics' configs; max.message.bytes not checked");
+                return Vec::new();
+            }
+        };
+        let mut too_small = Vec::new();
+        for (name, result) in spec.names.iter().zip(described) {
+            let limit = result.ok().and_then(|resource| {
+                resource
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .parse::<usize>()
+                    .ok()
+            });
+            match limit {
+                Some(limit) if limit < spec.max_record_bytes => {
+                    tracing::warn!(
+                        topic = %name, max_message_bytes = limit, largest_record = spec.max_record_bytes,
+                        "topic cannot store the largest record an accepted body can become \
+                         (server.max_body_bytes + 64 KiB): raise its max.message.bytes or lower \
+                         server.max_body_bytes; larger events will be parked"
+                    );
+                    too_small.push(name.clone());
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(topic = %name, "the brokers did not tell this topic's max.message.bytes; not checked")
+                }
+            }
+        }
+        too_small
     }
 
     /// Hands a record to librdkafka now (so records enter its queue in call

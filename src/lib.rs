@@ -164,11 +164,11 @@ async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<bool, 
         tracing::warn!(%error, "Kafka unreachable at start-up; events go to the spool until it is back");
         return Ok(!config.kafka.create_topics);
     }
+    let spec = config.topic_spec();
     if config.kafka.create_topics {
-        publisher
-            .create_topics(&config.topic_spec(), timeout)
-            .await?;
+        publisher.create_topics(&spec, timeout).await?;
     }
+    publisher.check_topic_limits(&spec, timeout).await;
     Ok(true)
 }
 

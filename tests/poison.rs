@@ -270,3 +270,34 @@ async fn a_record_kafka_refuses_for_good_is_parked_and_the_replay_goes_on() {
         .get("superfone-parked-reason")
         .is_none());
 }
+
+/// Start-up checks what the brokers say about each topic's
+/// max.message.bytes and warns, with the numbers, when an accepted body
+/// could not be stored (such a record would be parked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_too_small_for_the_body_limit_is_reported_at_start_up() {
+    let prefix = support::unique_prefix();
+    let small = Bridge::start(
+        BridgeOptions {
+            prefix: prefix.clone(),
+            ..BridgeOptions::default()
+        }
+        .with("SERVER__MAX_BODY_BYTES", 100_000),
+    );
+    drop(small);
+    let bridge = Bridge::start(BridgeOptions {
+        prefix: prefix.clone(),
+        ..BridgeOptions::default()
+    });
+    let logs = bridge.log_text();
+    let warning = logs
+        .lines()
+        .find(|line| line.contains("topic cannot store the largest record"))
+        .unwrap_or_else(|| panic!("no warning about the topics' limit:\n{logs}"));
+    assert!(warning.contains("\"WARN\""), "{warning}");
+    assert!(warning.contains("165536"), "the topic's limit: {warning}");
+    assert!(
+        warning.contains(&(4 * 1024 * 1024 + 64 * 1024).to_string()),
+        "{warning}"
+    );
+}
