@@ -39,8 +39,14 @@ const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a new connection waits for the permit a shed connection frees.
-const SHED_WAIT: Duration = Duration::from_millis(500);
+/// How long a new connection waits for the permit a shed connection frees
+/// before the accept loop sheds again.
+const SHED_WAIT: Duration = Duration::from_millis(100);
+/// Only connections silent for at least this long are shed: a younger one
+/// may be a client whose request is on its way, and closing a socket with
+/// unread bytes resets it (seen: a webhook accepted in the first burst of a
+/// flood was shed before its request was parsed, and the client got a reset).
+const SHED_MIN_SILENCE: Duration = Duration::from_millis(250);
 /// Idle connections closed at once when every permit is taken, so a burst
 /// of new connections finds permits free instead of each waiting for one
 /// connection to close (a webhook queued behind a flood waited seconds).
@@ -119,13 +125,20 @@ impl Connections {
         self.live.lock().expect("connections lock").remove(&id);
     }
 
-    /// Asks the (up to) `count` connections idle the longest to close;
-    /// returns whether there was one.
+    /// Asks the (up to) `count` connections idle the longest, and silent
+    /// for at least `SHED_MIN_SILENCE`, to close; returns whether there was one.
     fn shed_oldest_idle(&self, count: usize) -> bool {
+        let silent_since = self
+            .now_ms()
+            .saturating_sub(SHED_MIN_SILENCE.as_millis() as u64);
         let live = self.live.lock().expect("connections lock");
         let mut idle: Vec<&Arc<Tracked>> = live
             .values()
-            .filter(|tracked| tracked.is_idle() && !tracked.close.is_cancelled())
+            .filter(|tracked| {
+                tracked.is_idle()
+                    && !tracked.close.is_cancelled()
+                    && tracked.idle_since_ms.load(Ordering::Relaxed) <= silent_since
+            })
             .collect();
         let idle_since = |tracked: &&Arc<Tracked>| tracked.idle_since_ms.load(Ordering::Relaxed);
         if idle.len() > count {
@@ -213,26 +226,25 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Full: make room by closing the longest-idle connections; if
-                // every connection is busy, the new one waits for a permit.
-                let shed = connections.shed_oldest_idle(SHED_BATCH);
-                let wait = Arc::clone(&permits).acquire_owned();
-                let permit = if shed {
-                    tokio::time::timeout(SHED_WAIT, wait).await.ok()
-                } else {
-                    tokio::select! {
-                        permit = wait => Some(permit),
-                        () = &mut shutdown => break,
-                    }
-                };
-                match permit {
-                    Some(permit) => permit.expect("semaphore never closed"),
-                    None => continue, // drops the new connection
-                }
+        // Full: make room by closing the longest-silent connections, and
+        // keep the new one waiting (never dropped: it may carry a delivery)
+        // until a permit frees; shed again while none does.
+        let permit = loop {
+            if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
+                break Some(permit);
             }
+            connections.shed_oldest_idle(SHED_BATCH);
+            tokio::select! {
+                permit = tokio::time::timeout(SHED_WAIT, Arc::clone(&permits).acquire_owned()) => {
+                    if let Ok(permit) = permit {
+                        break Some(permit.expect("semaphore never closed"));
+                    }
+                }
+                () = &mut shutdown => break None,
+            }
+        };
+        let Some(permit) = permit else {
+            break;
         };
         let (id, tracked) = connections.open(stopping.child_token());
         let service = {
