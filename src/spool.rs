@@ -526,17 +526,17 @@ fn drop_retried(dir: &Path) -> Result<(), SpoolError> {
     }
     let parked_path = dir.join(PARKED_FILE);
     let temporary = dir.join(format!("{PARKED_FILE}.tmp"));
-    let mut kept = Vec::new();
+    // Streamed, one record at a time: parked records can be large.
+    let mut kept = std::io::BufWriter::new(File::create(&temporary).map_err(io_error(&temporary))?);
+    let mut written = Ok(());
     scan_log(&parked_path, &mut |entry, _, _| {
-        if !retried.contains(&entry.id) {
-            kept.extend_from_slice(&frame(entry.id, &entry.record));
+        if written.is_ok() && !retried.contains(&entry.id) {
+            written = kept.write_all(&frame(entry.id, &entry.record));
         }
     })?;
-    File::create(&temporary)
-        .and_then(|mut file| {
-            file.write_all(&kept)?;
-            file.sync_all()
-        })
+    written
+        .and_then(|()| kept.into_inner().map_err(|error| error.into_error()))
+        .and_then(|file| file.sync_all())
         .map_err(io_error(&temporary))?;
     std::fs::rename(&temporary, &parked_path).map_err(io_error(&parked_path))?;
     std::fs::remove_file(&retried_path).map_err(io_error(&retried_path))?;
