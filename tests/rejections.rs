@@ -6,6 +6,7 @@ mod support;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 use support::{consume, fixture, post, post_with, Bridge, BridgeOptions, SECRET};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,53 +64,33 @@ async fn auth_rejects_missing_and_wrong_and_accepts_both_rotated_secrets() {
         "401s are not dead-lettered"
     );
     // Rotation without a restart: the file now names a third secret.
+    let status_with = async |secret: &str| {
+        let authorization = format!("Bearer {secret}");
+        post_with(&client, &url, body.clone(), Some(&authorization), &[])
+            .await
+            .0
+    };
     std::fs::write(&secrets_file, "third-rotated-secret\n").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (status, _) = post_with(
-            &client,
-            &url,
-            body.clone(),
-            Some("Bearer third-rotated-secret"),
-            &[],
-        )
-        .await;
-        if status == 200 {
-            break;
-        }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while status_with("third-rotated-secret").await != 200 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the changed file was not reloaded"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, _) = post_with(
-        &client,
-        &url,
-        body.clone(),
-        Some("Bearer new-rotated-secret"),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 401, "the secret taken out of the file is refused");
+    assert_eq!(
+        status_with("new-rotated-secret").await,
+        401,
+        "the secret taken out of the file is refused"
+    );
     // A file that turns weak is refused and the secrets in use are kept.
     std::fs::write(&secrets_file, "short\n").unwrap();
     while !bridge.log_text().contains("secrets in use are kept") {
-        assert!(
-            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
-            "the weak file was not reported"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "the weak file was not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, _) = post_with(
-        &client,
-        &url,
-        body.clone(),
-        Some("Bearer third-rotated-secret"),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200, "kept");
+    assert_eq!(status_with("third-rotated-secret").await, 200, "kept");
 
     let logs = bridge.log_text();
     assert!(logs.contains("rejected unauthenticated request"));
