@@ -30,12 +30,12 @@
 //! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
 use crate::kafka::Record;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 const FRAME_HEADER: usize = 8;
@@ -448,6 +448,7 @@ struct Files {
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
     health: Arc<Health>,
+    crash: Option<Arc<CrashPlan>>,
 }
 
 enum Command {
@@ -461,6 +462,73 @@ enum Command {
 /// The outcome of the spool's last write to disk: `None` when it succeeded.
 #[derive(Default)]
 struct Health(std::sync::Mutex<Option<String>>);
+
+/// A test aid (`tests/spool_model.rs`): makes the writer fail every file
+/// operation from a chosen one on, as a crash at that write, fsync, rename
+/// or truncation would, and records how much of each file was fsync'd, so a
+/// test can then tear what a crash may lose. Production opens have none.
+#[derive(Debug, Default)]
+pub struct CrashPlan {
+    /// File operations left before the crash; `None` when not armed.
+    remaining: Mutex<Option<u64>>,
+    crashed: AtomicBool,
+    synced: Mutex<HashMap<PathBuf, u64>>,
+}
+
+impl CrashPlan {
+    /// A plan that takes every file now in `dir` as durable as it is.
+    pub fn new(dir: &Path) -> std::io::Result<Arc<CrashPlan>> {
+        let plan = CrashPlan::default();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            plan.synced
+                .lock()
+                .expect("crash plan lock")
+                .insert(entry.path(), entry.metadata()?.len());
+        }
+        Ok(Arc::new(plan))
+    }
+
+    /// Crashes at the `after`-th file operation from now (0: the next one).
+    pub fn arm(&self, after: u64) {
+        *self.remaining.lock().expect("crash plan lock") = Some(after);
+    }
+
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// How much of `path` was fsync'd (0 for a file created since the plan).
+    pub fn synced_len(&self, path: &Path) -> u64 {
+        let synced = self.synced.lock().expect("crash plan lock");
+        synced.get(path).copied().unwrap_or(0)
+    }
+
+    /// Called before each file operation: fails it, and all after it, from
+    /// the crash point on.
+    fn point(&self) -> std::io::Result<()> {
+        let mut remaining = self.remaining.lock().expect("crash plan lock");
+        match remaining.as_mut() {
+            _ if self.crashed() => Err(std::io::Error::other("crashed")),
+            Some(0) => {
+                self.crashed.store(true, Ordering::SeqCst);
+                Err(std::io::Error::other("crashed"))
+            }
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record_sync(&self, path: &Path, file: &File) {
+        if let Ok(metadata) = file.metadata() {
+            let mut synced = self.synced.lock().expect("crash plan lock");
+            synced.insert(path.to_owned(), metadata.len());
+        }
+    }
+}
 
 impl Health {
     fn record<T>(&self, result: &Result<T, SpoolError>) {
@@ -557,6 +625,24 @@ impl Spool {
     /// time: the spool is never read into memory whole.
     pub fn open(
         settings: SpoolSettings,
+        visit: impl FnMut(SpoolEntry, Location),
+    ) -> Result<(Spool, Recovery), SpoolError> {
+        Spool::open_with(settings, None, visit)
+    }
+
+    /// `open`, with the writer's file operations failing from `crash`'s
+    /// crash point on (tests).
+    pub fn open_with_crash_plan(
+        settings: SpoolSettings,
+        crash: Arc<CrashPlan>,
+        visit: impl FnMut(SpoolEntry, Location),
+    ) -> Result<(Spool, Recovery), SpoolError> {
+        Spool::open_with(settings, Some(crash), visit)
+    }
+
+    fn open_with(
+        settings: SpoolSettings,
+        crash: Option<Arc<CrashPlan>>,
         mut visit: impl FnMut(SpoolEntry, Location),
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&settings.dir).map_err(io_error(&settings.dir))?;
@@ -647,6 +733,7 @@ impl Spool {
             used: Arc::clone(&used),
             pending: Arc::clone(&pending_count),
             health: Arc::clone(&health),
+            crash,
         };
         files.start_segment()?;
         files.collect_garbage()?;
@@ -788,9 +875,29 @@ impl Spool {
 }
 
 impl Files {
+    /// Before every file operation: where a test's crash plan strikes.
+    fn point(&self) -> std::io::Result<()> {
+        self.crash.as_ref().map_or(Ok(()), |plan| plan.point())
+    }
+
+    /// After every fsync that succeeded: what a crash can no longer lose.
+    fn synced(&self, path: &Path, file: &File) {
+        if let Some(plan) = &self.crash {
+            plan.record_sync(path, file);
+        }
+    }
+
+    /// The high-water mark, through the crash point.
+    fn write_high_water(&self, next_id: u64) -> Result<(), SpoolError> {
+        self.point()
+            .map_err(io_error(&self.settings.dir.join(HIGH_WATER_FILE)))?;
+        write_high_water(&self.settings.dir, next_id)
+    }
+
     fn start_segment(&mut self) -> Result<(), SpoolError> {
         let first = self.next_id;
         let path = segment_path(&self.settings.dir, first);
+        self.point().map_err(io_error(&path))?;
         self.current = open_for_append(&path)?;
         sync_dir(&self.settings.dir)?;
         self.current_first = first;
@@ -838,10 +945,14 @@ impl Files {
                 self.append_batch(appends);
             }
             for reply in syncs {
-                let _ = reply.send(self.acks.sync_data().map_err(io_error(&self.acks_path)));
+                let synced = self.point().and_then(|()| self.acks.sync_data());
+                if synced.is_ok() {
+                    self.synced(&self.acks_path, &self.acks);
+                }
+                let _ = reply.send(synced.map_err(io_error(&self.acks_path)));
             }
             if !probes.is_empty() {
-                let result = write_high_water(&self.settings.dir, self.reserved_until);
+                let result = self.write_high_water(self.reserved_until);
                 self.health.record(&result);
                 for reply in probes {
                     let _ = reply.send(match &result {
@@ -854,14 +965,16 @@ impl Files {
                 }
             }
         }
-        let _ = self.acks.sync_all();
+        if self.point().and_then(|()| self.acks.sync_all()).is_ok() {
+            self.synced(&self.acks_path, &self.acks);
+        }
     }
 
     /// Makes sure the durable high-water mark lies past the next `count` ids.
     fn reserve_ids(&mut self, count: u64) -> Result<(), SpoolError> {
         if self.next_id + count >= self.reserved_until {
             let reserved_until = self.next_id + count + ID_BLOCK;
-            write_high_water(&self.settings.dir, reserved_until)?;
+            self.write_high_water(reserved_until)?;
             self.reserved_until = reserved_until;
         }
         Ok(())
@@ -890,13 +1003,17 @@ impl Files {
         }
         let before = self.parked.metadata().map(|m| m.len()).unwrap_or(0);
         let written = self
-            .parked
-            .write_all(&framed)
+            .point()
+            .and_then(|()| self.parked.write_all(&framed))
+            .and_then(|()| self.point())
             .and_then(|()| self.parked.sync_data());
         if let Err(source) = written {
-            let _ = self.parked.set_len(before);
+            if self.point().is_ok() {
+                let _ = self.parked.set_len(before);
+            }
             return Err(io_error(&self.parked_path)(source));
         }
+        self.synced(&self.parked_path, &self.parked);
         self.used.fetch_add(framed.len() as u64, Ordering::Relaxed);
         self.parked_count.fetch_add(1, Ordering::Relaxed);
         if spooled {
@@ -967,12 +1084,17 @@ impl Files {
         let path = segment.path.clone();
         let before = segment.bytes;
         let written = self
-            .current
-            .write_all(&buffer)
+            .crash
+            .as_ref()
+            .map_or(Ok(()), |plan| plan.point())
+            .and_then(|()| self.current.write_all(&buffer))
+            .and_then(|()| self.crash.as_ref().map_or(Ok(()), |plan| plan.point()))
             .and_then(|()| self.current.sync_data());
         if let Err(source) = written {
-            let _ = self.current.set_len(before);
-            let _ = self.current.seek(SeekFrom::End(0));
+            if self.crash.as_ref().is_none_or(|plan| !plan.crashed()) {
+                let _ = self.current.set_len(before);
+                let _ = self.current.seek(SeekFrom::End(0));
+            }
             tracing::error!(path = %path.display(), error = %source, "spool write failed");
             self.health
                 .record::<()>(&Err(io_error(&path)(std::io::Error::new(
@@ -986,6 +1108,9 @@ impl Files {
                 }));
             }
             return;
+        }
+        if let Some(plan) = &self.crash {
+            plan.record_sync(&path, &self.current);
         }
         segment.bytes += buffer.len() as u64;
         self.used.fetch_add(buffer.len() as u64, Ordering::Relaxed);
@@ -1014,8 +1139,8 @@ impl Files {
                 }
             }
         }
-        self.acks
-            .write_all(&frames)
+        self.point()
+            .and_then(|()| self.acks.write_all(&frames))
             .map_err(io_error(&self.acks_path))?;
         self.collect_garbage()
     }
@@ -1034,6 +1159,7 @@ impl Files {
             self.segments.len() == done.len() + 1 && current.live.is_empty() && current.bytes > 0;
         for first in done {
             let segment = self.segments.remove(&first).expect("listed");
+            self.point().map_err(io_error(&segment.path))?;
             std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
             self.used.fetch_sub(segment.bytes, Ordering::Relaxed);
             sync_dir(&self.settings.dir)?;
@@ -1042,8 +1168,12 @@ impl Files {
             // Everything delivered: reset rather than keep an ever-growing acks file.
             let current = &self.segments[&self.current_first];
             let (path, bytes) = (current.path.clone(), current.bytes);
-            self.current.set_len(0).map_err(io_error(&path))?;
-            self.acks.set_len(0).map_err(io_error(&self.acks_path))?;
+            self.point()
+                .and_then(|()| self.current.set_len(0))
+                .map_err(io_error(&path))?;
+            self.point()
+                .and_then(|()| self.acks.set_len(0))
+                .map_err(io_error(&self.acks_path))?;
             self.used.fetch_sub(bytes, Ordering::Relaxed);
             self.segments
                 .get_mut(&self.current_first)

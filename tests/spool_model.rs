@@ -10,11 +10,13 @@
 //! - what the spool holds is bounded: its byte count stays under the cap and
 //!   its pending count matches the model, nothing held twice.
 //!
-//! A crash is modelled by what it can leave on disk: the appends that were
-//! acknowledged were fsync'd, so it may leave a torn, unacknowledged batch
-//! at the end of the live segment and of the parked log, lose any suffix of
-//! the acks file (never fsync'd on the hot path), and leave a temporary
-//! high-water file behind.
+//! A crash strikes at a chosen file operation of the spool's writer (a
+//! write, fsync, rename, truncation or deletion, through `CrashPlan`): that
+//! operation and every later one fail, as if the process had died there.
+//! Then the machine "loses power": every file is cut back to a random length
+//! between what was fsync'd and what was written (torn writes, lost unsynced
+//! bytes: acks are never fsync'd on the hot path), sometimes with a stray
+//! temporary high-water file, and the spool is opened again.
 //!
 //! Cases: `SUPERFONE_SPOOL_MODEL_CASES` (default 2,000, as scripts/test runs
 //! it); a soak run sets it higher (README, "Tests").
@@ -23,8 +25,15 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Crashes simulated over all cases, reported with the case count.
+static CRASHES: AtomicUsize = AtomicUsize::new(0);
 use superfone_bridge::kafka::Record;
-use superfone_bridge::spool::{self, Location, Spool, SpoolEntry, SpoolError, SpoolSettings};
+use superfone_bridge::spool::{
+    self, CrashPlan, Location, Spool, SpoolEntry, SpoolError, SpoolSettings,
+};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -39,9 +48,10 @@ enum Op {
         pick: u16,
     },
     Restart,
+    /// Crash at the `after`-th file operation from now; `seed` tears files.
     Crash {
-        torn: u16,
-        acks_kept: u16,
+        after: u8,
+        seed: u64,
         stray_tmp: bool,
     },
 }
@@ -52,8 +62,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<u16>().prop_map(|pick| Op::Ack { pick }),
         1 => any::<u16>().prop_map(|pick| Op::Refuse { pick }),
         1 => Just(Op::Restart),
-        1 => (any::<u16>(), any::<u16>(), any::<bool>())
-            .prop_map(|(torn, acks_kept, stray_tmp)| Op::Crash { torn, acks_kept, stray_tmp }),
+        2 => (0u8..12, any::<u64>(), any::<bool>())
+            .prop_map(|(after, seed, stray_tmp)| Op::Crash { after, seed, stray_tmp }),
     ]
 }
 
@@ -84,6 +94,9 @@ struct Model {
     delivered: BTreeMap<u64, Accepted>,
     /// Refused for good and parked.
     parked: BTreeMap<u64, Accepted>,
+    /// Appends answered with an error at a crash: written perhaps, never
+    /// promised. One may come back (and be sent, which loses nothing).
+    unanswered: Vec<Accepted>,
     next_sequence: u64,
 }
 
@@ -122,8 +135,22 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
     .map_err(fail)?;
     let ids: Vec<u64> = found.iter().map(|(entry, _)| entry.id).collect();
     prop_assert!(ids.windows(2).all(|w| w[0] < w[1]), "spool order: {ids:?}");
-    for id in model.pending.keys() {
-        prop_assert!(ids.contains(id), "entry {id} answered durable is lost");
+    let parked: HashSet<u64> = spool::read_parked(dir)
+        .map_err(fail)?
+        .iter()
+        .map(|entry| entry.id)
+        .collect();
+    // A park the crash cut short may have made it to the parked log.
+    let pending: Vec<u64> = model.pending.keys().copied().collect();
+    for id in pending {
+        if !ids.contains(&id) && parked.contains(&id) {
+            let accepted = model.pending.remove(&id).expect("listed");
+            model.parked.insert(id, accepted);
+        }
+        prop_assert!(
+            ids.contains(&id) || parked.contains(&id),
+            "entry {id} answered durable is lost"
+        );
     }
     let mut last_per_key: BTreeMap<u8, u64> = BTreeMap::new();
     for (entry, _) in &found {
@@ -132,12 +159,18 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
             .get(&entry.id)
             .or_else(|| model.delivered.get(&entry.id))
             .or_else(|| model.parked.get(&entry.id))
-            .copied();
+            .copied()
+            .or_else(|| {
+                let at = model
+                    .unanswered
+                    .iter()
+                    .position(|a| record(*a) == entry.record)?;
+                let accepted = model.unanswered.remove(at);
+                model.delivered.insert(entry.id, accepted);
+                Some(accepted)
+            });
         let Some(accepted) = accepted else {
-            return Err(fail(format!(
-                "entry {} was never answered durable",
-                entry.id
-            )));
+            return Err(fail(format!("entry {} was never appended", entry.id)));
         };
         if clean {
             prop_assert!(
@@ -164,11 +197,6 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
     for ((entry, _), read) in found.iter().zip(spool.read(&wanted)) {
         prop_assert_eq!(&read.map_err(fail)?, &entry.record, "read back by location");
     }
-    let parked: HashSet<u64> = spool::read_parked(dir)
-        .map_err(fail)?
-        .iter()
-        .map(|entry| entry.id)
-        .collect();
     for id in model.parked.keys() {
         prop_assert!(parked.contains(id), "parked entry {id} lost");
     }
@@ -186,41 +214,27 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
     Ok(spool)
 }
 
-/// What a crash may leave on disk beyond what was fsync'd (module docs).
-fn crash_leftovers(dir: &Path, torn: u16, acks_kept: u16, stray_tmp: bool) -> std::io::Result<()> {
-    let acks = dir.join("acks.log");
-    let len = std::fs::metadata(&acks)?.len();
-    let kept = if len == 0 {
-        0
-    } else {
-        u64::from(acks_kept) % (len + 1)
-    };
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&acks)?
-        .set_len(kept)?;
-    let mut segments: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
-        .collect();
-    segments.sort();
-    // A torn batch: the start of a frame header claiming a body, then junk.
-    let mut tail = vec![0xA5; usize::from(torn % 300)];
-    let claimed = tail.len() as u32 + 100;
-    if tail.len() >= 8 {
-        tail[..4].copy_from_slice(&claimed.to_le_bytes());
-    }
-    for path in segments
-        .last()
-        .into_iter()
-        .chain([&dir.join(spool::PARKED_FILE)])
-    {
-        if path.exists() {
-            use std::io::Write;
+/// What the power loss after a crash leaves: each file cut back to a
+/// random length between what was fsync'd and what was written.
+fn lose_unsynced(
+    dir: &Path,
+    plan: &CrashPlan,
+    mut seed: u64,
+    stray_tmp: bool,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let len = std::fs::metadata(&path)?.len();
+        let synced = plan.synced_len(&path);
+        if len > synced {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let kept = synced + (seed >> 33) % (len - synced + 1);
             std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)?
-                .write_all(&tail)?;
+                .write(true)
+                .open(&path)?
+                .set_len(kept)?;
         }
     }
     if stray_tmp {
@@ -229,10 +243,25 @@ fn crash_leftovers(dir: &Path, torn: u16, acks_kept: u16, stray_tmp: bool) -> st
     Ok(())
 }
 
+/// Opens the spool with a fresh crash plan (reopen's checks included).
+fn open_planned(
+    dir: &Path,
+    model: &mut Model,
+    clean: bool,
+) -> Result<(Spool, Arc<CrashPlan>), TestCaseError> {
+    let spool = reopen(dir, model, clean)?;
+    drop(spool);
+    let plan = CrashPlan::new(dir).map_err(fail)?;
+    let (spool, _) =
+        Spool::open_with_crash_plan(settings(dir), Arc::clone(&plan), |_, _| {}).map_err(fail)?;
+    Ok((spool, plan))
+}
+
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(fail)?;
     let mut model = Model::default();
-    let mut spool = reopen(dir.path(), &mut model, true)?;
+    let (mut spool, mut plan) = open_planned(dir.path(), &mut model, true)?;
+    let mut armed: Option<(u64, bool)> = None;
     for op in ops {
         match op {
             Op::Append { key, size } => {
@@ -252,6 +281,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         model.pending.insert(appended.id, accepted);
                     }
                     Err(SpoolError::Full { .. }) => {}
+                    Err(_) if plan.crashed() => model.unanswered.push(accepted),
                     Err(error) => return Err(fail(error)),
                 }
             }
@@ -265,35 +295,54 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Refuse { pick } => {
                 if let Some(id) = model.pick(pick) {
                     let accepted = model.pending[&id];
-                    let parked = spool
+                    match spool
                         .park(Some(id), record(accepted), "refused for good")
                         .await
-                        .map_err(fail)?;
-                    prop_assert_eq!(parked, id);
-                    model.pending.remove(&id);
-                    model.parked.insert(id, accepted);
+                    {
+                        Ok(parked) => {
+                            prop_assert_eq!(parked, id);
+                            model.pending.remove(&id);
+                            model.parked.insert(id, accepted);
+                        }
+                        Err(_) if plan.crashed() => {}
+                        Err(error) => return Err(fail(error)),
+                    }
                 }
             }
             Op::Restart => {
-                spool.sync().await.map_err(fail)?;
-                drop(spool);
-                spool = reopen(dir.path(), &mut model, true)?;
+                // A barrier: every command so far has reached the writer.
+                let _ = spool.sync().await;
+                // Crashed at that very sync: the power loss below follows.
+                if !plan.crashed() {
+                    drop(spool);
+                    armed = None;
+                    (spool, plan) = open_planned(dir.path(), &mut model, true)?;
+                }
             }
             Op::Crash {
-                torn,
-                acks_kept,
+                after,
+                seed,
                 stray_tmp,
             } => {
-                // A barrier only: every command so far has reached the files.
-                spool.sync().await.map_err(fail)?;
-                drop(spool);
-                crash_leftovers(dir.path(), torn, acks_kept, stray_tmp).map_err(fail)?;
-                spool = reopen(dir.path(), &mut model, false)?;
+                if armed.is_none() {
+                    plan.arm(u64::from(after));
+                    armed = Some((seed, stray_tmp));
+                }
             }
         }
+        if plan.crashed() {
+            CRASHES.fetch_add(1, Ordering::Relaxed);
+            let _ = spool.sync().await;
+            drop(spool);
+            let (seed, stray_tmp) = armed.take().expect("armed before it crashed");
+            lose_unsynced(dir.path(), &plan, seed, stray_tmp).map_err(fail)?;
+            (spool, plan) = open_planned(dir.path(), &mut model, false)?;
+        }
     }
-    spool.sync().await.map_err(fail)?;
-    prop_assert_eq!(spool.pending(), model.pending.len() as u64);
+    if armed.is_none() {
+        spool.sync().await.map_err(fail)?;
+        prop_assert_eq!(spool.pending(), model.pending.len() as u64);
+    }
     Ok(())
 }
 
@@ -318,5 +367,8 @@ fn the_spool_keeps_every_promise_under_random_restarts_and_crashes() {
     if let Err(error) = result {
         panic!("{error}");
     }
-    println!("SPOOL-MODEL {{\"cases\": {cases}}}");
+    println!(
+        "SPOOL-MODEL {{\"cases\": {cases}, \"crashes\": {}}}",
+        CRASHES.load(Ordering::Relaxed)
+    );
 }
