@@ -466,6 +466,7 @@ impl Delivery {
         .await
         .expect("spool read task panicked");
         let mut waiting = None;
+        let mut kafka_failed = false;
         let mut acknowledgements = Vec::with_capacity(read.len());
         for (id, record) in read {
             let mut record = match record {
@@ -492,12 +493,12 @@ impl Delivery {
                 Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
                 Err(error) => {
                     self.publisher.recover(&error);
+                    kafka_failed = true;
                     waiting = Some(format!("Kafka: {error}"));
                     break;
                 }
             }
         }
-        let mut kafka_failed = waiting.as_deref().is_some_and(|w| w.starts_with("Kafka"));
         for (id, record, acknowledgement) in acknowledgements {
             match acknowledgement.await {
                 Ok(_) => {

@@ -39,7 +39,7 @@ use crate::ingest::{EventRoute, Ingest, IngestSettings};
 use crate::kafka::{PublishError, Publisher};
 use crate::registry::{RegistryError, SchemaIds};
 use crate::schema::{EventSchema, SchemaError, SchemaSource};
-use crate::spool::{Recovery, Spool, SpoolError, SpoolSettings};
+use crate::spool::{Spool, SpoolError, SpoolSettings};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,7 +111,7 @@ fn routes(config: &Config, schemas: Vec<EventSchema>, ids: &SchemaIds) -> Vec<Ev
 fn open_spool(
     config: &Config,
     dedup: Option<&Dedup>,
-) -> Result<(Spool, Vec<Recovered>, Recovery), StartupError> {
+) -> Result<(Spool, Vec<Recovered>), StartupError> {
     let mut recovered = Vec::new();
     let settings = SpoolSettings {
         dir: config.spool.dir.clone(),
@@ -152,7 +152,7 @@ fn open_spool(
             "replaying events left in the spool"
         );
     }
-    Ok((spool, recovered, recovery))
+    Ok((spool, recovered))
 }
 
 /// Gives the brokers one bounded try: reachable, the topics are created
@@ -233,7 +233,7 @@ impl App {
                 config.dedup.max_entries,
             )
         });
-        let (spool, recovered, _) = open_spool(&config, dedup.as_ref())?;
+        let (spool, recovered) = open_spool(&config, dedup.as_ref())?;
 
         let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
         let topics_ready = prepare_topics(&config, &publisher).await?;

@@ -69,6 +69,29 @@ pub enum SpoolError {
     Damaged { id: u64, path: PathBuf, offset: u64 },
 }
 
+impl SpoolError {
+    /// The same error again, for each append or probe that one failed write
+    /// refuses (`std::io::Error` is not `Clone`).
+    fn duplicate(&self) -> SpoolError {
+        match self {
+            SpoolError::Io { path, source } => SpoolError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            SpoolError::Full { used, cap } => SpoolError::Full {
+                used: *used,
+                cap: *cap,
+            },
+            SpoolError::Closed => SpoolError::Closed,
+            SpoolError::Damaged { id, path, offset } => SpoolError::Damaged {
+                id: *id,
+                path: path.clone(),
+                offset: *offset,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolEntry {
     pub id: u64,
@@ -338,6 +361,16 @@ fn read_if_present(path: &Path) -> Result<Vec<u8>, SpoolError> {
     }
 }
 
+/// Cuts a file back to its first `len` bytes, durably (a torn tail found at open).
+fn cut_to(path: &Path, len: u64) -> Result<(), SpoolError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    file.set_len(len).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
 /// Scans a frame log (segment or parked log), cuts a torn tail off it, and
 /// counts what was cut or skipped.
 fn recover_log(
@@ -349,12 +382,7 @@ fn recover_log(
     recovery.corrupt_bytes += scan.corrupt;
     if scan.valid < scan.len {
         recovery.torn_bytes += scan.len - scan.valid;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_error(path))?;
-        file.set_len(scan.valid).map_err(io_error(path))?;
-        file.sync_all().map_err(io_error(path))?;
+        cut_to(path, scan.valid)?;
     }
     Ok(scan)
 }
@@ -414,12 +442,7 @@ fn recover_acks(path: &Path) -> Result<HashSet<u64>, SpoolError> {
     let (acked, valid) = read_acks(&data);
     if valid < data.len() {
         tracing::warn!(path = %path.display(), torn_bytes = data.len() - valid, "spool acks file had a torn tail; cut it");
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_error(path))?;
-        file.set_len(valid as u64).map_err(io_error(path))?;
-        file.sync_all().map_err(io_error(path))?;
+        cut_to(path, valid as u64)?;
     }
     Ok(acked)
 }
@@ -461,7 +484,7 @@ enum Command {
 
 /// The outcome of the spool's last write to disk: `None` when it succeeded.
 #[derive(Default)]
-struct Health(std::sync::Mutex<Option<String>>);
+struct Health(Mutex<Option<String>>);
 
 /// A test aid (`tests/spool_model.rs`): makes the writer fail every file
 /// operation from a chosen one on, as a crash at that write, fsync, rename
@@ -531,12 +554,13 @@ impl CrashPlan {
 }
 
 impl Health {
-    fn record<T>(&self, result: &Result<T, SpoolError>) {
-        let error = match result {
-            Err(error @ SpoolError::Io { .. }) => Some(error.to_string()),
-            _ => None,
-        };
-        *self.0.lock().expect("spool health lock") = error;
+    /// Records how the last write ended: an I/O error, or success (a full
+    /// spool is not a disk fault).
+    fn record(&self, error: Option<&SpoolError>) {
+        let fault = error
+            .filter(|error| matches!(error, SpoolError::Io { .. }))
+            .map(ToString::to_string);
+        *self.0.lock().expect("spool health lock") = fault;
     }
 }
 
@@ -953,15 +977,9 @@ impl Files {
             }
             if !probes.is_empty() {
                 let result = self.write_high_water(self.reserved_until);
-                self.health.record(&result);
+                self.health.record(result.as_ref().err());
                 for reply in probes {
-                    let _ = reply.send(match &result {
-                        Ok(()) => Ok(()),
-                        Err(error) => Err(SpoolError::Io {
-                            path: self.settings.dir.join(HIGH_WATER_FILE),
-                            source: std::io::Error::other(error.to_string()),
-                        }),
-                    });
+                    let _ = reply.send(result.as_ref().map_err(SpoolError::duplicate).copied());
                 }
             }
         }
@@ -1039,14 +1057,11 @@ impl Files {
         let mut buffer = Vec::new();
         let used = self.used.load(Ordering::Relaxed);
         let reserved = self.reserve_ids(batch.len() as u64);
-        self.health.record(&reserved);
+        self.health.record(reserved.as_ref().err());
         if let Err(error) = reserved {
             tracing::error!(%error, "spool: cannot reserve ids");
             for (_, reply) in batch {
-                let _ = reply.send(Err(SpoolError::Io {
-                    path: self.settings.dir.join(HIGH_WATER_FILE),
-                    source: std::io::Error::other(error.to_string()),
-                }));
+                let _ = reply.send(Err(error.duplicate()));
             }
             return;
         }
@@ -1077,46 +1092,36 @@ impl Files {
         if accepted.is_empty() {
             return;
         }
+        let current = &self.segments[&self.current_first];
+        let (path, before) = (current.path.clone(), current.bytes);
+        let written = self
+            .point()
+            .and_then(|()| self.current.write_all(&buffer))
+            .and_then(|()| self.point())
+            .and_then(|()| self.current.sync_data());
+        if let Err(source) = written {
+            if self.point().is_ok() {
+                let _ = self.current.set_len(before);
+                let _ = self.current.seek(SeekFrom::End(0));
+            }
+            let error = io_error(&path)(source);
+            tracing::error!(%error, "spool write failed");
+            self.health.record(Some(&error));
+            for (_, reply) in accepted {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+            return;
+        }
+        self.synced(&path, &self.current);
         let segment = self
             .segments
             .get_mut(&self.current_first)
             .expect("current segment");
-        let path = segment.path.clone();
-        let before = segment.bytes;
-        let written = self
-            .crash
-            .as_ref()
-            .map_or(Ok(()), |plan| plan.point())
-            .and_then(|()| self.current.write_all(&buffer))
-            .and_then(|()| self.crash.as_ref().map_or(Ok(()), |plan| plan.point()))
-            .and_then(|()| self.current.sync_data());
-        if let Err(source) = written {
-            if self.crash.as_ref().is_none_or(|plan| !plan.crashed()) {
-                let _ = self.current.set_len(before);
-                let _ = self.current.seek(SeekFrom::End(0));
-            }
-            tracing::error!(path = %path.display(), error = %source, "spool write failed");
-            self.health
-                .record::<()>(&Err(io_error(&path)(std::io::Error::new(
-                    source.kind(),
-                    source.to_string(),
-                ))));
-            for (_, reply) in accepted {
-                let _ = reply.send(Err(SpoolError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::new(source.kind(), source.to_string()),
-                }));
-            }
-            return;
-        }
-        if let Some(plan) = &self.crash {
-            plan.record_sync(&path, &self.current);
-        }
         segment.bytes += buffer.len() as u64;
         self.used.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         self.pending
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        self.health.record::<()>(&Ok(()));
+        self.health.record(None);
         for (appended, reply) in accepted {
             segment.live.insert(appended.id);
             let _ = reply.send(Ok(appended));
