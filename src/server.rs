@@ -5,10 +5,12 @@
 //! request within the header-read timeout, or sits idle between requests for
 //! longer than the idle timeout, is closed, whatever its protocol (hyper's own
 //! HTTP/1 header timeout does not cover the HTTP/1-vs-HTTP/2 sniffing, and
-//! HTTP/2 has none). When every connection permit is taken, the oldest idle
-//! connection is closed to make room for the new one, so sockets that never
-//! speak cannot lock a real delivery out. HTTP/2 gets stream, header-list and
-//! keep-alive ping limits; HTTP/1 a read-buffer cap.
+//! HTTP/2 has none). When every connection permit is taken, room is made for
+//! the new one by closing, oldest first, connections that have not sent a
+//! byte yet (closing those resets no request on its way), and only when there
+//! are none, connections idle for a while; so sockets that never speak cannot
+//! lock a real delivery out, nor make it wait. HTTP/2 gets stream,
+//! header-list and keep-alive ping limits; HTTP/1 a read-buffer cap.
 //!
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, and wait for them for at most the drain timeout.
@@ -23,7 +25,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,10 +44,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a new connection waits for the permit a shed connection frees
 /// before the accept loop sheds again.
 const SHED_WAIT: Duration = Duration::from_millis(100);
-/// Only connections silent for at least this long are shed: a younger one
-/// may be a client whose request is on its way, and closing a socket with
-/// unread bytes resets it (seen: a webhook accepted in the first burst of a
-/// flood was shed before its request was parsed, and the client got a reset).
+/// Connections that have spoken are shed only once silent for at least this
+/// long: a younger one may be a client whose request is on its way, and
+/// closing a socket with unread bytes resets it (seen: a webhook accepted in
+/// the first burst of a flood was shed before its request was parsed, and the
+/// client got a reset). Connections that never sent a byte need no such wait:
+/// they are checked for unread bytes as they close.
 const SHED_MIN_SILENCE: Duration = Duration::from_millis(250);
 /// Idle connections closed at once when every permit is taken, so a burst
 /// of new connections finds permits free instead of each waiting for one
@@ -77,6 +81,12 @@ struct Tracked {
     /// Whether a request has reached the service: decides which deadline
     /// applies while idle (first request, or idle between requests).
     served: AtomicBool,
+    /// Whether the connection has sent a byte; until then it is the first
+    /// to be shed.
+    spoke: AtomicBool,
+    /// Asks a connection that has not spoken to close, unless its first
+    /// bytes have just arrived.
+    shed_silent: CancellationToken,
     close: CancellationToken,
 }
 
@@ -111,6 +121,8 @@ impl Connections {
             idle_since_ms: AtomicU64::new(self.now_ms()),
             active: AtomicU32::new(0),
             served: AtomicBool::new(false),
+            spoke: AtomicBool::new(false),
+            shed_silent: CancellationToken::new(),
             close,
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -125,31 +137,56 @@ impl Connections {
         self.live.lock().expect("connections lock").remove(&id);
     }
 
-    /// Asks the (up to) `count` connections idle the longest, and silent
-    /// for at least `SHED_MIN_SILENCE`, to close; returns whether there was one.
+    /// Asks up to `count` connections to close to make room, in the order
+    /// least likely to cost a delivery: those that never sent a byte, oldest
+    /// first; when there are none, those stalled inside their first request;
+    /// when there are none, keep-alive connections between requests. The
+    /// last two only once silent for `SHED_MIN_SILENCE`. Returns whether
+    /// one was asked.
     fn shed_oldest_idle(&self, count: usize) -> bool {
-        let silent_since = self
-            .now_ms()
-            .saturating_sub(SHED_MIN_SILENCE.as_millis() as u64);
         let live = self.live.lock().expect("connections lock");
-        let mut idle: Vec<&Arc<Tracked>> = live
+        let open: Vec<&Arc<Tracked>> = live
             .values()
-            .filter(|tracked| {
-                tracked.is_idle()
-                    && !tracked.close.is_cancelled()
-                    && tracked.idle_since_ms.load(Ordering::Relaxed) <= silent_since
-            })
+            .filter(|tracked| !tracked.close.is_cancelled())
             .collect();
-        let idle_since = |tracked: &&Arc<Tracked>| tracked.idle_since_ms.load(Ordering::Relaxed);
-        if idle.len() > count {
-            idle.select_nth_unstable_by_key(count, idle_since);
-            idle.truncate(count);
-        }
-        for tracked in &idle {
-            tracked.close.cancel();
-        }
-        metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(idle.len() as u64);
-        !idle.is_empty()
+        let (never_spoke, spoke): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|tracked| !tracked.spoke.load(Ordering::Acquire));
+        let shed = if never_spoke.is_empty() {
+            let silent_since = self
+                .now_ms()
+                .saturating_sub(SHED_MIN_SILENCE.as_millis() as u64);
+            let (keep_alive, first_request): (Vec<_>, Vec<_>) = spoke
+                .into_iter()
+                .filter(|tracked| {
+                    tracked.is_idle()
+                        && tracked.idle_since_ms.load(Ordering::Relaxed) <= silent_since
+                })
+                .partition(|tracked| tracked.served.load(Ordering::Relaxed));
+            let idle = if first_request.is_empty() {
+                keep_alive
+            } else {
+                first_request
+            };
+            let idle = oldest(idle, count);
+            for tracked in &idle {
+                tracked.close.cancel();
+            }
+            idle.len()
+        } else {
+            // Those already asked are closing: their permits are on the way.
+            let not_asked = never_spoke
+                .into_iter()
+                .filter(|tracked| !tracked.shed_silent.is_cancelled())
+                .collect();
+            let not_asked = oldest(not_asked, count);
+            for tracked in &not_asked {
+                tracked.shed_silent.cancel();
+            }
+            not_asked.len()
+        };
+        metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(shed as u64);
+        shed > 0
     }
 
     /// Closes connections past their deadlines: no first request within the
@@ -178,6 +215,41 @@ impl Connections {
     }
 }
 
+/// The `count` connections idle the longest.
+fn oldest(mut connections: Vec<&Arc<Tracked>>, count: usize) -> Vec<&Arc<Tracked>> {
+    let idle_since = |tracked: &&Arc<Tracked>| tracked.idle_since_ms.load(Ordering::Relaxed);
+    if connections.len() > count {
+        connections.select_nth_unstable_by_key(count, idle_since);
+        connections.truncate(count);
+    }
+    connections
+}
+
+/// Waits for a new connection's first bytes; false when it must close
+/// without a word instead (shut down, past the first-request deadline, or
+/// shed while silent). A shed connection whose bytes arrived meanwhile is
+/// kept: closing a socket with unread bytes would reset its request.
+async fn first_bytes(stream: &TcpStream, tracked: &Tracked) -> bool {
+    let mut byte = [0u8; 1];
+    let spoke = tokio::select! {
+        // Peeked, not `readable()`: tokio reports a new socket readable
+        // before anything has arrived.
+        peeked = stream.peek(&mut byte) => matches!(peeked, Ok(read) if read > 0),
+        () = tracked.close.cancelled() => false,
+        () = tracked.shed_silent.cancelled() => {
+            let mut byte = [0u8; 1];
+            matches!(
+                futures::future::poll_immediate(stream.peek(&mut byte)).await,
+                Some(Ok(read)) if read > 0
+            )
+        }
+    };
+    if spoke {
+        tracked.spoke.store(true, Ordering::Release);
+    }
+    spoke
+}
+
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -202,7 +274,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) {
-    let builder = builder(&limits);
+    let builder = Arc::new(builder(&limits));
     let connections = Arc::new(Connections::new());
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let stopping = CancellationToken::new();
@@ -276,12 +348,17 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(delivery.await) }
             })
         };
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connections = Arc::clone(&connections);
+        let (builder, connections) = (Arc::clone(&builder), Arc::clone(&connections));
         let drain_timeout = limits.drain_timeout;
         tasks.spawn(async move {
+            if !first_bytes(&stream, &tracked).await {
+                connections.closed(id);
+                drop(permit);
+                return;
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

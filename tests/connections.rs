@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,6 +49,45 @@ fn flood(addr: SocketAddr, opened: Arc<AtomicUsize>, release: Arc<AtomicBool>) -
     held.len()
 }
 
+/// Posts event `sequence` of lead 2 on an open keep-alive connection, and
+/// returns the answer's status (0 when the connection was closed).
+fn post_on(stream: &mut TcpStream, sequence: i64) -> u16 {
+    let event = support::sequenced_event(2, sequence).to_string();
+    let request = format!(
+        "POST /superfone/events HTTP/1.1\r\nhost: bridge\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{event}",
+        support::SECRET,
+        event.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return 0,
+            Ok(read) => answer.extend_from_slice(&chunk[..read]),
+        }
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    while answer.len() < head_end + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return 0,
+            Ok(read) => answer.extend_from_slice(&chunk[..read]),
+        }
+    }
+    head[9..12].parse().unwrap_or(0)
+}
+
 /// Posts event `sequence` of lead 1 (on a new connection, with the test's
 /// client); its status and how long the answer took, connecting included.
 async fn timed_post(client: &reqwest::Client, bridge: &Bridge, sequence: i64) -> (u16, Duration) {
@@ -76,6 +115,14 @@ async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     }
     normal.sort();
     let normal_p99 = percentile(&normal, 0.99);
+    // A keep-alive connection that delivers every 2 s: sockets that never
+    // spoke are shed before it (it used to be shed once silent for 250 ms,
+    // and its next delivery found the connection closed).
+    let mut keep_alive = TcpStream::connect(&bridge.addr).unwrap();
+    keep_alive
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(post_on(&mut keep_alive, 0), 200);
 
     let (opened, release) = (
         Arc::new(AtomicUsize::new(0)),
@@ -89,10 +136,14 @@ async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     // Post at a webhook's pace while the flood goes on: it fills every
     // permit a few seconds in, and keeps coming.
     let mut answers = Vec::new();
+    let mut keep_alive_answers = Vec::new();
     let mut full_at = None;
     for sequence in 200..200 + EVENTS {
         let (status, latency) = timed_post(&client, &bridge, sequence).await;
         answers.push((status, latency));
+        if sequence % 100 == 0 {
+            keep_alive_answers.push(post_on(&mut keep_alive, sequence));
+        }
         if full_at.is_none() && opened.load(Ordering::Relaxed) > 2_048 {
             full_at = Some(answers.len());
         }
@@ -138,6 +189,11 @@ async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     assert!(
         answers.iter().all(|(status, _)| *status == 200),
         "every event published during the flood"
+    );
+    assert_eq!(
+        keep_alive_answers,
+        vec![200; keep_alive_answers.len()],
+        "the keep-alive connection delivers every 2 s through the flood"
     );
     assert!(
         connected > SILENT,
