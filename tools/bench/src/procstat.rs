@@ -45,8 +45,13 @@ pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
 }
 
-/// Samples a process's RSS and open descriptors every few milliseconds and
-/// keeps the peaks.
+/// CPU seconds used so far by a set of processes (a peer's workers), summed.
+pub fn total_cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+/// Samples the summed RSS and open descriptors of a set of processes every
+/// few milliseconds and keeps the peaks.
 pub struct ProcessWatch {
     peak_kib: Arc<AtomicU64>,
     peak_fds: Arc<AtomicU64>,
@@ -54,19 +59,17 @@ pub struct ProcessWatch {
 }
 
 impl ProcessWatch {
-    pub fn start(pid: u32) -> ProcessWatch {
+    pub fn start(pids: Vec<u32>) -> ProcessWatch {
         let peak_kib = Arc::new(AtomicU64::new(0));
         let peak_fds = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (peak, fds, stopped) = (peak_kib.clone(), peak_fds.clone(), stop.clone());
         tokio::spawn(async move {
             while !stopped.load(Ordering::Relaxed) {
-                if let Ok(rss) = rss_kib(pid) {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                if let Ok(open) = open_fds(pid) {
-                    fds.fetch_max(open, Ordering::Relaxed);
-                }
+                let rss: u64 = pids.iter().filter_map(|pid| rss_kib(*pid).ok()).sum();
+                peak.fetch_max(rss, Ordering::Relaxed);
+                let open: u64 = pids.iter().filter_map(|pid| open_fds(*pid).ok()).sum();
+                fds.fetch_max(open, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });

@@ -65,7 +65,61 @@ pub struct Summary {
     /// Resident memory once started and ready, before any load.
     pub bridge_idle_rss_mib: f64,
     pub bridge_cpu_ms_per_1000: f64,
+    /// The bridge against the Python peer's best, per client count.
+    pub versus_peer: Vec<VersusPeer>,
     pub goals: Vec<Goal>,
+}
+
+/// The bridge and the Python peer at one closed-loop client count; the
+/// peer's figures are the best over the worker counts tried.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersusPeer {
+    pub clients: usize,
+    pub bridge_per_s: f64,
+    pub peer_per_s: f64,
+    pub bridge_cpu_us: f64,
+    pub peer_cpu_us: f64,
+    /// bridge / peer deliveries per second.
+    pub throughput_ratio: f64,
+    /// bridge / peer CPU per delivery.
+    pub cpu_ratio: f64,
+}
+
+impl VersusPeer {
+    fn new(phases: &[PhaseReport], clients: usize, concurrency: usize) -> Option<VersusPeer> {
+        let bridge_phase = if clients == concurrency {
+            "bridge".to_owned()
+        } else {
+            format!("bridge-c{clients}")
+        };
+        let bridge = phases.iter().find(|phase| phase.phase == bridge_phase)?;
+        let suffix = format!("-c{clients}");
+        let peers: Vec<&PhaseReport> = phases
+            .iter()
+            .filter(|phase| phase.phase.starts_with("peer") && phase.phase.ends_with(&suffix))
+            .collect();
+        let peer_per_s = peers
+            .iter()
+            .map(|phase| phase.deliveries_per_s)
+            .fold(0.0, f64::max);
+        let peer_cpu_us = peers
+            .iter()
+            .filter_map(|phase| phase.cpu_ms_per_1000)
+            .fold(f64::INFINITY, f64::min);
+        if peers.is_empty() {
+            return None;
+        }
+        let bridge_cpu_us = bridge.cpu_ms_per_1000.unwrap_or(f64::NAN);
+        Some(VersusPeer {
+            clients,
+            bridge_per_s: bridge.deliveries_per_s,
+            peer_per_s,
+            bridge_cpu_us,
+            peer_cpu_us,
+            throughput_ratio: bridge.deliveries_per_s / peer_per_s,
+            cpu_ratio: bridge_cpu_us / peer_cpu_us,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,7 +132,12 @@ pub struct Report {
 }
 
 impl Summary {
-    pub fn new(phases: &[PhaseReport], idle_rss_mib: f64) -> Option<Summary> {
+    pub fn new(
+        phases: &[PhaseReport],
+        idle_rss_mib: f64,
+        compared: &[usize],
+        concurrency: usize,
+    ) -> Option<Summary> {
         let find = |name: &str| phases.iter().find(|phase| phase.phase == name);
         let bridge = find("bridge")?;
         let broker = find("broker")?;
@@ -93,7 +152,11 @@ impl Summary {
             .filter(|phase| phase.target == "bridge")
             .filter_map(|phase| phase.peak_rss_mib)
             .fold(0.0, f64::max);
-        let goals = vec![
+        let versus_peer: Vec<VersusPeer> = compared
+            .iter()
+            .filter_map(|clients| VersusPeer::new(phases, *clients, concurrency))
+            .collect();
+        let mut goals = vec![
             Goal {
                 name: "throughput / lower ceiling".into(),
                 value: throughput_ratio,
@@ -103,8 +166,8 @@ impl Summary {
             Goal {
                 name: "p99 at 50% of max rate / broker p99".into(),
                 value: p99_ratio_at_half,
-                goal: "<= 3.0".into(),
-                met: p99_ratio_at_half <= 3.0,
+                goal: "<= 2.0".into(),
+                met: p99_ratio_at_half <= 2.0,
             },
             Goal {
                 name: "peak RSS under load (MiB)".into(),
@@ -113,7 +176,29 @@ impl Summary {
                 met: peak_rss <= 64.0,
             },
         ];
+        for versus in &versus_peer {
+            if [8, 64].contains(&versus.clients) {
+                goals.push(Goal {
+                    name: format!(
+                        "CPU per delivery / Python peer's, {} clients",
+                        versus.clients
+                    ),
+                    value: versus.cpu_ratio,
+                    goal: "<= 0.33".into(),
+                    met: versus.cpu_ratio <= 1.0 / 3.0,
+                });
+            }
+            if [64, 256].contains(&versus.clients) {
+                goals.push(Goal {
+                    name: format!("deliveries/s / Python peer's, {} clients", versus.clients),
+                    value: versus.throughput_ratio,
+                    goal: ">= 3.0".into(),
+                    met: versus.throughput_ratio >= 3.0,
+                });
+            }
+        }
         Some(Summary {
+            versus_peer,
             bridge_per_s: bridge.deliveries_per_s,
             broker_ceiling_per_s: broker.deliveries_per_s,
             http_ceiling_per_s: http.deliveries_per_s,
@@ -192,6 +277,19 @@ impl Report {
             "| p99 at 50% of max rate | bridge {:.2} ms, broker {:.2} ms | | |",
             summary.bridge_p99_at_half_ms, summary.broker_p99_at_half_ms
         );
+        for versus in &summary.versus_peer {
+            let _ = writeln!(
+                out,
+                "| vs Python peer, {} clients | bridge {:.0}/s at {:.0} µs CPU each, peer (best) {:.0}/s at {:.0} µs: {:.2}x the throughput, {:.2}x the CPU | | |",
+                versus.clients,
+                versus.bridge_per_s,
+                versus.bridge_cpu_us,
+                versus.peer_per_s,
+                versus.peer_cpu_us,
+                versus.throughput_ratio,
+                versus.cpu_ratio
+            );
+        }
         for goal in &summary.goals {
             let _ = writeln!(
                 out,

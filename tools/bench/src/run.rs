@@ -71,7 +71,25 @@ pub struct Options {
     /// Free text stored with the results (what was changed for this run).
     #[arg(long)]
     pub label: Option<String>,
+    /// Closed-loop client counts at which the bridge and the Python peer are
+    /// compared (the bridge's run at `--concurrency` is reused).
+    #[arg(long, value_delimiter = ',', default_value = "8,64,256")]
+    pub compare_concurrency: Vec<usize>,
+    /// Worker processes of the Python peer to try (one port, SO_REUSEPORT);
+    /// each is measured, and the report keeps the best. Empty: no peer.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub peer_workers: Vec<usize>,
+    /// The Python that runs the peer (needs uvicorn, uvloop, httptools,
+    /// orjson, confluent-kafka: scripts/requirements-test.txt).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub peer_python: PathBuf,
+    /// The peer: tools/python-peer/peer.py.
+    #[arg(long, default_value = "tools/python-peer/peer.py")]
+    pub peer_script: PathBuf,
 }
+
+/// The Python peer's report target name.
+const PEER: &str = "Python peer";
 
 /// What a phase is, as the report names it.
 struct Phase {
@@ -134,6 +152,19 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     publisher
         .create_topics(&config.topic_spec(), Duration::from_secs(10))
         .await?;
+    // The peer's topics: the same spec (partitions, size limit), its own names.
+    let mut peer_prefixes = Vec::new();
+    let mut peer_topics = Vec::new();
+    for workers in &options.peer_workers {
+        let mut peer_config = config.clone();
+        peer_config.topics.prefix = format!("{run}.peer{workers}.");
+        let spec = peer_config.topic_spec();
+        publisher
+            .create_topics(&spec, Duration::from_secs(10))
+            .await?;
+        peer_topics.extend(spec.names);
+        peer_prefixes.push((*workers, peer_config.topics.prefix));
+    }
     let routes = superfone_bridge::event_routes(&config).await?;
     let records = broker_records(&routes, &payloads)?;
     let mut measured = Vec::new();
@@ -160,7 +191,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     load::closed_loop(http.clone(), &run, "warmup", options.concurrency, warmup).await;
     measured.push(
         measure(
-            sink_pid,
+            &[sink_pid],
             Phase::new("HTTP ceiling", &closed_load, None),
             || load::closed_loop(http, &run, "http", options.concurrency, duration),
         )
@@ -174,7 +205,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     load::closed_loop(broker.clone(), &run, "warmup", options.concurrency, warmup).await;
     measured.push(
         measure(
-            own_pid,
+            &[own_pid],
             Phase::new("broker ceiling", &closed_load, None),
             || {
                 load::closed_loop(
@@ -226,15 +257,19 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         payloads.clone(),
     )?);
     load::closed_loop(ingest.clone(), &run, "warmup", options.concurrency, warmup).await;
-    let closed = measure(bridge_pid, Phase::new("bridge", &closed_load, None), || {
-        load::closed_loop(
-            ingest.clone(),
-            &run,
-            "bridge",
-            options.concurrency,
-            duration,
-        )
-    })
+    let closed = measure(
+        &[bridge_pid],
+        Phase::new("bridge", &closed_load, None),
+        || {
+            load::closed_loop(
+                ingest.clone(),
+                &run,
+                "bridge",
+                options.concurrency,
+                duration,
+            )
+        },
+    )
     .await?;
     let max_rate = closed.result.accepted.len() as f64 / closed.result.elapsed.as_secs_f64();
     measured.push(closed);
@@ -246,18 +281,36 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         eprintln!("[bench] {run}: open loop {load}");
         let phase = format!("bridge-open-{percent}");
         measured.push(
-            measure(bridge_pid, Phase::new("bridge", &load, Some(rate)), || {
-                load::open_loop(ingest.clone(), &run, &phase, rate, duration)
-            })
+            measure(
+                &[bridge_pid],
+                Phase::new("bridge", &load, Some(rate)),
+                || load::open_loop(ingest.clone(), &run, &phase, rate, duration),
+            )
             .await?,
         );
         let phase = format!("broker-open-{percent}");
         measured.push(
             measure(
-                own_pid,
+                &[own_pid],
                 Phase::new("broker ceiling", &load, Some(rate)),
                 || load::open_loop(broker.clone(), &run, &phase, rate, duration),
             )
+            .await?,
+        );
+    }
+
+    for &clients in &options.compare_concurrency {
+        if clients == options.concurrency {
+            continue;
+        }
+        let load = format!("closed, {clients} clients");
+        eprintln!("[bench] {run}: bridge, {load}");
+        let phase = format!("bridge-c{clients}");
+        load::closed_loop(ingest.clone(), &run, "warmup", clients, warmup).await;
+        measured.push(
+            measure(&[bridge_pid], Phase::new("bridge", &load, None), || {
+                load::closed_loop(ingest.clone(), &run, &phase, clients, duration)
+            })
             .await?,
         );
     }
@@ -269,8 +322,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         bail!("the bridge exited with {status}; see its bridge.log");
     }
 
+    for (workers, prefix) in &peer_prefixes {
+        eprintln!("[bench] {run}: Python peer, {workers} worker(s)");
+        measured.extend(
+            measure_peer(&options, &config, &out, *workers, prefix, &payloads, &run).await?,
+        );
+    }
+
     eprintln!("[bench] {run}: reading every topic back");
     let found = {
+        let topics: Vec<String> = topics.into_iter().chain(peer_topics).collect();
         let (brokers, run) = (options.brokers.clone(), run.clone());
         tokio::task::spawn_blocking(move || verify::records_on_broker(&brokers, &topics, &run))
             .await??
@@ -279,8 +340,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .into_iter()
         .map(|phase| phase.report(&found))
         .collect();
-    let summary =
-        Summary::new(&phases, idle_rss_kib as f64 / 1024.0).context("a phase is missing")?;
+    let summary = Summary::new(
+        &phases,
+        idle_rss_kib as f64 / 1024.0,
+        &options.compare_concurrency,
+        options.concurrency,
+    )
+    .context("a phase is missing")?;
     let report = Report {
         run: run.clone(),
         label: options.label.clone(),
@@ -350,16 +416,17 @@ impl Measured {
     }
 }
 
-/// Runs a phase while watching the CPU time, memory and descriptors of process `pid`.
-async fn measure<F, Fut>(pid: u32, phase: Phase, run: F) -> anyhow::Result<Measured>
+/// Runs a phase while watching the CPU time, memory and descriptors of the
+/// serving processes `pids` (summed).
+async fn measure<F, Fut>(pids: &[u32], phase: Phase, run: F) -> anyhow::Result<Measured>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = PhaseResult>,
 {
-    let watch = ProcessWatch::start(pid);
-    let cpu_before = procstat::cpu_seconds(pid)?;
+    let watch = ProcessWatch::start(pids.to_vec());
+    let cpu_before = procstat::total_cpu_seconds(pids)?;
     let result = run().await;
-    let cpu_seconds = procstat::cpu_seconds(pid)? - cpu_before;
+    let cpu_seconds = procstat::total_cpu_seconds(pids)? - cpu_before;
     Ok(Measured {
         phase,
         result,
@@ -367,6 +434,65 @@ where
         peak_rss_kib: watch.peak_kib(),
         peak_fds: watch.peak_fds(),
     })
+}
+
+/// Starts the Python peer with `workers` processes on one port, runs a
+/// closed loop at each compared client count against it, and stops it.
+async fn measure_peer(
+    options: &Options,
+    config: &Config,
+    out: &Path,
+    workers: usize,
+    topic_prefix: &str,
+    payloads: &Arc<Payloads>,
+    run: &str,
+) -> anyhow::Result<Vec<Measured>> {
+    let address = free_local_address()?;
+    let mut peers = Vec::new();
+    for worker in 0..workers {
+        peers.push(spawn(
+            Command::new(&options.peer_python)
+                .arg(&options.peer_script)
+                .args(["--listen", &address.to_string()])
+                .args(["--brokers", &options.brokers])
+                .args(["--registry-url", &options.registry_url])
+                .args(["--topic-prefix", topic_prefix])
+                .args(["--secret", SECRET])
+                .args(["--linger-ms", &config.kafka.linger_ms.to_string()])
+                .args(["--compression", &config.kafka.compression]),
+            &out.join(format!("peer{workers}-{worker}.log")),
+        )?);
+        // One at a time: the first binds the port the others share.
+        wait_for_port(address).await?;
+    }
+    let pids: Vec<u32> = peers
+        .iter()
+        .map(|peer| peer.id().context("peer pid"))
+        .collect::<anyhow::Result<_>>()?;
+    let target = Arc::new(Target::http(
+        format!("http://{address}/").parse()?,
+        SECRET,
+        &config.server.group_id_header,
+        payloads.clone(),
+    )?);
+    let warmup = Duration::from_secs_f64(options.warmup_secs);
+    let duration = Duration::from_secs_f64(options.duration_secs);
+    let mut measured = Vec::new();
+    for &clients in &options.compare_concurrency {
+        let load = format!("closed, {clients} clients, {workers} worker(s)");
+        let phase = format!("peer{workers}-c{clients}");
+        load::closed_loop(target.clone(), run, "warmup", clients, warmup).await;
+        measured.push(
+            measure(&pids, Phase::new(PEER, &load, None), || {
+                load::closed_loop(target.clone(), run, &phase, clients, duration)
+            })
+            .await?,
+        );
+    }
+    for peer in &mut peers {
+        stop(peer).await?;
+    }
+    Ok(measured)
 }
 
 /// The ten event records exactly as the bridge would produce them from the
