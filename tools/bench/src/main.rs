@@ -19,7 +19,7 @@ enum Command {
     /// Run every phase and write bench.json and bench.md.
     Run {
         #[command(flatten)]
-        options: run::Options,
+        options: Box<run::Options>,
         /// Exit non-zero unless every goal is met (missing records always fail).
         #[arg(long)]
         require_goals: bool,
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
             options,
             require_goals,
         } => {
-            let report = run::run(options).await?;
+            let report = run::run(*options).await?;
             println!("{}", report.markdown());
             let missing: u64 = report.phases.iter().map(|phase| phase.missing).sum();
             anyhow::ensure!(
