@@ -141,9 +141,8 @@ impl Connections {
     /// least likely to cost a delivery: those that never sent a byte, oldest
     /// first; when there are none, those stalled inside their first request;
     /// when there are none, keep-alive connections between requests. The
-    /// last two only once silent for `SHED_MIN_SILENCE`. Returns whether
-    /// one was asked.
-    fn shed_oldest_idle(&self, count: usize) -> bool {
+    /// last two only once silent for `SHED_MIN_SILENCE`.
+    fn shed_oldest_idle(&self, count: usize) {
         let live = self.live.lock().expect("connections lock");
         let open: Vec<&Arc<Tracked>> = live
             .values()
@@ -186,7 +185,6 @@ impl Connections {
             not_asked.len()
         };
         metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(shed as u64);
-        shed > 0
     }
 
     /// Closes connections past their deadlines: no first request within the

@@ -1251,6 +1251,11 @@ mod tests {
         assert_eq!(replayed, expected, "pending entries come back in order");
     }
 
+    /// The records at `wanted`, each read back intact.
+    fn read_all(spool: &Spool, wanted: &[(u64, Location)]) -> Vec<Record> {
+        spool.read(wanted).into_iter().map(Result::unwrap).collect()
+    }
+
     /// Issue 10, break 6: the replay reads records back by location instead
     /// of holding them; locations survive a reopen and a reset of the
     /// current segment (its offsets are reused by later ids).
@@ -1263,12 +1268,10 @@ mod tests {
             appended.push(spool.append(record(n)).await.unwrap());
         }
         let wanted: Vec<(u64, Location)> = appended.iter().map(|a| (a.id, a.location)).collect();
-        let read: Vec<Record> = spool
-            .read(&wanted)
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(read, (0..30).map(record).collect::<Vec<_>>());
+        assert_eq!(
+            read_all(&spool, &wanted),
+            (0..30).map(record).collect::<Vec<_>>()
+        );
         assert!(
             wanted
                 .iter()
@@ -1286,12 +1289,10 @@ mod tests {
         })
         .unwrap();
         let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
-        let read: Vec<Record> = spool
-            .read(&wanted)
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(read, (0..30).map(record).collect::<Vec<_>>());
+        assert_eq!(
+            read_all(&spool, &wanted),
+            (0..30).map(record).collect::<Vec<_>>()
+        );
         assert!(
             matches!(
                 spool.read(&[(9_999, wanted[0].1)])[0],

@@ -98,6 +98,9 @@ impl VersusPeer {
             .iter()
             .filter(|phase| phase.phase.starts_with("peer") && phase.phase.ends_with(&suffix))
             .collect();
+        if peers.is_empty() {
+            return None;
+        }
         let peer_per_s = peers
             .iter()
             .map(|phase| phase.deliveries_per_s)
@@ -106,9 +109,6 @@ impl VersusPeer {
             .iter()
             .filter_map(|phase| phase.cpu_ms_per_1000)
             .fold(f64::INFINITY, f64::min);
-        if peers.is_empty() {
-            return None;
-        }
         let bridge_cpu_us = bridge.cpu_ms_per_1000.unwrap_or(f64::NAN);
         Some(VersusPeer {
             clients,

@@ -182,12 +182,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     )?;
     wait_for_port(sink_address).await?;
     let sink_pid = sink.id().context("sink pid")?;
-    let http = Arc::new(Target::http(
-        format!("http://{sink_address}/").parse()?,
-        SECRET,
-        &config.server.group_id_header,
-        payloads.clone(),
-    )?);
+    let http = http_target(&format!("http://{sink_address}/"), &config, &payloads)?;
     load::closed_loop(http.clone(), &run, "warmup", options.concurrency, warmup).await;
     measured.push(
         measure(
@@ -246,16 +241,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let admin = format!("http://{}", config.admin.listen);
     wait_until_ready(&admin, &mut bridge).await?;
     let idle_rss_kib = procstat::rss_kib(bridge_pid)?;
-    let ingest = Arc::new(Target::http(
-        format!(
+    let ingest = http_target(
+        &format!(
             "http://{}{}",
             config.server.listen, config.server.ingest_path
-        )
-        .parse()?,
-        SECRET,
-        &config.server.group_id_header,
-        payloads.clone(),
-    )?);
+        ),
+        &config,
+        &payloads,
+    )?;
     load::closed_loop(ingest.clone(), &run, "warmup", options.concurrency, warmup).await;
     let closed = measure(
         &[bridge_pid],
@@ -462,19 +455,16 @@ async fn measure_peer(
                 .args(["--compression", &config.kafka.compression]),
             &out.join(format!("peer{workers}-{worker}.log")),
         )?);
-        // One at a time: the first binds the port the others share.
+        // Only the first start is seen here: later workers share its port.
+        // A worker takes connections only once its server listens, so one
+        // still starting gets no load before it is ready.
         wait_for_port(address).await?;
     }
     let pids: Vec<u32> = peers
         .iter()
         .map(|peer| peer.id().context("peer pid"))
         .collect::<anyhow::Result<_>>()?;
-    let target = Arc::new(Target::http(
-        format!("http://{address}/").parse()?,
-        SECRET,
-        &config.server.group_id_header,
-        payloads.clone(),
-    )?);
+    let target = http_target(&format!("http://{address}/"), config, payloads)?;
     let warmup = Duration::from_secs_f64(options.warmup_secs);
     let duration = Duration::from_secs_f64(options.duration_secs);
     let mut measured = Vec::new();
@@ -506,6 +496,21 @@ fn broker_records(routes: &[EventRoute], payloads: &Payloads) -> anyhow::Result<
             Ok(routes[kind as usize].record(object, "", "2026-01-01T00:00:00Z")?)
         })
         .collect()
+}
+
+/// The load generator's target for an HTTP endpoint: the benchmark's secret
+/// and the bridge's group id header, over the shared payloads.
+fn http_target(
+    uri: &str,
+    config: &Config,
+    payloads: &Arc<Payloads>,
+) -> anyhow::Result<Arc<Target>> {
+    Ok(Arc::new(Target::http(
+        uri.parse()?,
+        SECRET,
+        &config.server.group_id_header,
+        payloads.clone(),
+    )?))
 }
 
 fn free_local_address() -> anyhow::Result<SocketAddr> {
