@@ -140,7 +140,10 @@ impl Ingest {
             superfone.event = field::Empty,
             superfone.contact_id = field::Empty,
             superfone.dedup_key = field::Empty,
+            superfone.schema_id = field::Empty,
+            superfone.registry.cached = field::Empty,
             superfone.outcome = field::Empty,
+            superfone.error = field::Empty,
             trace_id = field::Empty,
         );
         telemetry::continue_trace(&span, request.headers());
@@ -282,27 +285,14 @@ impl Ingest {
         let object = object.expect("dispatch accepted an object");
         let route = self.route(kind);
         // The ids are registered in the background: the lookup is a cache
-        // hit (or a miss, and the record is stamped later), kept as a span so
-        // a trace shows which schema version encoded the record.
+        // hit (or a miss, and the record is stamped later); the delivery span
+        // says which schema version encoded the record.
         let (schema_id, schema_header) = route.schema.schema_header();
-        tracing::info_span!(
-            "superfone.registry.lookup",
-            superfone.schema_id = schema_id,
-            superfone.registry.cached = schema_id != 0
-        )
-        .in_scope(|| ());
-        let convert = tracing::info_span!(
-            "superfone.convert",
-            superfone.event = kind.as_str(),
-            superfone.schema_id = schema_id,
-            otel.status_code = field::Empty,
-            otel.status_description = field::Empty
-        );
-        let payload = match convert.in_scope(|| route.converter.encode(schema_id, object)) {
+        current.record("superfone.schema_id", schema_id);
+        current.record("superfone.registry.cached", schema_id != 0);
+        let payload = match route.converter.encode(schema_id, object) {
             Ok(payload) => payload,
             Err(error) => {
-                convert.record("otel.status_code", "ERROR");
-                convert.record("otel.status_description", error.to_string());
                 let rejection = Rejection::conversion(kind, error);
                 return self
                     .dead_letter(rejection, &envelope, group_id, key.as_deref(), &body)
@@ -392,6 +382,7 @@ impl Ingest {
         key: Option<&str>,
         body: &[u8],
     ) -> Outcome {
+        tracing::Span::current().record("superfone.error", rejection.error.to_string());
         let mut headers = vec![
             (GROUP_ID_HEADER.to_owned(), group_id.clone()),
             (RECEIVED_AT_HEADER.to_owned(), envelope.received_at.clone()),

@@ -1,5 +1,6 @@
 //! Logs and traces: a `tracing` subscriber writing text or JSON lines to
-//! stderr, plus an OpenTelemetry layer exporting spans over OTLP (gRPC or
+//! stderr (formatted on the request path, written in batches by a writer
+//! thread, so a delivery makes no write syscall of its own), plus an OpenTelemetry layer exporting spans over OTLP (gRPC or
 //! HTTP/protobuf) with a batch processor, off the request path: when the
 //! collector is down, spans are dropped, deliveries are not slowed.
 //!
@@ -18,9 +19,13 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// The span of one delivery, whose fields every log line of it carries.
+pub const DELIVERY_SPAN: &str = "superfone.delivery";
 
 /// Export requests must not hang a shutdown for long.
 const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -35,10 +40,12 @@ pub enum TelemetryError {
     Sampler(String),
 }
 
-/// Keeps the tracer provider alive; `shutdown` flushes the last spans.
+/// Keeps the tracer provider and the log writer alive; `shutdown` (or
+/// dropping it) flushes the last spans and log lines.
 pub struct Telemetry {
     provider: SdkTracerProvider,
     pub exporting_to: Option<String>,
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Telemetry {
@@ -48,6 +55,10 @@ impl Telemetry {
         }
     }
 }
+
+/// Log lines queued for the writer thread before a logging call waits (it
+/// waits rather than drop a line: an ERROR about an event must not vanish).
+const LOG_QUEUE_LINES: usize = 16_384;
 
 fn setting(config: &Option<String>, variable: &str) -> Option<String> {
     config
@@ -109,23 +120,38 @@ pub fn init(log: &LogConfig, config: &TracingConfig) -> Result<Telemetry, Teleme
             metadata.is_span() && metadata.name().starts_with("superfone.")
         }));
 
+    // Lines are written by a thread of their own, through a buffer flushed
+    // whenever its queue runs empty: one write for a burst of lines.
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let fmt_layer = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             // Colour codes only for a person at a terminal, not in log files.
             .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
     };
+    // Log lines carry the delivery span's fields (group id, trace id, event);
+    // the spans inside it are for traces only, so the log layer never
+    // formats their fields.
+    let log_spans = tracing_subscriber::filter::filter_fn(|metadata| {
+        !metadata.is_span()
+            || metadata.name() == DELIVERY_SPAN
+            || !metadata.name().starts_with("superfone.")
+    });
     let result = tracing_subscriber::registry()
         .with(otel_layer)
-        .with(fmt_layer.with_filter(filter))
+        .with(fmt_layer.with_filter(filter.and(log_spans)))
         .try_init();
     if let Err(error) = result {
         eprintln!("logging already initialised: {error}");
@@ -133,6 +159,7 @@ pub fn init(log: &LogConfig, config: &TracingConfig) -> Result<Telemetry, Teleme
     Ok(Telemetry {
         provider,
         exporting_to: endpoint,
+        _log_writer: log_writer,
     })
 }
 

@@ -110,9 +110,8 @@ async fn bridge_killed_with_the_broker_down_replays_its_spool_after_restart() {
     read_back_and_check(&second_broker.address(), &topic, &mut figures_b, &answers_b);
     figures_b.report();
     assert_eq!(figures_b.lost, 0, "{figures_b:?}");
-    assert!(restarted
-        .log_text()
-        .contains("replaying events left in the spool"));
+    let replaying = "replaying events left in the spool";
+    assert!(restarted.log_text_with(replaying).contains(replaying));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,7 +236,12 @@ async fn a_full_spool_answers_503_without_crashing_and_recovers() {
     let full = answers.last().unwrap().clone();
     assert_eq!(full.status, Some(503), "the spool cap was reached");
     assert_eq!(full.body["status"], "unavailable");
-    assert!(bridge.log_text().contains("spool is full"), "logged loudly");
+    assert!(
+        bridge
+            .log_text_with("spool is full")
+            .contains("spool is full"),
+        "logged loudly"
+    );
     broker.resume();
 
     // Space returns as the spool drains; new events are accepted again.

@@ -186,15 +186,15 @@ async fn traces_reach_the_collector_and_continue_in_kafka_headers() {
         delivery.attributes["superfone.dedup_key"]
     );
     assert_eq!(delivery.attributes["http.response.status_code"], "200");
-    for child in [
-        "superfone.registry.lookup",
-        "superfone.convert",
-        "superfone.produce",
-    ] {
-        collector.wait_for(child, |s| {
-            s.name == child && s.parent_id == delivery.span_id
-        });
-    }
+    assert_eq!(
+        delivery.attributes["superfone.schema_id"],
+        continued["schema_id"].to_string(),
+        "the schema version that encoded the record"
+    );
+    assert_eq!(delivery.attributes["superfone.registry.cached"], "true");
+    collector.wait_for("superfone.produce under the delivery", |s| {
+        s.name == "superfone.produce" && s.parent_id == delivery.span_id
+    });
     let produce = collector.wait_for("produce", |s| {
         s.name == "superfone.produce" && s.trace_id == incoming_trace
     });
@@ -231,7 +231,7 @@ async fn traces_reach_the_collector_and_continue_in_kafka_headers() {
     );
 
     // Log lines of a delivery carry its group id and trace id.
-    let logs = bridge.log_text();
+    let logs = bridge.log_text_with(incoming_trace);
     let published = logs
         .lines()
         .find(|line| line.contains("\"published\"") && line.contains(incoming_trace))

@@ -201,7 +201,7 @@ async fn a_record_kafka_refuses_for_good_is_parked_and_the_replay_goes_on() {
         0.0,
         "nothing left waiting"
     );
-    let logs = second.log_text();
+    let logs = second.log_text_with("parked");
     let parked_line = logs
         .lines()
         .find(|line| line.contains("parked"))
@@ -289,7 +289,7 @@ async fn a_topic_too_small_for_the_body_limit_is_reported_at_start_up() {
         prefix: prefix.clone(),
         ..BridgeOptions::default()
     });
-    let logs = bridge.log_text();
+    let logs = bridge.log_text_with("topic cannot store the largest record");
     let warning = logs
         .lines()
         .find(|line| line.contains("topic cannot store the largest record"))

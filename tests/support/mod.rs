@@ -226,6 +226,20 @@ impl Bridge {
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+
+    /// The log so far, once it holds `needle`, or after 10 s: the bridge's
+    /// log lines are written by a thread of their own, a moment after the
+    /// answer that followed them.
+    pub fn log_text_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Bridge {
