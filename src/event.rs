@@ -6,7 +6,9 @@
 //! dead-lettered.
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use std::fmt;
+use std::fmt::Write as _;
 
 /// One Superfone event notification type (payload reference, "Available events").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,57 +193,83 @@ pub fn dedup_key(kind: EventKind, payload: &Map<String, Value>) -> DedupKey {
         .iter()
         .find_map(|field| Some(format!("{field}={}", id_text(payload.get(*field)?)?)))
         .unwrap_or_else(|| "body".to_owned());
-    let mut text = String::new();
-    write_canonical_members(payload, &["group_id_ref"], &mut text);
-    let key = format!("{kind}|{entity}|{}", short_hash(&text));
+    let mut content = ContentHash::default();
+    write_canonical_members(payload, &["group_id_ref"], &mut content.0);
+    let key = format!("{kind}|{entity}|{}", content.short_hex());
     DedupKey { entity, key }
 }
 
-fn short_hash(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(text.as_bytes());
-    digest[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+/// SHA-256 fed with the canonical JSON as it is written, so the text is
+/// never held in memory.
+#[derive(Default)]
+struct ContentHash(Sha256);
+
+impl ContentHash {
+    /// The first 16 hex digits.
+    fn short_hex(self) -> String {
+        let digest = self.0.finalize();
+        let mut hex = String::with_capacity(16);
+        for byte in &digest[..8] {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
+    }
 }
 
 /// JSON with object keys sorted and whole numbers as integers, so equal
 /// values hash equally whatever the key order or number spelling.
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Sha256) {
     match value {
         Value::Object(object) => write_canonical_members(object, &[], out),
         Value::Array(items) => {
-            out.push('[');
+            out.update(b"[");
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
-                    out.push(',');
+                    out.update(b",");
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.update(b"]");
         }
-        Value::Number(number) => out.push_str(&normal_number(number)),
-        scalar => out.push_str(&scalar.to_string()),
+        Value::Number(number) => out.update(normal_number(number).as_bytes()),
+        scalar => write_json(scalar, out),
     }
 }
 
-fn write_canonical_members(object: &Map<String, Value>, skip: &[&str], out: &mut String) {
+fn write_canonical_members(object: &Map<String, Value>, skip: &[&str], out: &mut Sha256) {
     let mut members: Vec<_> = object
         .iter()
         .filter(|(key, _)| !skip.contains(&key.as_str()))
         .collect();
-    members.sort_by(|a, b| a.0.cmp(b.0));
-    out.push('{');
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.update(b"{");
     for (index, (key, member)) in members.into_iter().enumerate() {
         if index > 0 {
-            out.push(',');
+            out.update(b",");
         }
-        out.push_str(&Value::String(key.clone()).to_string());
-        out.push(':');
+        write_json(key, out);
+        out.update(b":");
         write_canonical(member, out);
     }
-    out.push('}');
+    out.update(b"}");
+}
+
+/// Compact JSON of a string or scalar, as `serde_json` writes it.
+fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Sha256) {
+    serde_json::to_writer(HashWriter(out), value).expect("JSON of a string or scalar");
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +342,24 @@ mod tests {
         assert_ne!(change(json!("Interested")), change(json!("Not interested")));
         let no_id = key(EventKind::AllCalls, json!({"cdr_phone": "+91"}));
         assert_eq!(no_id.entity, "body");
+    }
+
+    #[test]
+    fn the_content_hash_is_sha256_of_the_documented_canonical_json() {
+        // Keys stored in spools and on topics stay valid only while this
+        // text is what is hashed: sorted keys, whole numbers as integers,
+        // serde_json's escaping, no group_id_ref.
+        let payload = json!({
+            "tags": [true, null, "x"], "cdr_id": 9876543, "contact_id": 1.0,
+            "group_id_ref": "delivery-1", "note": "a\"b\u{e9}", "n": {"z": 1, "a": 2.5}
+        });
+        let canonical = r#"{"cdr_id":9876543,"contact_id":1,"n":{"a":2.5,"z":1},"note":"a\"bé","tags":[true,null,"x"]}"#;
+        let digest = Sha256::digest(canonical.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            dedup_key(EventKind::AllCalls, payload.as_object().unwrap()).key,
+            format!("ALL_CALLS|cdr_id=9876543|{hex}")
+        );
     }
 
     #[test]
