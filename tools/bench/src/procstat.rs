@@ -45,6 +45,17 @@ pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
 }
 
+/// A child process of `pid`, if it has one.
+pub fn child_of(pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // The parent's pid is the second field after the command name.
+        let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+        (parent.parse::<u32>().ok()? == pid).then_some(child)
+    })
+}
+
 /// CPU seconds used so far by a set of processes (a peer's workers), summed.
 pub fn total_cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|pid| cpu_seconds(*pid)).sum()

@@ -237,9 +237,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             .env("SUPERFONE_AUTH_SECRETS", SECRET),
         &out.join("bridge.log"),
     )?;
-    let bridge_pid = bridge.id().context("bridge pid")?;
+    let mut bridge_pid = bridge.id().context("bridge pid")?;
     let admin = format!("http://{}", config.admin.listen);
     wait_until_ready(&admin, &mut bridge).await?;
+    if options.bridge_prefix.is_some() {
+        // A profiler that runs the bridge as its child (perf) is not what is
+        // measured; one that becomes the bridge (env, valgrind) is.
+        bridge_pid = procstat::child_of(bridge_pid).unwrap_or(bridge_pid);
+    }
     let idle_rss_kib = procstat::rss_kib(bridge_pid)?;
     let ingest = http_target(
         &format!(
