@@ -18,7 +18,7 @@ RUN cargo build --release --locked --bin superfone-bridge \
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 bridge \
  && useradd --system --uid 10001 --gid bridge --home-dir /var/lib/superfone-bridge bridge \
@@ -38,7 +38,8 @@ ENV SUPERFONE_BRIDGE_SERVER__LISTEN=0.0.0.0:8080 \
 VOLUME ["/var/lib/superfone-bridge/spool"]
 # 8080: Superfone's webhooks (public). 9090: /metrics, /healthz, /readyz (internal).
 EXPOSE 8080 9090
+# `healthcheck` asks this config's admin listener (no curl in the image).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:9090/healthz || exit 1
+  CMD ["/usr/local/bin/superfone-bridge", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/superfone-bridge"]
 CMD ["serve"]

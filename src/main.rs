@@ -32,6 +32,14 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Exit 0 if this config's bridge answers 200 on its admin listener
+    /// (a container HEALTHCHECK without curl).
+    Healthcheck {
+        /// `/healthz` (the process is alive) or `/readyz` (it can make an
+        /// event durable now).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
     /// Dead-letter topic operations.
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
@@ -65,6 +73,16 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command {
         Command::CheckConfig => check_config(&config),
+        Command::Healthcheck { path } => {
+            let status_line = tools::healthcheck(&config, &path)
+                .with_context(|| format!("asking {} for {path}", config.admin.listen))?;
+            println!("{status_line}");
+            anyhow::ensure!(
+                status_line.split_whitespace().nth(1) == Some("200"),
+                "not healthy"
+            );
+            Ok(())
+        }
         Command::Serve => runtime()?.block_on(serve(config)),
         Command::Send { url, files } => {
             let url = url.unwrap_or_else(|| tools::local_ingest_url(&config));

@@ -54,6 +54,28 @@ pub fn local_ingest_url(config: &Config) -> String {
     format!("http://{addr}{}", config.server.ingest_path)
 }
 
+/// How long `healthcheck` waits for the admin listener's answer.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Asks the admin listener of the bridge this config describes for `path`
+/// (`/healthz`: alive; `/readyz`: can make an event durable now) over plain
+/// HTTP/1.0, and returns the status line. A container HEALTHCHECK needs no
+/// curl in the image for this.
+pub fn healthcheck(config: &Config, path: &str) -> Result<String, std::io::Error> {
+    use std::io::{BufRead, BufReader};
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip([127, 0, 0, 1].into());
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
+    stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line)?;
+    Ok(status_line.trim_end().to_owned())
+}
+
 /// Posts each file as one notification; prints `{"file","status","response"}`
 /// per file. Returns whether every answer was 2xx.
 pub async fn send(

@@ -1,4 +1,4 @@
-//! The binary's edges: `check-config`, and graceful shutdown on SIGTERM.
+//! The binary's edges: `check-config`, `healthcheck`, and graceful shutdown on SIGTERM.
 
 mod support;
 
@@ -114,4 +114,32 @@ fn sigterm_stops_accepting_but_finishes_the_request_in_flight() {
     assert!(status.success(), "{status}");
     assert!(bridge.log_text().contains("\"stopped\""));
     assert_eq!(consume(&bridge.topic("TASK_CREATE"), 1, false).len(), 1);
+}
+
+#[test]
+fn healthcheck_exits_zero_only_when_the_admin_listener_answers_200() {
+    let bridge = Bridge::start(BridgeOptions::default());
+    let healthcheck = |admin: &str, path: &str| {
+        bridge_command()
+            .args(["healthcheck", "--path", path])
+            .env("SUPERFONE_BRIDGE_ADMIN__LISTEN", admin)
+            .output()
+            .unwrap()
+    };
+    let alive = healthcheck(&bridge.admin_addr, "/healthz");
+    assert!(alive.status.success(), "{alive:?}");
+    assert!(
+        String::from_utf8_lossy(&alive.stdout).contains(" 200 "),
+        "{alive:?}"
+    );
+    let unknown = healthcheck(&bridge.admin_addr, "/no-such-endpoint");
+    assert!(
+        !unknown.status.success(),
+        "a 404 is not healthy: {unknown:?}"
+    );
+
+    let nothing_listens = format!("127.0.0.1:{}", support::free_port());
+    let down = healthcheck(&nothing_listens, "/healthz");
+    assert!(!down.status.success(), "{down:?}");
+    assert!(String::from_utf8_lossy(&down.stderr).contains(&nothing_listens));
 }
