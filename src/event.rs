@@ -193,27 +193,20 @@ pub fn dedup_key(kind: EventKind, payload: &Map<String, Value>) -> DedupKey {
         .iter()
         .find_map(|field| Some(format!("{field}={}", id_text(payload.get(*field)?)?)))
         .unwrap_or_else(|| "body".to_owned());
-    let mut content = ContentHash::default();
-    write_canonical_members(payload, &["group_id_ref"], &mut content.0);
-    let key = format!("{kind}|{entity}|{}", content.short_hex());
+    // The canonical JSON is hashed as it is written, never held in memory.
+    let mut content = Sha256::new();
+    write_canonical_members(payload, &["group_id_ref"], &mut content);
+    let key = format!("{kind}|{entity}|{}", short_hex(content));
     DedupKey { entity, key }
 }
 
-/// SHA-256 fed with the canonical JSON as it is written, so the text is
-/// never held in memory.
-#[derive(Default)]
-struct ContentHash(Sha256);
-
-impl ContentHash {
-    /// The first 16 hex digits.
-    fn short_hex(self) -> String {
-        let digest = self.0.finalize();
-        let mut hex = String::with_capacity(16);
-        for byte in &digest[..8] {
-            let _ = write!(hex, "{byte:02x}");
-        }
-        hex
+/// The first 16 hex digits of the hash.
+fn short_hex(hash: Sha256) -> String {
+    let mut hex = String::with_capacity(16);
+    for byte in &hash.finalize()[..8] {
+        let _ = write!(hex, "{byte:02x}");
     }
+    hex
 }
 
 /// JSON with object keys sorted and whole numbers as integers, so equal
@@ -256,20 +249,7 @@ fn write_canonical_members(object: &Map<String, Value>, skip: &[&str], out: &mut
 
 /// Compact JSON of a string or scalar, as `serde_json` writes it.
 fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Sha256) {
-    serde_json::to_writer(HashWriter(out), value).expect("JSON of a string or scalar");
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    serde_json::to_writer(out, value).expect("JSON of a string or scalar");
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ impl Ingest {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let span = tracing::info_span!(
-            "superfone.delivery",
+            telemetry::DELIVERY_SPAN,
             otel.kind = "server",
             otel.status_code = field::Empty,
             http.request.method = %request.method(),
@@ -382,7 +382,7 @@ impl Ingest {
         key: Option<&str>,
         body: &[u8],
     ) -> Outcome {
-        tracing::Span::current().record("superfone.error", rejection.error.to_string());
+        tracing::Span::current().record("superfone.error", rejection.error.as_str());
         let mut headers = vec![
             (GROUP_ID_HEADER.to_owned(), group_id.clone()),
             (RECEIVED_AT_HEADER.to_owned(), envelope.received_at.clone()),

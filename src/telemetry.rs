@@ -1,8 +1,9 @@
 //! Logs and traces: a `tracing` subscriber writing text or JSON lines to
 //! stderr (formatted on the request path, written in batches by a writer
-//! thread, so a delivery makes no write syscall of its own), plus an OpenTelemetry layer exporting spans over OTLP (gRPC or
-//! HTTP/protobuf) with a batch processor, off the request path: when the
-//! collector is down, spans are dropped, deliveries are not slowed.
+//! thread, so a delivery makes no write syscall of its own), plus an
+//! OpenTelemetry layer exporting spans over OTLP (gRPC or HTTP/protobuf) with
+//! a batch processor, off the request path: when the collector is down,
+//! spans are dropped, deliveries are not slowed.
 //!
 //! The standard variables apply (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,

@@ -47,11 +47,20 @@ pub enum ToolError {
 
 /// The ingest URL of the bridge this config describes, seen from this host.
 pub fn local_ingest_url(config: &Config) -> String {
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip([127, 0, 0, 1].into());
+    format!(
+        "http://{}{}",
+        reachable_locally(config.server.listen),
+        config.server.ingest_path
+    )
+}
+
+/// A listen address as a client on this host reaches it (0.0.0.0 is not a
+/// destination).
+fn reachable_locally(mut listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    if listen.ip().is_unspecified() {
+        listen.set_ip([127, 0, 0, 1].into());
     }
-    format!("http://{addr}{}", config.server.ingest_path)
+    listen
 }
 
 /// How long `healthcheck` waits for the admin listener's answer.
@@ -63,10 +72,7 @@ const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// curl in the image for this.
 pub fn healthcheck(config: &Config, path: &str) -> Result<String, std::io::Error> {
     use std::io::{BufRead, BufReader};
-    let mut addr = config.admin.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip([127, 0, 0, 1].into());
-    }
+    let addr = reachable_locally(config.admin.listen);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
     stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
     stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;

@@ -7,15 +7,17 @@ use std::time::Duration;
 /// CPU seconds (user + system) the process has used so far.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line, the 12th and 13th after it.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
+    // utime and stime are the 14th and 15th fields of the whole line.
+    let fields = fields_after_command(&stat)
         .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     Ok(ticks as f64 / clock_ticks_per_second() as f64)
+}
+
+/// The fields of a `/proc/PID/stat` line after the parenthesised command
+/// name (which may hold spaces): the line's 3rd field is the first.
+fn fields_after_command(stat: &str) -> Option<Vec<&str>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace().collect())
 }
 
 /// Resident set size in KiB (`VmRSS`).
@@ -50,8 +52,8 @@ pub fn child_of(pid: u32) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.find_map(|entry| {
         let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-        // The parent's pid is the second field after the command name.
-        let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+        // The parent's pid is the line's 4th field.
+        let parent = *fields_after_command(&stat)?.get(1)?;
         (parent.parse::<u32>().ok()? == pid).then_some(child)
     })
 }
