@@ -121,6 +121,11 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Size at which a new segment file is started.
     pub segment_bytes: u64,
+    /// On SIGTERM, how long the bridge may spend sending what is left in the
+    /// spool to Kafka (when Kafka is reachable) before it exits, so a pod
+    /// scaled in strands no event on its volume; 0 leaves the spool for the
+    /// next start.
+    pub shutdown_drain_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -129,6 +134,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("spool"),
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 16 * 1024 * 1024,
+            shutdown_drain_ms: 15_000,
         }
     }
 }

@@ -48,6 +48,10 @@ const REPLAY_WINDOW: usize = 512;
 /// ...and most bytes (a window has at least one entry, whatever its size).
 const REPLAY_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A shutdown drain stops after this many refused windows in a row: Kafka
+/// is down, and waiting out the grace period would only delay the exit.
+const DRAIN_ATTEMPTS: u32 = 3;
+const DRAIN_RETRY: Duration = Duration::from_millis(500);
 
 /// Where a record is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +415,31 @@ impl Delivery {
                 },
             }
         }
+    }
+
+    /// Sends the backlog to Kafka until it is empty or `timeout` passes (a
+    /// clean shutdown, `spool drain`); call it once the replay task has
+    /// stopped. Gives up early when nothing can be sent: the topics do not
+    /// exist, or Kafka refused `DRAIN_ATTEMPTS` windows in a row. Returns the
+    /// entries left; a window cut off by the timeout stays in the spool and
+    /// is sent again (at-least-once).
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut refused = 0;
+        while self.backlog_len() > 0 && refused < DRAIN_ATTEMPTS {
+            match tokio::time::timeout_at(deadline, self.replay_once()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(true)) => refused = 0,
+                Ok(Some(false)) => {
+                    refused += 1;
+                    tokio::time::sleep_until(
+                        (tokio::time::Instant::now() + DRAIN_RETRY).min(deadline),
+                    )
+                    .await;
+                }
+            }
+        }
+        self.backlog_len()
     }
 
     /// The next entries to send: from the head of the backlog, up to the

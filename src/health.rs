@@ -131,7 +131,9 @@ impl Health {
         }
     }
 
-    async fn check_kafka(&self) {
+    /// Checks the brokers, records what it found, and creates the topics
+    /// once they are reachable. Returns whether they are.
+    pub async fn check_kafka(&self) -> bool {
         let result = self.publisher.check_broker(BROKER_CHECK_TIMEOUT).await;
         let reachable = result.is_ok();
         {
@@ -152,6 +154,7 @@ impl Health {
         if reachable && !self.delivery.topics_ready() {
             self.create_topics().await;
         }
+        reachable
     }
 
     async fn create_topics(&self) {

@@ -155,6 +155,61 @@ fn open_spool(
     Ok((spool, recovered))
 }
 
+/// What `drain_spool` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Entries the spool held when it was opened.
+    pub found: usize,
+    /// Entries still waiting when the drain stopped.
+    pub left: usize,
+    /// Records Kafka refused for good, parked (`spool parked list`).
+    pub parked: u64,
+}
+
+/// `superfone-bridge spool drain`: opens the spool of `config` (refused
+/// while a bridge has it open), sends every entry to Kafka in spool order
+/// within `timeout`, marks those acknowledged delivered, and syncs. For a
+/// volume a scaled-in pod left behind.
+pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainReport, StartupError> {
+    let schemas = schema::load_all(&schema_source(config))?;
+    let (spool, recovered) = open_spool(config, None)?;
+    let found = recovered.len();
+    let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
+    publisher
+        .check_broker(Duration::from_millis(config.kafka.startup_timeout_ms))
+        .await?;
+    prepare_topics(config, &publisher).await?;
+    let schema_ids = Arc::new(SchemaIds::new(
+        &config.registry,
+        &config.topics,
+        &schemas,
+        Some(&config.spool.dir),
+    ));
+    prepare_schema_ids(&schema_ids).await?;
+    let delivery = Delivery::new(
+        Arc::clone(&publisher),
+        spool,
+        schema_ids,
+        recovered,
+        Duration::from_millis(config.delivery.ack_deadline_ms),
+        true,
+    );
+    let left = delivery.drain(timeout).await;
+    if let Some(waiting_for) = delivery.waiting_for() {
+        tracing::warn!(%waiting_for, left, "spool drain stopped waiting");
+    }
+    publisher
+        .flush(FLUSH_TIMEOUT)
+        .await
+        .map_err(PublishError::Client)?;
+    delivery.spool().sync().await?;
+    Ok(DrainReport {
+        found,
+        left,
+        parked: delivery.spool().parked(),
+    })
+}
+
 /// Gives the brokers one bounded try: reachable, the topics are created
 /// now and `true` is returned; unreachable, the health watcher creates
 /// them once they are back. A broker that answers and refuses is an error.
@@ -219,6 +274,7 @@ pub struct App {
     publisher: Arc<Publisher>,
     delivery: Arc<Delivery>,
     limits: server::Limits,
+    shutdown_drain: Duration,
 }
 
 impl App {
@@ -295,6 +351,7 @@ impl App {
                 idle_timeout: Duration::from_millis(config.delivery.idle_timeout_ms),
                 max_connections: config.delivery.max_connections,
             },
+            shutdown_drain: Duration::from_millis(config.spool.shutdown_drain_ms),
         })
     }
 
@@ -315,8 +372,9 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves; then drains requests, stops the
-    /// replay, flushes the producer and syncs the spool. Whatever has not
-    /// reached Kafka by then stays in the spool for the next start.
+    /// replay, sends what is left in the spool to Kafka (`drain_spool`),
+    /// flushes the producer and syncs the spool. Whatever has not reached
+    /// Kafka by then stays in the spool for the next start.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let stop_replay = CancellationToken::new();
         let replay = tokio::spawn(Arc::clone(&self.delivery).replay(stop_replay.clone()));
@@ -339,6 +397,7 @@ impl App {
         if tokio::time::timeout(FLUSH_TIMEOUT, replay).await.is_err() {
             tracing::warn!("spool replay did not finish its window in time; its records are sent again after the restart");
         }
+        drain_before_exit(&self.delivery, &self.health, self.shutdown_drain).await;
         if let Err(error) = self.publisher.flush(FLUSH_TIMEOUT).await {
             tracing::error!(%error, "producer flush at shutdown did not complete");
         }
@@ -349,5 +408,39 @@ impl App {
         }
         stop_background.cancel();
         tracing::info!(left_in_spool = self.delivery.backlog_len(), "stopped");
+    }
+}
+
+/// At shutdown, sends the spool's backlog to Kafka for at most `limit`
+/// (`spool.shutdown_drain_ms`), if Kafka is reachable: a pod scaled in must
+/// not leave events on a volume nobody reads.
+async fn drain_before_exit(delivery: &Delivery, health: &Health, limit: Duration) {
+    let waiting = delivery.backlog_len();
+    if waiting == 0 || limit.is_zero() {
+        return;
+    }
+    if !health.check_kafka().await {
+        tracing::warn!(
+            left_in_spool = waiting,
+            "Kafka unreachable at shutdown; the spool is replayed at the next start \
+             (or by `superfone-bridge spool drain`)"
+        );
+        return;
+    }
+    tracing::info!(
+        waiting,
+        limit_ms = limit.as_millis() as u64,
+        "sending the spool to Kafka before exiting"
+    );
+    let left = delivery.drain(limit).await;
+    if left == 0 {
+        tracing::info!(sent = waiting, "spool drained");
+    } else {
+        tracing::warn!(
+            sent = waiting.saturating_sub(left),
+            left_in_spool = left,
+            waiting_for = delivery.waiting_for().as_deref().unwrap_or("time"),
+            "spool not drained before the deadline; the rest is replayed at the next start"
+        );
     }
 }

@@ -109,6 +109,32 @@ fn main() -> anyhow::Result<()> {
             eprintln!("replayed {replayed}, still invalid {still_invalid}");
             Ok(())
         }
+        Command::Spool(SpoolCommand::Drain { dir, timeout_secs }) => {
+            let mut config = config;
+            if let Some(dir) = dir {
+                config.spool.dir = dir;
+            }
+            let _telemetry =
+                telemetry::init(&config.log, &Default::default()).context("setting up logging")?;
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            let report = runtime()?
+                .block_on(superfone_bridge::drain_spool(&config, timeout))
+                .with_context(|| format!("draining {}", config.spool.dir.display()))?;
+            println!(
+                "{{\"found\":{},\"sent\":{},\"left\":{},\"parked\":{}}}",
+                report.found,
+                report.found - report.left,
+                report.left,
+                report.parked
+            );
+            anyhow::ensure!(
+                report.left == 0,
+                "{} event(s) left in {}",
+                report.left,
+                config.spool.dir.display()
+            );
+            Ok(())
+        }
         Command::Spool(SpoolCommand::Parked(command)) => {
             let format = match command {
                 ParkedCommand::List => tools::ParkedFormat::List,
@@ -156,6 +182,17 @@ enum SpoolCommand {
     /// parked so they block nothing.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Send every event left in a spool to Kafka, in order, and exit: for a
+    /// volume a scaled-in or deleted pod left behind. Refused while a bridge
+    /// has the spool open. Exit 1 if anything is left.
+    Drain {
+        /// The spool directory (default: this config's spool.dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Give up after this many seconds; what is left stays in the spool.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]

@@ -41,6 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 const FRAME_HEADER: usize = 8;
 const ACK_FRAME: usize = 12;
 const HIGH_WATER_FILE: &str = "high_water";
+/// Locked (`flock`) by the process that has the spool open.
+const LOCK_FILE: &str = "lock";
 pub const PARKED_FILE: &str = "parked.log";
 /// Ids of parked records an operator re-published (`spool parked retry`);
 /// they leave `parked.log` when the spool is next opened.
@@ -67,6 +69,8 @@ pub enum SpoolError {
     Closed,
     #[error("spool entry {id} is not intact in {path} at offset {offset}")]
     Damaged { id: u64, path: PathBuf, offset: u64 },
+    #[error("spool {dir} is in use by another process (a running bridge, or `spool drain`)")]
+    Locked { dir: PathBuf },
 }
 
 impl SpoolError {
@@ -88,6 +92,7 @@ impl SpoolError {
                 path: path.clone(),
                 offset: *offset,
             },
+            SpoolError::Locked { dir } => SpoolError::Locked { dir: dir.clone() },
         }
     }
 }
@@ -581,6 +586,30 @@ pub struct Spool {
     parked: Arc<AtomicU64>,
     health: Arc<Health>,
     cap: u64,
+    /// Holds the directory's exclusive lock while any handle lives: two
+    /// processes writing one spool would each replay and delete the other's
+    /// entries.
+    _lock: Arc<File>,
+}
+
+/// Takes the spool directory's exclusive lock (`flock` on `LOCK_FILE`,
+/// released by the kernel when the process dies, so a crash leaves no
+/// stale lock).
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Io { path, source }),
+    }
 }
 
 /// Reads the parked records of a spool directory that were not re-published
@@ -670,6 +699,7 @@ impl Spool {
         mut visit: impl FnMut(SpoolEntry, Location),
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&settings.dir).map_err(io_error(&settings.dir))?;
+        let lock = lock_dir(&settings.dir)?;
         let acks_path = settings.dir.join("acks.log");
         let acked = recover_acks(&acks_path)?;
         let mut recovery = Recovery::default();
@@ -774,6 +804,7 @@ impl Spool {
             parked: parked_count,
             health,
             cap: settings.max_bytes,
+            _lock: Arc::new(lock),
         };
         Ok((spool, recovery))
     }
