@@ -26,6 +26,8 @@ pub enum ConfigError {
     Parse(#[from] Box<figment::Error>),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("cannot read kafka.options_dir entry {0}: {1}")]
+    OptionsFile(PathBuf, #[source] std::io::Error),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -255,6 +257,15 @@ pub struct KafkaConfig {
     /// Raw librdkafka settings passed through as-is (TLS, SASL, tuning).
     /// Values whose key mentions password/secret are redacted by `check-config`.
     pub options: BTreeMap<String, String>,
+    /// A directory of librdkafka settings kept out of the config file: one
+    /// file per setting, named by its key (`sasl.password`), holding its
+    /// value (surrounding whitespace trimmed): a mounted Kubernetes Secret.
+    /// Read at start-up; they override `options`, and `check-config` never
+    /// shows their values.
+    pub options_dir: Option<PathBuf>,
+    /// The keys that came from `options_dir`.
+    #[serde(skip)]
+    pub options_from_dir: Vec<String>,
 }
 
 impl Default for KafkaConfig {
@@ -271,7 +282,41 @@ impl Default for KafkaConfig {
             startup_timeout_ms: 10_000,
             statistics_interval_ms: 5_000,
             options: BTreeMap::new(),
+            options_dir: None,
+            options_from_dir: Vec::new(),
         }
+    }
+}
+
+impl KafkaConfig {
+    /// Merges the settings of `options_dir` into `options`. Hidden entries
+    /// (a Secret mount's `..data`) are skipped; a key file that cannot be
+    /// read is an error, not a setting silently left out.
+    fn read_options_dir(&mut self) -> Result<(), ConfigError> {
+        let Some(dir) = &self.options_dir else {
+            return Ok(());
+        };
+        let unreadable =
+            |path: &Path, error: std::io::Error| ConfigError::OptionsFile(path.to_owned(), error);
+        let entries = std::fs::read_dir(dir).map_err(|error| unreadable(dir, error))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|error| unreadable(dir, error))?.path();
+            let Some(key) = path.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            if key.starts_with('.') || !path.is_file() {
+                continue;
+            }
+            let value = std::fs::read_to_string(&path).map_err(|error| unreadable(&path, error))?;
+            found.push((key.to_owned(), value.trim().to_owned()));
+        }
+        for (key, value) in found {
+            self.options.insert(key.clone(), value);
+            self.options_from_dir.push(key);
+        }
+        self.options_from_dir.sort();
+        Ok(())
     }
 }
 
@@ -385,11 +430,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Env::prefixed(ENV_PREFIX).split("__"))
             .extract()
             .map_err(Box::new)?;
         config.validate()?;
+        config.kafka.read_options_dir()?;
         Ok(config)
     }
 
@@ -483,10 +529,12 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for (key, value) in shown.kafka.options.iter_mut() {
+            let from_dir = self.kafka.options_from_dir.contains(key);
             let key = key.to_ascii_lowercase();
-            if ["password", "secret", "key", "token"]
-                .iter()
-                .any(|word| key.contains(word))
+            if from_dir
+                || ["password", "secret", "key", "token"]
+                    .iter()
+                    .any(|word| key.contains(word))
             {
                 *value = "<redacted>".into();
             }
@@ -577,5 +625,49 @@ mod tests {
         let shown = config.to_redacted_toml();
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn librdkafka_settings_come_from_a_mounted_secret_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        // A Kubernetes Secret mount: key files are links into `..data`.
+        let data = dir.path().join("..data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("sasl.password"), "hunter2\n").unwrap();
+        std::fs::write(data.join("sasl.username"), "bridge").unwrap();
+        for key in ["sasl.password", "sasl.username"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key)).unwrap();
+        }
+        let config_dir = tempfile::tempdir().unwrap();
+        let path = config_dir.path().join("bridge.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[kafka]\noptions_dir = \"{}\"\n[kafka.options]\n\"sasl.username\" = \"old\"\n\"security.protocol\" = \"SASL_SSL\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.kafka.options["sasl.password"], "hunter2");
+        assert_eq!(config.kafka.options["sasl.username"], "bridge");
+        assert_eq!(config.kafka.options["security.protocol"], "SASL_SSL");
+        assert_eq!(config.kafka.options.len(), 3, "..data is not a setting");
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("\"bridge\""),
+            "{shown}"
+        );
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+
+        std::fs::write(
+            &path,
+            "[kafka]\noptions_dir = \"/nonexistent/kafka-secrets\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Config::load(Some(&path)),
+            Err(ConfigError::OptionsFile(..))
+        ));
     }
 }

