@@ -178,6 +178,34 @@ pub struct ServerConfig {
     pub group_id_header: String,
     /// How long shutdown waits for in-flight requests before closing them.
     pub drain_timeout_ms: u64,
+    /// HTTPS on the ingest listener; absent: plain HTTP (behind a TLS proxy
+    /// or ingress).
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS served by the bridge itself (rustls): HTTP/2 and HTTP/1.1 through
+/// ALPN, the files re-read when they change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// signed by one of them (mutual TLS, for a proxy in front).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a renewal; a new connection gets
+    /// the new certificate, open ones keep theirs.
+    #[serde(default = "TlsConfig::default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+impl TlsConfig {
+    fn default_reload_interval_ms() -> u64 {
+        10_000
+    }
 }
 
 impl Default for ServerConfig {
@@ -188,6 +216,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             group_id_header: "x-superfone-group-id".into(),
             drain_timeout_ms: 20_000,
+            tls: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod schema;
 pub mod server;
 pub mod spool;
 pub mod telemetry;
+pub mod tls;
 pub mod tools;
 
 use crate::auth::Authenticator;
@@ -60,6 +61,8 @@ pub enum StartupError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("invalid server.group_id_header")]
     GroupIdHeader,
     #[error("cannot listen on {addr}: {source}")]
@@ -274,13 +277,21 @@ pub struct App {
     publisher: Arc<Publisher>,
     delivery: Arc<Delivery>,
     limits: server::Limits,
+    tls: Option<Arc<tls::Tls>>,
     shutdown_drain: Duration,
 }
 
 impl App {
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
-        // Fail fast on broken schema files.
+        // Fail fast on broken schema files and TLS files.
         let schemas = schema::load_all(&schema_source(&config))?;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(tls::Tls::load)
+            .transpose()?
+            .map(Arc::new);
         // Install the recorder before anything records.
         metrics::handle();
         let dedup = config.dedup.enabled.then(|| {
@@ -351,6 +362,7 @@ impl App {
                 idle_timeout: Duration::from_millis(config.delivery.idle_timeout_ms),
                 max_connections: config.delivery.max_connections,
             },
+            tls,
             shutdown_drain: Duration::from_millis(config.spool.shutdown_drain_ms),
         })
     }
@@ -391,7 +403,10 @@ impl App {
             metrics::handle(),
             stop_background.clone(),
         ));
-        server::serve(self.listener, self.ingest, shutdown, self.limits).await;
+        if let Some(tls) = &self.tls {
+            tokio::spawn(Arc::clone(tls).watch(stop_background.clone()));
+        }
+        server::serve(self.listener, self.ingest, shutdown, self.limits, self.tls).await;
         // The replay finishes the window it sent, so its acknowledgements are recorded.
         stop_replay.cancel();
         if tokio::time::timeout(FLUSH_TIMEOUT, replay).await.is_err() {

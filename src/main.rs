@@ -248,6 +248,18 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
             .map(|path| format!(" and {}", path.display()))
             .unwrap_or_default()
     );
+    if let Some(tls) = &config.server.tls {
+        superfone_bridge::tls::Tls::load(tls).context("server.tls")?;
+        println!(
+            "# tls: {} and {} usable{}",
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            tls.client_ca_file
+                .as_ref()
+                .map(|ca| format!(", clients need a certificate from {}", ca.display()))
+                .unwrap_or_default()
+        );
+    }
     if !config.kafka.options_from_dir.is_empty() {
         println!(
             "# kafka: {} from {}, values not shown",

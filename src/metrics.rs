@@ -29,6 +29,8 @@ pub const KAFKA_REACHABLE: &str = "superfone_kafka_reachable";
 pub const REGISTRY_PENDING: &str = "superfone_registry_pending_subjects";
 pub const CONNECTIONS_SHED: &str = "superfone_connections_shed_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "superfone_connections_timed_out_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "superfone_tls_handshake_failures_total";
+pub const TLS_RELOAD_FAILURES: &str = "superfone_tls_reload_failures_total";
 
 /// Latency buckets (seconds): the ack deadline (2 s) and Superfone's 5 s matter most.
 const BUCKETS: &[f64] = &[
@@ -123,6 +125,14 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
         "Connections closed for sending no request within delivery.header_read_timeout_ms, or idling past delivery.idle_timeout_ms"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed (plain HTTP to the TLS port, untrusted or missing client certificate, no common protocol)"
+    );
+    describe_counter!(
+        TLS_RELOAD_FAILURES,
+        "Changed TLS files that could not be used; the certificate in use was kept"
     );
     Ok(handle)
 }

@@ -12,10 +12,14 @@
 //! lock a real delivery out, nor make it wait. HTTP/2 gets stream,
 //! header-list and keep-alive ping limits; HTTP/1 a read-buffer cap.
 //!
+//! With `server.tls`, the TLS handshake follows the first bytes, under the
+//! same first-request deadline (`crate::tls`).
+//!
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, and wait for them for at most the drain timeout.
 
 use crate::ingest::Ingest;
+use crate::tls::Tls;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -265,12 +271,37 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for at most `drain_timeout`.
+/// The TLS handshake of a connection that has spoken; `None` when it fails
+/// or the connection is asked to close first (shutdown, shed, or past the
+/// first-request deadline, which covers the handshake).
+async fn handshake(
+    tls: &Tls,
+    stream: TcpStream,
+    tracked: &Tracked,
+    peer: std::net::SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    let accepted = tokio::select! {
+        accepted = tls.acceptor().accept(stream) => accepted,
+        () = tracked.close.cancelled() => return None,
+    };
+    match accepted {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests for at
+/// most `drain_timeout`. With `tls`, every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
 ) {
     let builder = Arc::new(builder(&limits));
     let connections = Arc::new(Connections::new());
@@ -347,6 +378,7 @@ pub async fn serve(
             })
         };
         let (builder, connections) = (Arc::clone(&builder), Arc::clone(&connections));
+        let tls = tls.clone();
         let drain_timeout = limits.drain_timeout;
         tasks.spawn(async move {
             if !first_bytes(&stream, &tracked).await {
@@ -354,6 +386,17 @@ pub async fn serve(
                 drop(permit);
                 return;
             }
+            let stream = match &tls {
+                None => Either::Left(stream),
+                Some(tls) => match handshake(tls, stream, &tracked, peer).await {
+                    Some(stream) => Either::Right(stream),
+                    None => {
+                        connections.closed(id);
+                        drop(permit);
+                        return;
+                    }
+                },
+            };
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
