@@ -91,8 +91,6 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         PARKED,
         "Records parked because Kafka refused them for good (too large, forbidden or invalid topic)"
     );
-    // Shown as 0 from the start, so an alert on any increase has a baseline.
-    counter!(PARKED).increment(0);
     describe_counter!(
         PRODUCER_REPLACEMENTS,
         "Kafka producers replaced after a fatal or fenced state"
@@ -134,6 +132,22 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         TLS_RELOAD_FAILURES,
         "Changed TLS files that could not be used; the certificate in use was kept"
     );
+    // Shown as 0 from the start, so an alert on any increase has a baseline
+    // and a dashboard shows 0 rather than "no data".
+    for name in [
+        DEDUP_HITS,
+        REGISTRY_ERRORS,
+        SPOOL_FAILURES,
+        REPLAYED,
+        PARKED,
+        PRODUCER_REPLACEMENTS,
+        CONNECTIONS_SHED,
+        CONNECTIONS_TIMED_OUT,
+        TLS_HANDSHAKE_FAILURES,
+        TLS_RELOAD_FAILURES,
+    ] {
+        counter!(name).increment(0);
+    }
     Ok(handle)
 }
 

@@ -1,0 +1,110 @@
+//! The chart's Grafana dashboard and PrometheusRule against what the bridge
+//! really exports (issue 12, item 2): every metric a panel or an alert
+//! names must be on a live bridge's /metrics, so a renamed metric cannot
+//! leave a panel empty or an alert silent. (The alerts' logic is tested by
+//! promtool in scripts/check-deploy.)
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{fixture, post, Bridge, BridgeOptions};
+
+/// Every `superfone_…` metric name in a text (PromQL in JSON or YAML).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("superfone_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[start + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// The sample names of a Prometheus exposition (`_bucket`, `_sum`, `_count`
+/// included, as PromQL names them).
+fn exported(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn chart_file(path: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("helm/superfone-bridge")
+            .join(path),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
+    let dashboard = chart_file("dashboards/superfone-bridge.json");
+    let panels: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let queries: Vec<String> = panels["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().clone())
+        .map(|target| target["expr"].as_str().unwrap().to_owned())
+        .collect();
+    let from_dashboard = metric_names(&queries.join("\n"));
+    let from_rules = metric_names(&chart_file("templates/prometheusrule.yaml"));
+    assert!(from_dashboard.len() >= 15, "{from_dashboard:?}");
+    assert!(from_rules.len() >= 5, "{from_rules:?}");
+    let wanted: BTreeSet<String> = from_dashboard.union(&from_rules).cloned().collect();
+
+    // librdkafka's statistics (queue, broker RTT) arrive every interval.
+    let bridge = Bridge::start(BridgeOptions::default().with("KAFKA__STATISTICS_INTERVAL_MS", 500));
+    let client = support::client();
+    let (status, body) = post(&client, &bridge, fixture("ALL_CALLS").to_string()).await;
+    assert_eq!(status, 200, "{body}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let missing = loop {
+        let exposition = client
+            .get(bridge.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let have = exported(&exposition);
+        let missing: Vec<&String> = wanted.iter().filter(|name| !have.contains(*name)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing
+                .into_iter()
+                .map(|name| format!("{name} (exported: {})", have.len()))
+                .collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "named by the dashboard or the alerts but not exported: {missing:?}"
+    );
+}
+
+#[test]
+fn the_name_scanner_finds_names_in_promql() {
+    let names = metric_names(
+        r#"histogram_quantile(0.99, sum by (le) (rate(superfone_request_duration_seconds_bucket{job=~"$job"}[5m]))) / superfone_ready"#,
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        [
+            "superfone_ready",
+            "superfone_request_duration_seconds_bucket"
+        ]
+    );
+}
