@@ -178,17 +178,10 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
     let (spool, recovered) = open_spool(config, None)?;
     let found = recovered.len();
     let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
-    publisher
-        .check_broker(Duration::from_millis(config.kafka.startup_timeout_ms))
-        .await?;
-    prepare_topics(config, &publisher).await?;
-    let schema_ids = Arc::new(SchemaIds::new(
-        &config.registry,
-        &config.topics,
-        &schemas,
-        Some(&config.spool.dir),
-    ));
-    prepare_schema_ids(&schema_ids).await?;
+    let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    publisher.check_broker(startup_timeout).await?;
+    create_topics(config, &publisher, startup_timeout).await?;
+    let schema_ids = schema_ids(config, &schemas).await?;
     let delivery = Delivery::new(
         Arc::clone(&publisher),
         spool,
@@ -222,12 +215,39 @@ async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<bool, 
         tracing::warn!(%error, "Kafka unreachable at start-up; events go to the spool until it is back");
         return Ok(!config.kafka.create_topics);
     }
+    create_topics(config, publisher, timeout).await?;
+    Ok(true)
+}
+
+/// On reachable brokers: creates the missing topics (if
+/// `kafka.create_topics`) and warns about topics whose limits are too low.
+async fn create_topics(
+    config: &Config,
+    publisher: &Publisher,
+    timeout: Duration,
+) -> Result<(), StartupError> {
     let spec = config.topic_spec();
     if config.kafka.create_topics {
         publisher.create_topics(&spec, timeout).await?;
     }
     publisher.check_topic_limits(&spec, timeout).await;
-    Ok(true)
+    Ok(())
+}
+
+/// The registry ids of `schemas`, those kept in the spool directory first,
+/// with one try at the registry for the rest (`prepare_schema_ids`).
+async fn schema_ids(
+    config: &Config,
+    schemas: &[EventSchema],
+) -> Result<Arc<SchemaIds>, StartupError> {
+    let ids = Arc::new(SchemaIds::new(
+        &config.registry,
+        &config.topics,
+        schemas,
+        Some(&config.spool.dir),
+    ));
+    prepare_schema_ids(&ids).await?;
+    Ok(ids)
 }
 
 /// Gives the registry one try: every id known, or an unreachable registry
@@ -304,13 +324,7 @@ impl App {
 
         let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
         let topics_ready = prepare_topics(&config, &publisher).await?;
-        let schema_ids = Arc::new(SchemaIds::new(
-            &config.registry,
-            &config.topics,
-            &schemas,
-            Some(&config.spool.dir),
-        ));
-        prepare_schema_ids(&schema_ids).await?;
+        let schema_ids = schema_ids(&config, &schemas).await?;
         let routes = routes(&config, schemas, &schema_ids);
 
         let delivery = Delivery::new(

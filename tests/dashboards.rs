@@ -71,15 +71,7 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let missing = loop {
-        let exposition = client
-            .get(bridge.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let have = exported(&exposition);
+        let have = exported(&support::metrics_text(&client, &bridge).await);
         let missing: Vec<&String> = wanted.iter().filter(|name| !have.contains(*name)).collect();
         if missing.is_empty() || Instant::now() > deadline {
             break missing

@@ -5,7 +5,7 @@ mod support;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::{fixture, free_port, post, post_with, Bridge, BridgeOptions};
+use support::{fixture, free_port, metrics_text, post, post_with, Bridge, BridgeOptions};
 
 /// Parses Prometheus exposition text into `series -> value` (`name{labels}` as written).
 fn scrape(text: &str) -> HashMap<String, f64> {
@@ -16,15 +16,6 @@ fn scrape(text: &str) -> HashMap<String, f64> {
             Some((series.to_owned(), value.parse().ok()?))
         })
         .collect()
-}
-
-async fn metrics_text(client: &reqwest::Client, bridge: &Bridge) -> String {
-    let response = client
-        .get(bridge.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    response.text().await.unwrap()
 }
 
 fn series(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -177,14 +177,7 @@ async fn a_record_kafka_refuses_for_good_is_parked_and_the_replay_goes_on() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
-        let text = client
-            .get(second.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = support::metrics_text(&client, &second).await;
         if metric(&text, "superfone_spool_parked_records") >= 1.0 || Instant::now() > deadline {
             break text;
         }

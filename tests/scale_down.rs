@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use support::faults::{count_answers, read_back_and_check};
-use support::{free_port, stream_events, Bridge, BridgeOptions, Broker};
+use support::faults::{count_answers, read_back_and_check, Figures};
+use support::{free_port, stream_events, Answer, Bridge, BridgeOptions, Broker};
 
 /// A bridge whose broker is not running yet: every event is spooled.
 fn broker_down(port: u16, spool: &Path, prefix: &str) -> BridgeOptions {
@@ -52,6 +52,32 @@ fn spool_drain(brokers: &str, prefix: &str, spool: &Path) -> (bool, Value, Strin
     (output.status.success(), report, stderr)
 }
 
+/// Asserts the bridge logged its stop with `left` events in its spool.
+fn assert_stopped_leaving(bridge: &Bridge, left: usize) {
+    let log = bridge.log_text_with("\"stopped\"");
+    assert!(log.contains(&format!("\"left_in_spool\":{left}")), "{log}");
+}
+
+/// Reads the topic back from `broker`: every answered event there, none
+/// lost, in order per lead (`read_back_and_check`), `expected` records.
+fn assert_all_on_kafka(
+    broker: &Broker,
+    bridge: &Bridge,
+    figures: &mut Figures,
+    answers: &[Answer],
+    expected: usize,
+) {
+    let records = read_back_and_check(
+        &broker.address(),
+        &bridge.topic("TASK_CHANGE"),
+        figures,
+        answers,
+    );
+    figures.report();
+    assert_eq!(figures.lost, 0, "{figures:?}");
+    assert_eq!(records.len(), expected, "{figures:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_after_kafka_returns_sends_the_whole_spool_before_exiting() {
     let port = free_port();
@@ -71,19 +97,14 @@ async fn sigterm_after_kafka_returns_sends_the_whole_spool_before_exiting() {
         .wait_exit(Duration::from_secs(60))
         .expect("exits within the grace period");
     assert!(status.success(), "{status}");
-    let log = bridge.log_text_with("\"stopped\"");
-    assert!(log.contains("spool drained"), "{log}");
-    assert!(log.contains("\"left_in_spool\":0"), "{log}");
-
-    let records = read_back_and_check(
-        &broker.address(),
-        &bridge.topic("TASK_CHANGE"),
-        &mut figures,
-        &answers,
+    assert_stopped_leaving(&bridge, 0);
+    assert!(
+        bridge.log_text().contains("spool drained"),
+        "{}",
+        bridge.log_text()
     );
-    figures.report();
-    assert_eq!(figures.lost, 0, "{figures:?}");
-    assert_eq!(records.len(), 1_000, "{figures:?}");
+
+    assert_all_on_kafka(&broker, &bridge, &mut figures, &answers, 1_000);
     let (ok, report, stderr) = spool_drain(&broker.address(), &prefix, spool.path());
     assert!(ok, "{stderr}");
     assert_eq!(report["found"], 0, "the spool is empty: {report}");
@@ -106,13 +127,7 @@ async fn spool_drain_sends_a_volume_left_behind_and_is_refused_beside_a_running_
     // The pod goes away while Kafka is down: the events stay on its volume.
     bridge.terminate();
     bridge.wait_exit(Duration::from_secs(60)).expect("exits");
-    assert!(
-        bridge
-            .log_text_with("\"stopped\"")
-            .contains("\"left_in_spool\":100"),
-        "{}",
-        bridge.log_text()
-    );
+    assert_stopped_leaving(&bridge, 100);
 
     let broker = Broker::start(port);
     let (ok, report, stderr) = spool_drain(&broker.address(), &prefix, spool.path());
@@ -121,15 +136,7 @@ async fn spool_drain_sends_a_volume_left_behind_and_is_refused_beside_a_running_
     assert_eq!(report["sent"], 100, "{report}");
     assert_eq!(report["left"], 0, "{report}");
     let first_drain_log = stderr;
-    let records = read_back_and_check(
-        &broker.address(),
-        &bridge.topic("TASK_CHANGE"),
-        &mut figures,
-        &answers,
-    );
-    figures.report();
-    assert_eq!(figures.lost, 0, "{figures:?}");
-    assert_eq!(records.len(), 100, "{figures:?}");
+    assert_all_on_kafka(&broker, &bridge, &mut figures, &answers, 100);
 
     let (ok, report, stderr) = spool_drain(&broker.address(), &prefix, spool.path());
     assert!(ok, "{stderr}");

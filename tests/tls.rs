@@ -293,33 +293,18 @@ fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
     let url = https_url(&bridge);
     let ca = server.ca.to_str().unwrap();
 
+    let presenting = |pki: &Pki| {
+        let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+        curl(&url, &["--cacert", ca, "--cert", cert, "--key", key])
+    };
+
     let without = curl(&url, &["--cacert", ca]);
     assert_eq!(without.status, "000", "no client certificate: {without:?}");
-    let wrong = curl(
-        &url,
-        &[
-            "--cacert",
-            ca,
-            "--cert",
-            stranger.cert.to_str().unwrap(),
-            "--key",
-            stranger.key.to_str().unwrap(),
-        ],
-    );
+    let wrong = presenting(&stranger);
     assert_eq!(
         wrong.status, "000",
         "a certificate from another CA: {wrong:?}"
     );
-    let admitted = curl(
-        &url,
-        &[
-            "--cacert",
-            ca,
-            "--cert",
-            client.cert.to_str().unwrap(),
-            "--key",
-            client.key.to_str().unwrap(),
-        ],
-    );
+    let admitted = presenting(&client);
     assert_eq!(admitted.status, "200", "{admitted:?}");
 }

@@ -559,6 +559,16 @@ pub async fn admin_get(client: &reqwest::Client, bridge: &Bridge, path: &str) ->
     )
 }
 
+/// The bridge's Prometheus exposition (`/metrics` on the admin listener).
+pub async fn metrics_text(client: &reqwest::Client, bridge: &Bridge) -> String {
+    let response = client
+        .get(bridge.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap()
+}
+
 /// Polls an admin endpoint until `done` holds for its answer (60 s at most).
 pub async fn wait_for_admin(
     client: &reqwest::Client,
