@@ -91,6 +91,28 @@ pub struct TopicSpec {
     pub max_record_bytes: usize,
 }
 
+/// The brokers' answer about the cluster and the bridge's topics.
+#[derive(Debug, Clone)]
+pub struct ClusterFacts {
+    /// `host:port` of each broker the metadata lists.
+    pub brokers: Vec<String>,
+    /// Why the topics' configs could not be described, if they could not.
+    pub configs_error: Option<String>,
+    pub topics: Vec<TopicFacts>,
+}
+
+/// The brokers' answer about one topic.
+#[derive(Debug, Clone)]
+pub struct TopicFacts {
+    pub name: String,
+    /// `None`: the topic does not exist.
+    pub partitions: Option<usize>,
+    /// The error the brokers give for this topic (e.g. not authorized).
+    pub error: Option<String>,
+    /// `None`: the brokers did not tell.
+    pub max_message_bytes: Option<usize>,
+}
+
 /// What the broker acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -309,36 +331,15 @@ impl Publisher {
     /// reported once at WARN; the check never stops the bridge. Returns the
     /// topics found too small.
     pub async fn check_topic_limits(&self, spec: &TopicSpec, timeout: Duration) -> Vec<String> {
-        let admin: AdminClient<DefaultClientContext> = match self.client_config.create() {
-            Ok(admin) => admin,
-            Err(error) => {
-                tracing::warn!(%error, "cannot check the topics' max.message.bytes");
-                return Vec::new();
-            }
-        };
-        let resources: Vec<ResourceSpecifier<'_>> = spec
-            .names
-            .iter()
-            .map(|name| ResourceSpecifier::Topic(name))
-            .collect();
-        let options = AdminOptions::new().request_timeout(Some(timeout));
-        let described = match admin.describe_configs(&resources, &options).await {
-            Ok(described) => described,
+        let limits = match self.max_message_bytes(&spec.names, timeout).await {
+            Ok(limits) => limits,
             Err(error) => {
                 tracing::warn!(%error, "the brokers did not describe the topics' configs; max.message.bytes not checked");
                 return Vec::new();
             }
         };
         let mut too_small = Vec::new();
-        for (name, result) in spec.names.iter().zip(described) {
-            let limit = result.ok().and_then(|resource| {
-                resource
-                    .get("max.message.bytes")?
-                    .value
-                    .as_deref()?
-                    .parse::<usize>()
-                    .ok()
-            });
+        for (name, limit) in spec.names.iter().zip(limits) {
             match limit {
                 Some(limit) if limit < spec.max_record_bytes => {
                     tracing::warn!(
@@ -356,6 +357,90 @@ impl Publisher {
             }
         }
         too_small
+    }
+
+    /// Each topic's `max.message.bytes`, in the order of `names`; `None`
+    /// where the brokers did not tell (an absent topic, a broker that does
+    /// not describe it).
+    async fn max_message_bytes(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Option<usize>>, KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config.create()?;
+        let resources: Vec<ResourceSpecifier<'_>> = names
+            .iter()
+            .map(|name| ResourceSpecifier::Topic(name))
+            .collect();
+        let options = AdminOptions::new().request_timeout(Some(timeout));
+        let described = admin.describe_configs(&resources, &options).await?;
+        Ok(described
+            .into_iter()
+            .map(|result| {
+                result.ok().and_then(|resource| {
+                    resource
+                        .get("max.message.bytes")?
+                        .value
+                        .as_deref()?
+                        .parse::<usize>()
+                        .ok()
+                })
+            })
+            .collect())
+    }
+
+    /// What the brokers say about the cluster and each of `names`
+    /// (`check-config --online`). Fails only when the brokers cannot be asked.
+    pub async fn describe_topics(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<ClusterFacts, PublishError> {
+        let producer = self.producer();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+        })
+        .await
+        .expect("metadata task panicked")
+        .map_err(|source| PublishError::Unreachable {
+            brokers: self.brokers.clone(),
+            source,
+        })?;
+        let max_message_bytes = self.max_message_bytes(names, timeout).await;
+        let topics = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let listed = metadata.topics().iter().find(|topic| topic.name() == name);
+                let error = listed
+                    .and_then(|topic| topic.error())
+                    .map(RDKafkaErrorCode::from);
+                let absent =
+                    listed.is_none() || error == Some(RDKafkaErrorCode::UnknownTopicOrPartition);
+                TopicFacts {
+                    name: name.clone(),
+                    partitions: listed
+                        .filter(|_| !absent)
+                        .map(|topic| topic.partitions().len()),
+                    error: error.filter(|_| !absent).map(|code| code.to_string()),
+                    max_message_bytes: match &max_message_bytes {
+                        Ok(limits) if !absent => limits[index],
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        Ok(ClusterFacts {
+            brokers: metadata
+                .brokers()
+                .iter()
+                .map(|broker| format!("{}:{}", broker.host(), broker.port()))
+                .collect(),
+            configs_error: max_message_bytes.err().map(|error| error.to_string()),
+            topics,
+        })
     }
 
     /// Hands a record to librdkafka now (so records enter its queue in call

@@ -20,6 +20,7 @@ pub mod health;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod preflight;
 pub mod registry;
 pub mod response;
 pub mod schema;

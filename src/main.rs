@@ -23,12 +23,21 @@ enum Command {
     /// Receive notifications and publish them to Kafka.
     Serve,
     /// Validate the configuration and print it, secrets redacted.
-    CheckConfig,
+    CheckConfig {
+        /// Instead, ask every dependency whether this deployment can work:
+        /// brokers and topics, registry and subjects, spool directory, TLS
+        /// files, auth secrets. One line per check; exit 1 on any FAIL.
+        #[arg(long)]
+        online: bool,
+    },
     /// Post sample payloads (e.g. tests/fixtures/*.json) to a bridge with the configured auth.
     Send {
         /// Ingest URL; default: this config's listen address and ingest path.
         #[arg(long)]
         url: Option<String>,
+        /// PEM CA certificate to trust for an HTTPS URL, besides the system's.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -72,7 +81,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command {
-        Command::CheckConfig => check_config(&config),
+        Command::CheckConfig { online: false } => check_config(&config),
+        Command::CheckConfig { online: true } => {
+            let report = runtime()?.block_on(superfone_bridge::preflight::run(&config));
+            print!("{report}");
+            let failures = report.failures();
+            anyhow::ensure!(failures == 0, "{failures} check(s) failed");
+            Ok(())
+        }
         Command::Healthcheck { path } => {
             let status_line = tools::healthcheck(&config, &path)
                 .with_context(|| format!("asking {} for {path}", config.admin.listen))?;
@@ -84,10 +100,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => runtime()?.block_on(serve(config)),
-        Command::Send { url, files } => {
+        Command::Send {
+            url,
+            ca_file,
+            files,
+        } => {
             let url = url.unwrap_or_else(|| tools::local_ingest_url(&config));
-            let all_accepted =
-                runtime()?.block_on(tools::send(&config, &url, &files, std::io::stdout()))?;
+            let all_accepted = runtime()?.block_on(tools::send(
+                &config,
+                &url,
+                ca_file.as_deref(),
+                &files,
+                std::io::stdout(),
+            ))?;
             anyhow::ensure!(all_accepted, "not every payload was accepted");
             Ok(())
         }

@@ -48,6 +48,8 @@ pub enum RegistryError {
     Missing { subject: String, message: String },
     #[error("schema registry call for subject {subject} failed: {cause}")]
     Unavailable { subject: String, cause: String },
+    #[error("schema registry {url} unreachable: {cause}")]
+    Unreachable { url: String, cause: String },
 }
 
 impl RegistryError {
@@ -434,4 +436,169 @@ impl SchemaIds {
             tracing::warn!(%error, path = %path.display(), "cannot keep the schema ids for the next start");
         }
     }
+}
+
+/// How a local schema stands in the registry (`check-config --online`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// This exact schema is registered under the subject.
+    Registered { id: u32, version: u32 },
+    /// The subject does not exist yet.
+    NewSubject,
+    /// Not registered yet; the registry accepts it as the next version.
+    Compatible,
+    /// The registry would refuse it, for these reasons.
+    Incompatible(Vec<String>),
+}
+
+/// Read-only calls a person's check makes, beside the hot path's client.
+pub struct Probe {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Probe {
+    pub fn new(config: &RegistryConfig) -> Result<Probe, RegistryError> {
+        let base = reqwest::Url::parse(config.url.trim_end_matches('/'))
+            .map_err(|error| RegistryError::Settings(format!("registry.url: {error}")))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .build()
+            .map_err(|error| RegistryError::Settings(error.to_string()))?;
+        Ok(Probe {
+            client,
+            base,
+            username: config.username.clone(),
+            password: std::env::var(&config.password_env).ok(),
+        })
+    }
+
+    /// The registry's global compatibility level: proves it answers.
+    pub async fn compatibility_level(&self) -> Result<String, RegistryError> {
+        let (status, body) = self.call(reqwest::Method::GET, &["config"], None).await?;
+        match body
+            .get("compatibilityLevel")
+            .and_then(|level| level.as_str())
+        {
+            Some(level) if status.is_success() => Ok(level.to_owned()),
+            _ => Err(unexpected("(none: GET /config)", status, &body)),
+        }
+    }
+
+    /// Whether `schema` is registered under `subject`, or would be accepted.
+    pub async fn standing(
+        &self,
+        subject: &str,
+        schema: &EventSchema,
+    ) -> Result<Standing, RegistryError> {
+        let request = serde_json::json!({ "schema": schema.text, "schemaType": "AVRO" });
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &["subjects", subject],
+                Some(&request),
+            )
+            .await?;
+        let number = |field: &str| body.get(field).and_then(|v| v.as_u64()).map(|v| v as u32);
+        match (status.as_u16(), number("error_code")) {
+            (200, _) => {
+                return Ok(Standing::Registered {
+                    id: number("id").unwrap_or_default(),
+                    version: number("version").unwrap_or_default(),
+                })
+            }
+            (404, Some(40401)) => return Ok(Standing::NewSubject),
+            (404, _) => {}
+            _ => return Err(unexpected(subject, status, &body)),
+        }
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &["compatibility", "subjects", subject, "versions", "latest"],
+                Some(&request),
+            )
+            .await?;
+        match body.get("is_compatible").and_then(|v| v.as_bool()) {
+            Some(true) => Ok(Standing::Compatible),
+            Some(false) => Ok(Standing::Incompatible(
+                body.get("messages")
+                    .and_then(|messages| messages.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|message| message.as_str().map(str::to_owned))
+                    .collect(),
+            )),
+            None => Err(unexpected(subject, status, &body)),
+        }
+    }
+
+    /// One call under the registry's base URL (path segments escaped).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        body: Option<&serde_json::Value>,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value), RegistryError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| RegistryError::Settings("registry.url cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        if segments.first() == Some(&"compatibility") {
+            url.set_query(Some("verbose=true"));
+        }
+        let mut request = self
+            .client
+            .request(method, url)
+            .header("Accept", "application/vnd.schemaregistry.v1+json");
+        if let Some(user) = &self.username {
+            request = request.basic_auth(user, self.password.as_deref());
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .body(body.to_string());
+        }
+        let unreachable = |error: reqwest::Error| RegistryError::Unreachable {
+            url: self.base.to_string(),
+            cause: error_chain(&error),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+}
+
+/// An answer the checks cannot read: the status and the registry's message.
+fn unexpected(
+    subject: &str,
+    status: reqwest::StatusCode,
+    body: &serde_json::Value,
+) -> RegistryError {
+    RegistryError::Unavailable {
+        subject: subject.to_owned(),
+        cause: format!(
+            "HTTP {status}{}",
+            body.get("message")
+                .and_then(|message| message.as_str())
+                .map(|message| format!(": {message}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// An error and its causes on one line ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -35,6 +35,8 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("client CA {path} cannot verify clients: {reason}")]
     ClientCa { path: PathBuf, reason: String },
+    #[error("{path}: a certificate cannot be parsed: {reason}")]
+    Certificate { path: PathBuf, reason: String },
     #[error("certificate {cert} and key {key} cannot be used together: {source}")]
     Rustls {
         cert: PathBuf,
@@ -129,6 +131,35 @@ fn read_contents(settings: &TlsConfig) -> Result<Contents, TlsError> {
         key: read(&settings.key_file)?,
         client_ca: settings.client_ca_file.as_deref().map(read).transpose()?,
     })
+}
+
+/// When one certificate of a PEM file may be used.
+#[derive(Debug, Clone)]
+pub struct Validity {
+    pub subject: String,
+    pub not_before: time::OffsetDateTime,
+    pub not_after: time::OffsetDateTime,
+}
+
+/// The validity of every certificate in a PEM file, in file order (the
+/// leaf first in a chain): an expired intermediate breaks the chain too.
+pub fn validity(path: &Path) -> Result<Vec<Validity>, TlsError> {
+    certificates(path, &read(path)?)?
+        .iter()
+        .map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|error| {
+                TlsError::Certificate {
+                    path: path.to_owned(),
+                    reason: error.to_string(),
+                }
+            })?;
+            Ok(Validity {
+                subject: cert.subject().to_string(),
+                not_before: cert.validity().not_before.to_datetime(),
+                not_after: cert.validity().not_after.to_datetime(),
+            })
+        })
+        .collect()
 }
 
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {

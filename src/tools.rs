@@ -13,7 +13,7 @@ use schema_registry_converter::async_impl::avro::AvroDecoder;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,8 @@ pub enum ToolError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot use {path} as a CA certificate: {reason}")]
+    CaFile { path: PathBuf, reason: String },
     #[error("request to {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("Kafka: {0}")]
@@ -48,7 +50,12 @@ pub enum ToolError {
 /// The ingest URL of the bridge this config describes, seen from this host.
 pub fn local_ingest_url(config: &Config) -> String {
     format!(
-        "http://{}{}",
+        "{}://{}{}",
+        if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         reachable_locally(config.server.listen),
         config.server.ingest_path
     )
@@ -83,10 +90,12 @@ pub fn healthcheck(config: &Config, path: &str) -> Result<String, std::io::Error
 }
 
 /// Posts each file as one notification; prints `{"file","status","response"}`
-/// per file. Returns whether every answer was 2xx.
+/// per file. Returns whether every answer was 2xx. `ca_file`: a PEM CA to
+/// trust besides the system's (an HTTPS bridge with a private CA).
 pub async fn send(
     config: &Config,
     url: &str,
+    ca_file: Option<&Path>,
     files: &[PathBuf],
     mut out: impl Write,
 ) -> Result<bool, ToolError> {
@@ -98,13 +107,21 @@ pub async fn send(
         "" => secret.expose_secret().to_owned(),
         scheme => format!("{scheme} {}", secret.expose_secret()),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|source| ToolError::Http {
-            url: url.to_owned(),
-            source,
-        })?;
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(path) = ca_file {
+        let unusable = |reason: String| ToolError::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|error| unusable(error.to_string()))?;
+        let ca =
+            reqwest::Certificate::from_pem(&pem).map_err(|error| unusable(error.to_string()))?;
+        client = client.add_root_certificate(ca);
+    }
+    let client = client.build().map_err(|source| ToolError::Http {
+        url: url.to_owned(),
+        source,
+    })?;
     let mut all_accepted = true;
     for file in files {
         let body = std::fs::read(file).map_err(|source| ToolError::Read {

@@ -308,3 +308,38 @@ fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
     let admitted = presenting(&client);
     assert_eq!(admitted.status, "200", "{admitted:?}");
 }
+
+#[test]
+fn send_posts_over_https_trusting_the_given_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = issue(dir.path(), "server", &["localhost"]);
+    let bridge = Bridge::start(tls_bridge(&server));
+    let url = format!(
+        "https://localhost:{}/superfone/events",
+        bridge.addr.rsplit(':').next().unwrap()
+    );
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/all_calls.json");
+    let send = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_superfone-bridge"))
+            .args(["send", "--url", &url])
+            .args(extra)
+            .arg(fixture)
+            .env("SUPERFONE_AUTH_SECRETS", support::SECRET)
+            .output()
+            .unwrap()
+    };
+
+    let trusted = send(&["--ca-file", server.ca.to_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&trusted.stdout);
+    assert!(
+        trusted.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(printed.contains("\"status\":200"), "{printed}");
+
+    let untrusted = send(&[]);
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("request to https://localhost"), "{stderr}");
+}
