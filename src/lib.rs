@@ -7,41 +7,27 @@
 //! background while events go to the spool. `App::run_until_stopped` serves
 //! until the shutdown future resolves, drains, and flushes the producer.
 
-pub mod admin;
-pub mod auth;
-pub mod avro_json;
 pub mod config;
-pub mod convert;
-pub mod dead_letter;
-pub mod dedup;
-pub mod delivery;
-pub mod event;
-pub mod health;
-pub mod ingest;
-pub mod kafka;
-pub mod metrics;
-pub mod preflight;
-pub mod registry;
-pub mod response;
-pub mod schema;
-pub mod server;
-pub mod spool;
-pub mod telemetry;
-pub mod tls;
-pub mod tools;
+pub mod durability;
+pub mod http;
+pub mod ops;
+pub mod pipeline;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::convert::Converter;
-use crate::dedup::Dedup;
-use crate::delivery::{Delivery, Durable, Recovered};
-use crate::health::Health;
-use crate::ingest::DEDUP_KEY_HEADER;
-use crate::ingest::{EventRoute, Ingest, IngestSettings};
-use crate::kafka::{PublishError, Publisher};
-use crate::registry::{RegistryError, SchemaIds};
-use crate::schema::{EventSchema, SchemaError, SchemaSource};
-use crate::spool::{Spool, SpoolError, SpoolSettings};
+use crate::durability::delivery::{Delivery, Durable, Recovered};
+use crate::durability::kafka::{PublishError, Publisher};
+use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
+use crate::http::auth::Authenticator;
+use crate::http::ingest::DEDUP_KEY_HEADER;
+use crate::http::ingest::{EventRoute, Ingest, IngestSettings};
+use crate::http::{ingest, server, tls};
+use crate::ops::admin;
+use crate::ops::health::Health;
+use crate::pipeline::convert::Converter;
+use crate::pipeline::dedup::Dedup;
+use crate::pipeline::registry::{RegistryError, SchemaIds};
+use crate::pipeline::schema::{EventSchema, SchemaError, SchemaSource};
+use crate::pipeline::{event, schema};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -314,7 +300,7 @@ impl App {
             .transpose()?
             .map(Arc::new);
         // Install the recorder before anything records.
-        metrics::handle();
+        crate::ops::metrics::handle();
         let dedup = config.dedup.enabled.then(|| {
             Dedup::new(
                 Duration::from_secs(config.dedup.window_secs),
@@ -415,7 +401,7 @@ impl App {
         tokio::spawn(admin::serve(
             self.admin_listener,
             Arc::clone(&self.health),
-            metrics::handle(),
+            crate::ops::metrics::handle(),
             stop_background.clone(),
         ));
         if let Some(tls) = &self.tls {

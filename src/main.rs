@@ -4,9 +4,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use superfone_bridge::auth::{self, Authenticator};
 use superfone_bridge::config::Config;
-use superfone_bridge::{telemetry, tools, App};
+use superfone_bridge::http::auth::{self, Authenticator};
+use superfone_bridge::ops::{telemetry, tools};
+use superfone_bridge::App;
 
 #[derive(Parser)]
 #[command(version, about = "Superfone event notifications -> Avro -> Kafka")]
@@ -83,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { online: false } => check_config(&config),
         Command::CheckConfig { online: true } => {
-            let report = runtime()?.block_on(superfone_bridge::preflight::run(&config));
+            let report = runtime()?.block_on(superfone_bridge::ops::preflight::run(&config));
             print!("{report}");
             let failures = report.failures();
             anyhow::ensure!(failures == 0, "{failures} check(s) failed");
@@ -274,7 +275,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     if let Some(tls) = &config.server.tls {
-        superfone_bridge::tls::Tls::load(tls).context("server.tls")?;
+        superfone_bridge::http::tls::Tls::load(tls).context("server.tls")?;
         println!(
             "# tls: {} and {} usable{}",
             tls.cert_file.display(),

@@ -12,7 +12,7 @@ use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use superfone_bridge::kafka::{Publisher, TopicSpec};
+use superfone_bridge::durability::kafka::{Publisher, TopicSpec};
 use support::{stack, Bridge, BridgeOptions};
 
 const STRONG_SECRET: &str = "4f1c9a7e2b8d3f60a5c7e9b1d2f4a6c8e0b3d5f7a9c1e3b5";
@@ -330,10 +330,10 @@ async fn small_or_absent_topics_and_incompatible_or_unregistered_subjects_fail()
         line.starts_with("FAIL") && line.contains("new subject, and registry.auto_register is off"),
         "{line}"
     );
-    assert_eq!(
-        checked.stderr.trim_end().lines().last(),
-        Some("Error: 21 check(s) failed"),
-        "11 topics and 10 subjects:\n{}",
-        checked.stdout
+    assert!(
+        checked.stderr.contains("Error: 21 check(s) failed"),
+        "11 topics and 10 subjects:\n{}{}",
+        checked.stdout,
+        checked.stderr
     );
 }

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 /// Crashes simulated over all cases, reported with the case count.
 static CRASHES: AtomicUsize = AtomicUsize::new(0);
-use superfone_bridge::kafka::Record;
-use superfone_bridge::spool::{
+use superfone_bridge::durability::kafka::Record;
+use superfone_bridge::durability::spool::{
     self, CrashPlan, Location, Spool, SpoolEntry, SpoolError, SpoolSettings,
 };
 

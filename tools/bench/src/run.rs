@@ -22,9 +22,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use superfone_bridge::config::Config;
-use superfone_bridge::event::{self, EventKind};
-use superfone_bridge::ingest::EventRoute;
-use superfone_bridge::kafka::{Publisher, Record};
+use superfone_bridge::durability::kafka::{Publisher, Record};
+use superfone_bridge::http::ingest::EventRoute;
+use superfone_bridge::pipeline::event::{self, EventKind};
 use tokio::process::{Child, Command};
 
 /// The bearer secret the benchmark's bridge accepts.

@@ -150,7 +150,7 @@ pub struct BridgeContext;
 
 impl ClientContext for BridgeContext {
     fn stats(&self, statistics: Statistics) {
-        crate::metrics::record_kafka_statistics(&statistics);
+        crate::ops::metrics::record_kafka_statistics(&statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -254,7 +254,7 @@ impl Publisher {
             .create_with_context::<_, KafkaProducer>(BridgeContext)
         {
             Ok(fresh) => {
-                metrics::counter!(crate::metrics::PRODUCER_REPLACEMENTS).increment(1);
+                metrics::counter!(crate::ops::metrics::PRODUCER_REPLACEMENTS).increment(1);
                 let failed = std::mem::replace(&mut *producer, fresh);
                 *replaced_at = Some(std::time::Instant::now());
                 // Dropping a producer can block on its queue: not on the runtime.

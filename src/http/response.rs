@@ -5,8 +5,8 @@
 //! so 2xx means "durable in Kafka", and every other body says why, naming the
 //! field at fault. 5xx bodies stay generic; the cause goes to the log.
 
-use crate::dead_letter::{DeadLetterReason, Rejection};
-use crate::dedup::FirstDelivery;
+use crate::pipeline::dead_letter::{DeadLetterReason, Rejection};
+use crate::pipeline::dedup::FirstDelivery;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
@@ -18,7 +18,7 @@ pub const GROUP_ID_HEADER: &str = "x-superfone-group-id";
 /// Response header with the delivery's trace id (32 hex digits), for Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-superfone-trace-id";
 
-pub use crate::delivery::RecordRef;
+pub use crate::durability::delivery::RecordRef;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

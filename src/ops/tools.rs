@@ -3,9 +3,9 @@
 //! environment); `tail` reads a topic, decodes each record through the schema
 //! registry and prints one JSON object per line.
 
-use crate::avro_json;
 use crate::config::Config;
-use crate::event::EventKind;
+use crate::pipeline::avro_json;
+use crate::pipeline::event::EventKind;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -19,7 +19,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::http::auth::AuthError),
     #[error("no auth secret configured to send with")]
     NoSecret,
     #[error("cannot read {path}: {source}")]
@@ -36,15 +36,15 @@ pub enum ToolError {
     #[error("topic {0} does not exist")]
     NoSuchTopic(String),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] crate::pipeline::registry::RegistryError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
     #[error(transparent)]
     Startup(#[from] crate::StartupError),
     #[error(transparent)]
-    Publish(#[from] crate::kafka::PublishError),
+    Publish(#[from] crate::durability::kafka::PublishError),
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] crate::durability::spool::SpoolError),
 }
 
 /// The ingest URL of the bridge this config describes, seen from this host.
@@ -99,7 +99,7 @@ pub async fn send(
     files: &[PathBuf],
     mut out: impl Write,
 ) -> Result<bool, ToolError> {
-    let secret = crate::auth::load_secrets(&config.auth)?
+    let secret = crate::http::auth::load_secrets(&config.auth)?
         .into_iter()
         .next()
         .ok_or(ToolError::NoSecret)?;
@@ -244,12 +244,13 @@ pub async fn replay_dead_letters(
     options: ReplayOptions,
     mut out: impl Write,
 ) -> Result<(usize, usize), ToolError> {
-    use crate::event;
-    use crate::ingest::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+    use crate::http::ingest::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+    use crate::pipeline::event;
     use rdkafka::consumer::CommitMode;
 
     let routes = crate::event_routes(config).await?;
-    let publisher = crate::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
+    let publisher =
+        crate::durability::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
     let topic = config.topics.dead_letter_topic();
     let start = if options.from_beginning {
         Offset::Beginning
@@ -329,7 +330,7 @@ pub async fn tail(
     };
     let group_id = format!("superfone-bridge-tail-{}", uuid::Uuid::now_v7());
     let consumer = topic_consumer(config, &topic, &group_id, start)?;
-    let decoder = AvroDecoder::new(crate::registry::settings(&config.registry)?);
+    let decoder = AvroDecoder::new(crate::pipeline::registry::settings(&config.registry)?);
     let mut count = 0;
     while options.max.is_none_or(|max| count < max) {
         let message = match options.idle_exit {
@@ -400,10 +401,10 @@ pub fn parked(
     format: ParkedFormat,
     mut out: impl Write,
 ) -> Result<usize, ToolError> {
-    use crate::ingest::{EVENT_HEADER, GROUP_ID_HEADER};
-    use crate::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
+    use crate::durability::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
+    use crate::http::ingest::{EVENT_HEADER, GROUP_ID_HEADER};
     use base64::Engine;
-    let entries = crate::spool::read_parked(&config.spool.dir)?;
+    let entries = crate::durability::spool::read_parked(&config.spool.dir)?;
     for entry in &entries {
         let header = |name: &str| entry.record.header(name);
         let mut line = json!({
@@ -437,9 +438,9 @@ pub async fn retry_parked(
     only: &[u64],
     mut out: impl Write,
 ) -> Result<(usize, usize), ToolError> {
-    use crate::registry::{SchemaIds, SCHEMA_PENDING_HEADER};
-    use crate::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
-    let entries: Vec<_> = crate::spool::read_parked(&config.spool.dir)?
+    use crate::durability::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
+    use crate::pipeline::registry::{SchemaIds, SCHEMA_PENDING_HEADER};
+    let entries: Vec<_> = crate::durability::spool::read_parked(&config.spool.dir)?
         .into_iter()
         .filter(|entry| only.is_empty() || only.contains(&entry.id))
         .collect();
@@ -447,7 +448,7 @@ pub async fn retry_parked(
         .iter()
         .any(|entry| entry.record.header(SCHEMA_PENDING_HEADER).is_some());
     let schema_ids = if waiting_for_ids {
-        let schemas = crate::schema::load_all(&crate::schema_source(config))
+        let schemas = crate::pipeline::schema::load_all(&crate::schema_source(config))
             .map_err(crate::StartupError::from)?;
         let ids = SchemaIds::new(
             &config.registry,
@@ -460,7 +461,8 @@ pub async fn retry_parked(
     } else {
         None
     };
-    let publisher = crate::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
+    let publisher =
+        crate::durability::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
     let (mut published, mut failed) = (0, 0);
     for entry in entries {
         let mut record = entry.record;
@@ -482,7 +484,7 @@ pub async fn retry_parked(
         };
         let line = match result {
             Ok(delivered) => {
-                crate::spool::mark_retried(&config.spool.dir, entry.id)?;
+                crate::durability::spool::mark_retried(&config.spool.dir, entry.id)?;
                 published += 1;
                 json!({"spool_id": entry.id, "status": "published", "topic": record.topic,
                        "partition": delivered.partition, "offset": delivered.offset})

@@ -3,17 +3,17 @@
 //! to the dead-letter topic unchanged; nothing is answered 2xx before the
 //! broker acknowledged it.
 
-use crate::auth::Authenticator;
-use crate::convert::Converter;
-use crate::dead_letter::Rejection;
-use crate::dedup::{Claim, Dedup};
-use crate::delivery::{Delivery, Durable};
-use crate::event::{self, EventKind};
-use crate::kafka::Record;
-use crate::registry::Subject;
-use crate::response::{Outcome, RecordRef};
-use crate::spool::SpoolError;
-use crate::telemetry;
+use crate::durability::delivery::{Delivery, Durable};
+use crate::durability::kafka::Record;
+use crate::durability::spool::SpoolError;
+use crate::http::auth::Authenticator;
+use crate::http::response::{Outcome, RecordRef};
+use crate::ops::telemetry;
+use crate::pipeline::convert::Converter;
+use crate::pipeline::dead_letter::Rejection;
+use crate::pipeline::dedup::{Claim, Dedup};
+use crate::pipeline::event::{self, EventKind};
+use crate::pipeline::registry::Subject;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
@@ -30,7 +30,7 @@ pub const AVRO_CONTENT_TYPE: &str = "application/vnd.confluent.avro";
 pub const EVENT_HEADER: &str = "superfone-event";
 pub const GROUP_ID_HEADER: &str = "superfone-group-id";
 pub const RECEIVED_AT_HEADER: &str = "superfone-received-at";
-pub use crate::registry::SCHEMA_ID_HEADER;
+pub use crate::pipeline::registry::SCHEMA_ID_HEADER;
 pub const DEDUP_KEY_HEADER: &str = "superfone-dedup-key";
 
 /// Everything the bridge knows about publishing one event type.
@@ -52,7 +52,7 @@ impl EventRoute {
         object: &serde_json::Map<String, Value>,
         group_id: &str,
         received_at: &str,
-    ) -> Result<Record, crate::convert::ConvertError> {
+    ) -> Result<Record, crate::pipeline::convert::ConvertError> {
         let (schema_id, schema_header) = self.schema.schema_header();
         let payload = self.converter.encode(schema_id, object)?;
         let dedup_key = event::dedup_key(self.kind, object);
@@ -152,7 +152,7 @@ impl Ingest {
             span.record("trace_id", trace_id.as_str());
         }
         let started = std::time::Instant::now();
-        let in_flight = metrics::gauge!(crate::metrics::IN_FLIGHT);
+        let in_flight = metrics::gauge!(crate::ops::metrics::IN_FLIGHT);
         in_flight.increment(1.0);
         let outcome = self.deliver(request).instrument(span.clone()).await;
         in_flight.decrement(1.0);
@@ -161,7 +161,7 @@ impl Ingest {
         if outcome.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
-        crate::metrics::record_request(
+        crate::ops::metrics::record_request(
             outcome.event().unwrap_or("unknown"),
             outcome.name(),
             started.elapsed(),
@@ -318,7 +318,7 @@ impl Ingest {
             Some(dedup) => match dedup.claim(&dedup_key.entity, &dedup_key.key).await {
                 Claim::New(pending) => Some(pending),
                 Claim::Duplicate(first_delivery) => {
-                    metrics::counter!(crate::metrics::DEDUP_HITS).increment(1);
+                    metrics::counter!(crate::ops::metrics::DEDUP_HITS).increment(1);
                     tracing::info!(dedup_key = %dedup_key.key, "duplicate delivery, not published again");
                     return Outcome::Duplicate {
                         event: kind.as_str(),
@@ -501,7 +501,7 @@ fn group_id_of(envelope: &Envelope, object: Option<&serde_json::Map<String, Valu
         .as_deref()
         .or_else(|| object.and_then(event::body_group_id));
     match given {
-        Some(group_id) => crate::dedup::cap_group_id(group_id).to_owned(),
+        Some(group_id) => crate::pipeline::dedup::cap_group_id(group_id).to_owned(),
         None => uuid::Uuid::now_v7().to_string(),
     }
 }

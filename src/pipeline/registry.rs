@@ -12,9 +12,9 @@
 //! publishes straight away.
 
 use crate::config::{RegistryConfig, SubjectStrategy, TopicsConfig};
-use crate::event::EventKind;
-use crate::kafka::Record;
-use crate::schema::EventSchema;
+use crate::durability::kafka::Record;
+use crate::pipeline::event::EventKind;
+use crate::pipeline::schema::EventSchema;
 use schema_registry_converter::async_impl::schema_registry::{
     perform_sr_call, post_schema, SrSettings,
 };
@@ -323,7 +323,7 @@ impl SchemaIds {
                     self.keep_known_ids();
                 }
                 Err(error) => {
-                    metrics::counter!(crate::metrics::REGISTRY_ERRORS).increment(1);
+                    metrics::counter!(crate::ops::metrics::REGISTRY_ERRORS).increment(1);
                     if !error.is_refusal() {
                         return Err(error);
                     }

@@ -3,7 +3,7 @@
 //! make an event durable now, with the reasons when not) and `/status` (the
 //! state of Kafka, the registry and the spool; see `health`).
 
-use crate::health::Health;
+use crate::ops::health::Health;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

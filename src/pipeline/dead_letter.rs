@@ -1,8 +1,8 @@
 //! Bad input is kept, never dropped: why a body was rejected, and the headers
 //! that say so on the dead-letter record (which carries the body unchanged).
 
-use crate::convert::ConvertError;
-use crate::event::{DispatchError, EventKind};
+use crate::pipeline::convert::ConvertError;
+use crate::pipeline::event::{DispatchError, EventKind};
 
 /// Header names on dead-letter records (besides the common delivery headers).
 pub const REASON_HEADER: &str = "superfone-dead-letter-reason";

@@ -6,11 +6,11 @@
 //! reason. Nothing is created or registered; the only write is a probe file
 //! in the spool directory, removed at once.
 
-use crate::auth::{self, MIN_SECRET_BYTES};
 use crate::config::Config;
-use crate::kafka::{Publisher, TopicFacts};
-use crate::registry::{self, Probe, Standing};
-use crate::schema;
+use crate::durability::kafka::{Publisher, TopicFacts};
+use crate::http::auth::{self, MIN_SECRET_BYTES};
+use crate::pipeline::registry::{self, Probe, Standing};
+use crate::pipeline::schema;
 use secrecy::ExposeSecret;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,7 @@ fn check_tls(config: &Config, report: &mut Report, now: OffsetDateTime) {
             "off: plain HTTP; HTTPS must be terminated in front of the bridge",
         );
     };
-    if let Err(error) = crate::tls::Tls::load(tls) {
+    if let Err(error) = crate::http::tls::Tls::load(tls) {
         return report.push("tls", Verdict::Fail, error.to_string());
     }
     report.push(
@@ -178,7 +178,7 @@ fn check_tls(config: &Config, report: &mut Report, now: OffsetDateTime) {
 
 /// The certificate of `path` that expires first decides.
 fn check_expiry(name: &str, path: &Path, report: &mut Report, now: OffsetDateTime) {
-    let validity = match crate::tls::validity(path) {
+    let validity = match crate::http::tls::validity(path) {
         Ok(validity) => validity,
         Err(error) => return report.push(name, Verdict::Fail, error.to_string()),
     };

@@ -13,13 +13,13 @@
 //! header-list and keep-alive ping limits; HTTP/1 a read-buffer cap.
 //!
 //! With `server.tls`, the TLS handshake follows the first bytes, under the
-//! same first-request deadline (`crate::tls`).
+//! same first-request deadline (`crate::http::tls`).
 //!
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, and wait for them for at most the drain timeout.
 
-use crate::ingest::Ingest;
-use crate::tls::Tls;
+use crate::http::ingest::Ingest;
+use crate::http::tls::Tls;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -190,7 +190,7 @@ impl Connections {
             }
             not_asked.len()
         };
-        metrics::counter!(crate::metrics::CONNECTIONS_SHED).increment(shed as u64);
+        metrics::counter!(crate::ops::metrics::CONNECTIONS_SHED).increment(shed as u64);
     }
 
     /// Closes connections past their deadlines: no first request within the
@@ -213,7 +213,7 @@ impl Connections {
                 now.saturating_sub(tracked.idle_since_ms.load(Ordering::Relaxed)) >= deadline;
             if overdue {
                 tracked.close.cancel();
-                metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT).increment(1);
+                metrics::counter!(crate::ops::metrics::CONNECTIONS_TIMED_OUT).increment(1);
             }
         }
     }
@@ -287,7 +287,7 @@ async fn handshake(
     match accepted {
         Ok(stream) => Some(stream),
         Err(error) => {
-            metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
+            metrics::counter!(crate::ops::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
             tracing::debug!(%peer, %error, "TLS handshake failed");
             None
         }

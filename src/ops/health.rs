@@ -12,8 +12,8 @@
 //! - The watcher also finishes what start-up could not: topics are created
 //!   once Kafka is reachable.
 
-use crate::delivery::Delivery;
-use crate::kafka::{Publisher, TopicSpec};
+use crate::durability::delivery::Delivery;
+use crate::durability::kafka::{Publisher, TopicSpec};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,8 +121,8 @@ impl Health {
             }
             self.check_kafka().await;
             let ready = self.readiness().is_ok();
-            metrics::gauge!(crate::metrics::READY).set(f64::from(u8::from(ready)));
-            metrics::gauge!(crate::metrics::REGISTRY_PENDING)
+            metrics::gauge!(crate::ops::metrics::READY).set(f64::from(u8::from(ready)));
+            metrics::gauge!(crate::ops::metrics::REGISTRY_PENDING)
                 .set(self.delivery.schemas().pending() as f64);
             tokio::select! {
                 () = tokio::time::sleep(CHECK_INTERVAL) => {},
@@ -150,7 +150,7 @@ impl Health {
             kafka.reachable = Some(reachable);
             kafka.error = result.err().map(|error| error.to_string());
         }
-        metrics::gauge!(crate::metrics::KAFKA_REACHABLE).set(f64::from(u8::from(reachable)));
+        metrics::gauge!(crate::ops::metrics::KAFKA_REACHABLE).set(f64::from(u8::from(reachable)));
         if reachable && !self.delivery.topics_ready() {
             self.create_topics().await;
         }

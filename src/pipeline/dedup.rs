@@ -17,7 +17,7 @@
 //! group id and the table's spare room (scripts/bench: the map was the
 //! largest part of the bridge's memory).
 
-use crate::delivery::{Durable, RecordRef};
+use crate::durability::delivery::{Durable, RecordRef};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,7 +283,7 @@ mod tests {
     use super::*;
 
     fn kafka(offset: i64) -> Durable {
-        Durable::Published(crate::kafka::Delivered {
+        Durable::Published(crate::durability::kafka::Delivered {
             partition: 0,
             offset,
         })

@@ -29,7 +29,7 @@
 //! fsync'd) already lies past it, and every open starts at that mark. One
 //! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
-use crate::kafka::Record;
+use crate::durability::kafka::Record;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};

@@ -7,7 +7,7 @@
 //! every client resolves, so each event schema is registered with the shared
 //! types inlined at their first use: one standalone schema per subject.
 
-use crate::event::EventKind;
+use crate::pipeline::event::EventKind;
 use apache_avro::Schema;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -57,31 +57,36 @@ pub struct EventSchema {
 const EMBEDDED_TYPES: [(&str, &str); 7] = [
     (
         "ContactPhone",
-        include_str!("../schemas/types/ContactPhone.avsc"),
+        include_str!("../../schemas/types/ContactPhone.avsc"),
     ),
-    ("Label", include_str!("../schemas/types/Label.avsc")),
-    ("Product", include_str!("../schemas/types/Product.avsc")),
-    ("IvrInput", include_str!("../schemas/types/IvrInput.avsc")),
-    ("Insight", include_str!("../schemas/types/Insight.avsc")),
-    ("Summary", include_str!("../schemas/types/Summary.avsc")),
+    ("Label", include_str!("../../schemas/types/Label.avsc")),
+    ("Product", include_str!("../../schemas/types/Product.avsc")),
+    (
+        "IvrInput",
+        include_str!("../../schemas/types/IvrInput.avsc"),
+    ),
+    ("Insight", include_str!("../../schemas/types/Insight.avsc")),
+    ("Summary", include_str!("../../schemas/types/Summary.avsc")),
     (
         "TranscriptionTurn",
-        include_str!("../schemas/types/TranscriptionTurn.avsc"),
+        include_str!("../../schemas/types/TranscriptionTurn.avsc"),
     ),
 ];
 
 fn embedded_event(kind: EventKind) -> &'static str {
     match kind {
-        EventKind::AllCalls => include_str!("../schemas/all_calls.avsc"),
-        EventKind::MissedCall => include_str!("../schemas/missed_call.avsc"),
-        EventKind::CdrRecordingAvailable => include_str!("../schemas/cdr_recording_available.avsc"),
-        EventKind::CdrSummaryReady => include_str!("../schemas/cdr_summary_ready.avsc"),
-        EventKind::CustomerCreate => include_str!("../schemas/customer_create.avsc"),
-        EventKind::CustomerChange => include_str!("../schemas/customer_change.avsc"),
-        EventKind::TaskCreate => include_str!("../schemas/task_create.avsc"),
-        EventKind::TaskChange => include_str!("../schemas/task_change.avsc"),
-        EventKind::TaskNotifyTime => include_str!("../schemas/task_notify_time.avsc"),
-        EventKind::TaskDueTime => include_str!("../schemas/task_due_time.avsc"),
+        EventKind::AllCalls => include_str!("../../schemas/all_calls.avsc"),
+        EventKind::MissedCall => include_str!("../../schemas/missed_call.avsc"),
+        EventKind::CdrRecordingAvailable => {
+            include_str!("../../schemas/cdr_recording_available.avsc")
+        }
+        EventKind::CdrSummaryReady => include_str!("../../schemas/cdr_summary_ready.avsc"),
+        EventKind::CustomerCreate => include_str!("../../schemas/customer_create.avsc"),
+        EventKind::CustomerChange => include_str!("../../schemas/customer_change.avsc"),
+        EventKind::TaskCreate => include_str!("../../schemas/task_create.avsc"),
+        EventKind::TaskChange => include_str!("../../schemas/task_change.avsc"),
+        EventKind::TaskNotifyTime => include_str!("../../schemas/task_notify_time.avsc"),
+        EventKind::TaskDueTime => include_str!("../../schemas/task_due_time.avsc"),
     }
 }
 
