@@ -43,7 +43,7 @@ require_system_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     log "missing Debian packages; install them, then run this again:"
-    printf '  sudo apt-get install -y --no-install-recommends %s\n' "${missing[*]}" >&2
+    printf '  sudo apt-get update && sudo apt-get install -y --no-install-recommends %s\n' "${missing[*]}" >&2
     exit 1
   fi
 }
