@@ -204,11 +204,7 @@ impl Bridge {
 
     /// Sends SIGTERM, as Kubernetes does.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(self.pid(), "-TERM");
     }
 
     /// Waits for the process to exit; `None` if it is still running after `timeout`.
@@ -434,13 +430,20 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Sends a signal by pid (`kill -STOP 123`), without unsafe code.
+/// Sends a signal by pid (`signal(123, "-STOP")`), without unsafe code
+/// and without procps's `kill` binary (a minimal Debian has none).
 pub fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
+    use rustix::process::{kill_process, Pid, Signal};
+    let number = match signal {
+        "-TERM" => Signal::TERM,
+        "-KILL" => Signal::KILL,
+        "-STOP" => Signal::STOP,
+        "-CONT" => Signal::CONT,
+        "-INT" => Signal::INT,
+        other => panic!("unknown signal {other}"),
+    };
+    let pid = Pid::from_raw(pid as i32).expect("a process id is positive");
+    kill_process(pid, number).unwrap_or_else(|error| panic!("kill {signal} {pid:?}: {error}"));
 }
 
 /// A tansu broker owned by one test (memory storage: a restart starts empty).
