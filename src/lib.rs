@@ -347,6 +347,7 @@ impl App {
             Arc::clone(&delivery),
             dedup,
         ));
+        server::raise_open_file_limit(config.delivery.max_connections);
         let listener = listen(config.server.listen)?;
         let admin_listener = listen(config.admin.listen)?;
         Ok(App {

@@ -99,6 +99,9 @@ async fn timed_post(client: &reqwest::Client, bridge: &Bridge, sequence: i64) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
+    // This process holds the flood's sockets: the bridge's own start-up step
+    // lifts a login session's soft limit of 1024 for it too.
+    superfone_bridge::http::server::raise_open_file_limit(SILENT + HALF_SENT);
     let bridge = Bridge::start(BridgeOptions::default());
     // No keep-alive, as a webhook sender may: every event needs a new
     // connection accepted, through the flood.

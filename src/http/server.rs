@@ -36,6 +36,49 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Descriptors the bridge needs besides its connections: spool segments,
+/// Kafka and registry sockets, the admin listener and its clients, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (a login session's soft
+/// limit is often 1024, below the default `delivery.max_connections`, and
+/// an accept past it fails with EMFILE), and warns when even the hard
+/// limit leaves too few descriptors for `max_connections`. Returns the soft
+/// limit now in effect (`None`: unlimited).
+pub fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft < hard {
+            let raised = rustix::process::Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::debug!(from = soft, to = hard, "open-file limit raised");
+                    limit = raised;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, soft, hard, "cannot raise the open-file limit")
+                }
+            }
+        }
+    }
+    let needed = max_connections as u64 + RESERVED_FILES;
+    if let Some(soft) = limit.current.filter(|soft| *soft < needed) {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections,
+            needed,
+            "the open-file limit is below delivery.max_connections plus {RESERVED_FILES}: \
+             connections past it fail to be accepted; raise the hard limit (ulimit -Hn, \
+             LimitNOFILE) or lower delivery.max_connections"
+        );
+    }
+    limit.current
+}
+
 /// HTTP/2 streams one connection may have open at once (Superfone sends one
 /// request at a time; this only bounds a misbehaving client).
 const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
@@ -444,5 +487,24 @@ async fn sweep_until(connections: Arc<Connections>, limits: Limits, stop: Cancel
             () = tokio::time::sleep(SWEEP_INTERVAL) => connections.sweep(&limits),
             () = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let lowered = Rlimit {
+            current: Some(512),
+            maximum: hard,
+        };
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(512));
+        assert_eq!(raise_open_file_limit(2_048), hard);
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
     }
 }
