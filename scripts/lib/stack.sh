@@ -14,9 +14,14 @@ TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 log() { printf '[stack] %s\n' "$*" >&2; }
 
 # Debian packages building the bridge (librdkafka is compiled from source:
-# C toolchain, OpenSSL and zlib headers), the Python test stack and the TLS
-# tests (curl, a client on a different TLS stack from the bridge's) need.
+# C toolchain, OpenSSL and zlib headers), the Python test stack, the TLS
+# tests (curl, a client on a different TLS stack from the bridge's) and the
+# trace tests (rotel's OTLP receiver links libpython3.X, which a minimal
+# Debian lacks) need.
 BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev python3-venv curl)
+if command -v python3 >/dev/null; then
+  BUILD_PACKAGES+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')")
+fi
 
 # Checks for the Debian packages given (default: BUILD_PACKAGES) and for
 # cargo. Missing packages are installed when running as root; otherwise the
