@@ -312,12 +312,9 @@ fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
 #[test]
 fn send_posts_over_https_trusting_the_given_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let server = issue(dir.path(), "server", &["localhost"]);
+    let server = issue(dir.path(), "server", &["127.0.0.1"]);
     let bridge = Bridge::start(tls_bridge(&server));
-    let url = format!(
-        "https://localhost:{}/superfone/events",
-        bridge.addr.rsplit(':').next().unwrap()
-    );
+    let url = https_url(&bridge);
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/all_calls.json");
     let send = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_superfone-bridge"))
@@ -341,5 +338,5 @@ fn send_posts_over_https_trusting_the_given_ca() {
     let untrusted = send(&[]);
     assert!(!untrusted.status.success());
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
-    assert!(stderr.contains("request to https://localhost"), "{stderr}");
+    assert!(stderr.contains("request to https://127.0.0.1"), "{stderr}");
 }
