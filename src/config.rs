@@ -249,6 +249,17 @@ impl Default for AuthConfig {
     }
 }
 
+impl AuthConfig {
+    /// Where the accepted secrets are read from, as a person reads it:
+    /// `$SUPERFONE_AUTH_SECRETS and /run/secrets/auth`.
+    pub fn secret_sources(&self) -> String {
+        match &self.secrets_file {
+            Some(file) => format!("${} and {}", self.secrets_env, file.display()),
+            None => format!("${}", self.secrets_env),
+        }
+    }
+}
+
 /// The rdkafka producer. Idempotence and `acks=all` are not configurable: the
 /// bridge answers 2xx only for records the broker has durably acknowledged.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -264,15 +264,9 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     Authenticator::new(&config.auth, &secrets)?;
     print!("{}", config.to_redacted_toml());
     println!(
-        "# auth: {} secret(s) accepted (from ${}{}), values not shown",
+        "# auth: {} secret(s) accepted (from {}), values not shown",
         secrets.len(),
-        config.auth.secrets_env,
-        config
-            .auth
-            .secrets_file
-            .as_ref()
-            .map(|path| format!(" and {}", path.display()))
-            .unwrap_or_default()
+        config.auth.secret_sources()
     );
     if let Some(tls) = &config.server.tls {
         superfone_bridge::http::tls::Tls::load(tls).context("server.tls")?;

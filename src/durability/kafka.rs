@@ -14,6 +14,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Statistics};
@@ -270,16 +271,20 @@ impl Publisher {
 
     /// Waits until broker metadata can be fetched: the brokers are reachable.
     pub async fn check_broker(&self, timeout: Duration) -> Result<(), PublishError> {
+        self.metadata(timeout).await.map(|_| ())
+    }
+
+    /// The cluster's metadata (brokers, every topic), fetched off the runtime.
+    async fn metadata(&self, timeout: Duration) -> Result<Metadata, PublishError> {
         let producer = self.producer();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, Timeout::After(timeout))
-                .map(|_| ())
         })
         .await
-        .expect("metadata task panicked");
-        result.map_err(|source| PublishError::Unreachable {
+        .expect("metadata task panicked")
+        .map_err(|source| PublishError::Unreachable {
             brokers: self.brokers.clone(),
             source,
         })
@@ -396,18 +401,7 @@ impl Publisher {
         names: &[String],
         timeout: Duration,
     ) -> Result<ClusterFacts, PublishError> {
-        let producer = self.producer();
-        let metadata = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Timeout::After(timeout))
-        })
-        .await
-        .expect("metadata task panicked")
-        .map_err(|source| PublishError::Unreachable {
-            brokers: self.brokers.clone(),
-            source,
-        })?;
+        let metadata = self.metadata(timeout).await?;
         let max_message_bytes = self.max_message_bytes(names, timeout).await;
         let topics = names
             .iter()

@@ -97,16 +97,13 @@ fn check_auth(config: &Config, report: &mut Report) {
         };
         return report.push("auth", Verdict::Fail, error.to_string());
     }
-    let sources = match &config.auth.secrets_file {
-        Some(file) => format!("${} and {}", config.auth.secrets_env, file.display()),
-        None => format!("${}", config.auth.secrets_env),
-    };
     report.push(
         "auth",
         Verdict::Ok,
         format!(
-            "{} secret(s) from {sources}, checked in the {} header",
+            "{} secret(s) from {}, checked in the {} header",
             secrets.len(),
+            config.auth.secret_sources(),
             config.auth.header
         ),
     );
