@@ -118,7 +118,9 @@ async fn metrics_count_what_was_sent_by_event_and_outcome() {
 fn traced_bridge(endpoint: String, protocol: &str) -> Bridge {
     let mut options = BridgeOptions::default()
         .with("TRACING__ENDPOINT", endpoint)
-        .with("TRACING__PROTOCOL", protocol);
+        .with("TRACING__PROTOCOL", protocol)
+        // A line per published event is at debug level.
+        .with("LOG__FILTER", "info,superfone_bridge::http::ingest=debug");
     // Export batches quickly so the test does not wait the default 5 s.
     options
         .env
@@ -266,4 +268,61 @@ async fn a_stopped_collector_neither_fails_nor_slows_deliveries() {
         );
     }
     println!("collector down: 200 deliveries published, slowest answer {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_exporter_trace_context_is_still_made_and_propagated() {
+    // No [tracing] endpoint: the OpenTelemetry layer is not installed, and
+    // the bridge makes the W3C context itself.
+    let bridge = Bridge::start(BridgeOptions::default());
+    let client = support::client();
+    let auth = format!("Bearer {}", support::SECRET);
+    let incoming_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming_span = "00f067aa0ba902b7";
+    let (status, continued) = post_with(
+        &client,
+        &bridge.ingest_url(),
+        fixture("TASK_CREATE").to_string(),
+        Some(&auth),
+        &[
+            (
+                "traceparent",
+                &format!("00-{incoming_trace}-{incoming_span}-00"),
+            ),
+            ("tracestate", "vendor=opaque"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{continued}");
+    assert_eq!(continued["trace_id"], incoming_trace);
+    let (status, fresh) = post(&client, &bridge, fixture("CUSTOMER_CREATE").to_string()).await;
+    assert_eq!(status, 200, "{fresh}");
+    let fresh_trace = fresh["trace_id"].as_str().expect("a new trace id");
+    assert!(
+        fresh_trace.len() == 32 && fresh_trace.chars().all(|c| c.is_ascii_hexdigit()),
+        "{fresh_trace}"
+    );
+    assert_ne!(fresh_trace, "0".repeat(32));
+
+    // The record's context: the caller's trace and sampling decision, its
+    // tracestate, and a span id of its own.
+    let record = &support::consume(&bridge.topic("TASK_CREATE"), 1, false)[0];
+    let header = record["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent");
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!(parts.len(), 4, "{header}");
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", incoming_trace, "00"));
+    assert!(parts[2].len() == 16 && parts[2] != incoming_span && parts[2] != "0".repeat(16));
+    assert_eq!(record["headers"]["tracestate"], "vendor=opaque");
+
+    // A new trace is sampled, as the SDK's default sampler would have it.
+    let record = &support::consume(&bridge.topic("CUSTOMER_CREATE"), 1, false)[0];
+    let header = record["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent");
+    assert!(
+        header.starts_with(&format!("00-{fresh_trace}-")) && header.ends_with("-01"),
+        "{header}"
+    );
 }

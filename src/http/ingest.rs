@@ -8,7 +8,7 @@ use crate::durability::kafka::Record;
 use crate::durability::spool::SpoolError;
 use crate::http::auth::Authenticator;
 use crate::http::response::{Outcome, RecordRef};
-use crate::ops::telemetry;
+use crate::ops::telemetry::{self, DeliveryTrace};
 use crate::pipeline::convert::Converter;
 use crate::pipeline::dead_letter::Rejection;
 use crate::pipeline::dedup::{Claim, Dedup};
@@ -95,6 +95,7 @@ struct Envelope {
     received_at: String,
     /// The request's Content-Type, if it had one.
     content_type: Option<String>,
+    trace: DeliveryTrace,
 }
 
 impl Ingest {
@@ -146,15 +147,15 @@ impl Ingest {
             superfone.error = field::Empty,
             trace_id = field::Empty,
         );
-        telemetry::continue_trace(&span, request.headers());
-        let trace_id = telemetry::trace_id(&span);
+        let trace = DeliveryTrace::start(&span, request.headers());
+        let trace_id = trace.trace_id();
         if let Some(trace_id) = &trace_id {
             span.record("trace_id", trace_id.as_str());
         }
         let started = std::time::Instant::now();
         let in_flight = metrics::gauge!(crate::ops::metrics::IN_FLIGHT);
         in_flight.increment(1.0);
-        let outcome = self.deliver(request).instrument(span.clone()).await;
+        let outcome = self.deliver(request, trace).instrument(span.clone()).await;
         in_flight.decrement(1.0);
         span.record("http.response.status_code", outcome.status().as_u16());
         span.record("superfone.outcome", outcome.name());
@@ -169,7 +170,7 @@ impl Ingest {
         outcome.into_response(trace_id)
     }
 
-    async fn deliver<B>(&self, request: Request<B>) -> Outcome
+    async fn deliver<B>(&self, request: Request<B>, trace: DeliveryTrace) -> Outcome
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -219,6 +220,7 @@ impl Ingest {
                 .format(&Rfc3339)
                 .unwrap_or_default(),
             content_type: header_text(&CONTENT_TYPE),
+            trace,
         };
         let read = Limited::new(request.into_body(), limit).collect();
         let body = match tokio::time::timeout(self.settings.body_read_timeout, read).await {
@@ -329,7 +331,7 @@ impl Ingest {
                 }
             },
         };
-        let durable = match self.deliver_record(record).await {
+        let durable = match self.deliver_record(record, &envelope.trace).await {
             Ok(durable) => durable,
             Err(error) => return unavailable(&error, group_id),
         };
@@ -338,7 +340,10 @@ impl Ingest {
         }
         match durable {
             Durable::Published(delivered) => {
-                tracing::info!(
+                // The everyday outcome: the record on Kafka (its headers)
+                // and the answer in Superfone's log say it already; a line
+                // per event would cost more than the rest of the delivery.
+                tracing::debug!(
                     topic = %route.topic,
                     partition = delivered.partition,
                     offset = delivered.offset,
@@ -405,7 +410,7 @@ impl Ingest {
             headers,
             payload: body.to_vec(),
         };
-        match self.deliver_record(record).await {
+        match self.deliver_record(record, &envelope.trace).await {
             Ok(durable) => {
                 tracing::warn!(
                     reason = rejection.reason.as_str(),
@@ -425,7 +430,11 @@ impl Ingest {
     /// Delivers one record inside a `superfone.produce` span (renamed
     /// `superfone.spool` when it is spooled) with the OpenTelemetry messaging
     /// attributes, and puts that span's W3C trace context on the record.
-    async fn deliver_record(&self, mut record: Record) -> Result<Durable, SpoolError> {
+    async fn deliver_record(
+        &self,
+        mut record: Record,
+        trace: &DeliveryTrace,
+    ) -> Result<Durable, SpoolError> {
         let span = tracing::info_span!(
             "superfone.produce",
             otel.name = "superfone.produce",
@@ -439,7 +448,7 @@ impl Ingest {
             messaging.kafka.offset = field::Empty,
             superfone.spool_id = field::Empty,
         );
-        record.headers.extend(telemetry::trace_headers(&span));
+        record.headers.extend(trace.record_headers(&span));
         let result = self.delivery.deliver(record).instrument(span.clone()).await;
         match &result {
             Ok(Durable::Published(delivered)) => {

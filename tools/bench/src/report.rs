@@ -78,6 +78,9 @@ pub struct VersusPeer {
     pub bridge_per_s: f64,
     pub peer_per_s: f64,
     pub bridge_cpu_us: f64,
+    /// The producer alone (the broker ceiling) at the same client count: the
+    /// part of the bridge's CPU that librdkafka spends.
+    pub floor_cpu_us: Option<f64>,
     pub peer_cpu_us: f64,
     /// bridge / peer deliveries per second.
     pub throughput_ratio: f64,
@@ -93,6 +96,15 @@ impl VersusPeer {
             format!("bridge-c{clients}")
         };
         let bridge = phases.iter().find(|phase| phase.phase == bridge_phase)?;
+        let floor_phase = if clients == concurrency {
+            "broker".to_owned()
+        } else {
+            format!("broker-c{clients}")
+        };
+        let floor_cpu_us = phases
+            .iter()
+            .find(|phase| phase.phase == floor_phase)
+            .and_then(|phase| phase.cpu_ms_per_1000);
         let suffix = format!("-c{clients}");
         let peers: Vec<&PhaseReport> = phases
             .iter()
@@ -115,6 +127,7 @@ impl VersusPeer {
             bridge_per_s: bridge.deliveries_per_s,
             peer_per_s,
             bridge_cpu_us,
+            floor_cpu_us,
             peer_cpu_us,
             throughput_ratio: bridge.deliveries_per_s / peer_per_s,
             cpu_ratio: bridge_cpu_us / peer_cpu_us,
@@ -280,10 +293,11 @@ impl Report {
         for versus in &summary.versus_peer {
             let _ = writeln!(
                 out,
-                "| vs Python peer, {} clients | bridge {:.0}/s at {:.0} µs CPU each, peer (best) {:.0}/s at {:.0} µs: {:.2}x the throughput, {:.2}x the CPU | | |",
+                "| vs Python peer, {} clients | bridge {:.0}/s at {:.0} µs CPU each (producer alone: {} µs), peer (best) {:.0}/s at {:.0} µs: {:.2}x the throughput, {:.2}x the CPU | | |",
                 versus.clients,
                 versus.bridge_per_s,
                 versus.bridge_cpu_us,
+                optional(versus.floor_cpu_us, 0),
                 versus.peer_per_s,
                 versus.peer_cpu_us,
                 versus.throughput_ratio,

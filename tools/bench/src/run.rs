@@ -66,7 +66,7 @@ pub struct Options {
     #[arg(long, default_value_t = 5_000)]
     pub contacts: u64,
     /// Open-loop rates, as fractions of the bridge's closed-loop maximum.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "0.25,0.5,0.75")]
     pub fractions: Vec<f64>,
     /// Free text stored with the results (what was changed for this run).
     #[arg(long)]
@@ -77,7 +77,7 @@ pub struct Options {
     pub compare_concurrency: Vec<usize>,
     /// Worker processes of the Python peer to try (one port, SO_REUSEPORT);
     /// each is measured, and the report keeps the best. Empty: no peer.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2")]
     pub peer_workers: Vec<usize>,
     /// The Python that runs the peer (needs uvicorn, uvloop, httptools,
     /// orjson, confluent-kafka: scripts/requirements-test.txt).
@@ -309,6 +309,17 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             measure(&[bridge_pid], Phase::new("bridge", &load, None), || {
                 load::closed_loop(ingest.clone(), &run, &phase, clients, duration)
             })
+            .await?,
+        );
+        // The floor at this client count: the producer alone.
+        let phase = format!("broker-c{clients}");
+        load::closed_loop(broker.clone(), &run, "warmup", clients, warmup).await;
+        measured.push(
+            measure(
+                &[own_pid],
+                Phase::new("broker ceiling", &load, None),
+                || load::closed_loop(broker.clone(), &run, &phase, clients, duration),
+            )
             .await?,
         );
     }
