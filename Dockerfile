@@ -16,6 +16,7 @@ COPY src ./src
 COPY schemas ./schemas
 COPY tools ./tools
 COPY config ./config
+COPY .cargo ./.cargo
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin superfone-bridge \

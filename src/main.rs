@@ -74,7 +74,8 @@ enum Command {
 
 // glibc's malloc was 17% of the bridge's CPU under load (perf); scripts/bench
 // measured jemalloc at 28% less CPU per delivery, and mimalloc at 18% less but
-// with twice the resident memory (README, "Benchmark").
+// with twice the resident memory (README, "Benchmark"). Its options are built
+// in from .cargo/config.toml.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
