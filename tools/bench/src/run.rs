@@ -2,7 +2,8 @@
 //! (a trivial hyper server), the broker ceiling (the bridge's own producer
 //! with the bridge's records, no HTTP), then the release bridge, closed loop
 //! for its maximum rate and open loop at fractions of it, each open-loop rate
-//! also sent to the broker directly. Afterwards every topic is read back and
+//! also sent to the broker directly, then closed loops at other client counts
+//! (the bridge, then the producer alone). Afterwards every topic is read back and
 //! only records found there count.
 
 use crate::load::{self, PhaseResult, Target};
