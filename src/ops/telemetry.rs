@@ -207,7 +207,9 @@ impl Injector for HeaderInjector<'_> {
 /// or a new one.
 #[derive(Debug, Clone)]
 pub struct DeliveryTrace {
-    /// The incoming context (`tracestate` included), or a new trace.
+    /// The context records continue: the delivery span's when spans are
+    /// exported; otherwise the incoming one (`tracestate` included), or a
+    /// new trace.
     parent: SpanContext,
 }
 
