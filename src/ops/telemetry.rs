@@ -241,10 +241,13 @@ impl DeliveryTrace {
         DeliveryTrace { parent }
     }
 
+    fn has_trace(&self) -> bool {
+        self.parent.trace_id() != TraceId::INVALID
+    }
+
     /// The trace id as 32 hex digits, if it is a valid one.
     pub fn trace_id(&self) -> Option<String> {
-        let trace_id = self.parent.trace_id();
-        (trace_id != TraceId::INVALID).then(|| trace_id.to_string())
+        self.has_trace().then(|| self.parent.trace_id().to_string())
     }
 
     /// The W3C trace context of a record sent inside `span`, as Kafka record
@@ -253,7 +256,7 @@ impl DeliveryTrace {
     pub fn record_headers(&self, span: &tracing::Span) -> Vec<(String, String)> {
         let context = if EXPORTING.load(Ordering::Relaxed) {
             span.context()
-        } else if self.trace_id().is_none() {
+        } else if !self.has_trace() {
             return Vec::new();
         } else {
             Context::new().with_remote_span_context(SpanContext::new(

@@ -477,7 +477,9 @@ impl Probe {
 
     /// The registry's global compatibility level: proves it answers.
     pub async fn compatibility_level(&self) -> Result<String, RegistryError> {
-        let (status, body) = self.call(reqwest::Method::GET, &["config"], None).await?;
+        let (status, body) = self
+            .call(reqwest::Method::GET, &["config"], None, None)
+            .await?;
         match body
             .get("compatibilityLevel")
             .and_then(|level| level.as_str())
@@ -498,6 +500,7 @@ impl Probe {
             .call(
                 reqwest::Method::POST,
                 &["subjects", subject],
+                None,
                 Some(&request),
             )
             .await?;
@@ -517,6 +520,8 @@ impl Probe {
             .call(
                 reqwest::Method::POST,
                 &["compatibility", "subjects", subject, "versions", "latest"],
+                // The registry's reasons, not only a yes or no.
+                Some("verbose=true"),
                 Some(&request),
             )
             .await?;
@@ -539,6 +544,7 @@ impl Probe {
         &self,
         method: reqwest::Method,
         segments: &[&str],
+        query: Option<&str>,
         body: Option<&serde_json::Value>,
     ) -> Result<(reqwest::StatusCode, serde_json::Value), RegistryError> {
         let mut url = self.base.clone();
@@ -546,9 +552,7 @@ impl Probe {
             .map_err(|()| RegistryError::Settings("registry.url cannot be a base".into()))?
             .pop_if_empty()
             .extend(segments);
-        if segments.first() == Some(&"compatibility") {
-            url.set_query(Some("verbose=true"));
-        }
+        url.set_query(query);
         let mut request = self
             .client
             .request(method, url)

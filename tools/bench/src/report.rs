@@ -88,19 +88,22 @@ pub struct VersusPeer {
     pub cpu_ratio: f64,
 }
 
+/// The name of the closed-loop phase of `target` (`bridge`, or `broker` for
+/// the producer alone) at `clients`: the run at `--concurrency` keeps the
+/// bare name, the others are `<target>-c<clients>`.
+pub fn closed_phase(target: &str, clients: usize, concurrency: usize) -> String {
+    if clients == concurrency {
+        target.to_owned()
+    } else {
+        format!("{target}-c{clients}")
+    }
+}
+
 impl VersusPeer {
     fn new(phases: &[PhaseReport], clients: usize, concurrency: usize) -> Option<VersusPeer> {
-        let bridge_phase = if clients == concurrency {
-            "bridge".to_owned()
-        } else {
-            format!("bridge-c{clients}")
-        };
+        let bridge_phase = closed_phase("bridge", clients, concurrency);
         let bridge = phases.iter().find(|phase| phase.phase == bridge_phase)?;
-        let floor_phase = if clients == concurrency {
-            "broker".to_owned()
-        } else {
-            format!("broker-c{clients}")
-        };
+        let floor_phase = closed_phase("broker", clients, concurrency);
         let floor_cpu_us = phases
             .iter()
             .find(|phase| phase.phase == floor_phase)

@@ -9,7 +9,7 @@
 use crate::load::{self, PhaseResult, Target};
 use crate::payloads::Payloads;
 use crate::procstat::{self, ProcessWatch};
-use crate::report::{PhaseReport, Report, Summary};
+use crate::report::{closed_phase, PhaseReport, Report, Summary};
 use crate::verify;
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -303,26 +303,21 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             continue;
         }
         let load = format!("closed, {clients} clients");
-        eprintln!("[bench] {run}: bridge, {load}");
-        let phase = format!("bridge-c{clients}");
-        load::closed_loop(ingest.clone(), &run, "warmup", clients, warmup).await;
-        measured.push(
-            measure(&[bridge_pid], Phase::new("bridge", &load, None), || {
-                load::closed_loop(ingest.clone(), &run, &phase, clients, duration)
-            })
-            .await?,
-        );
-        // The floor at this client count: the producer alone.
-        let phase = format!("broker-c{clients}");
-        load::closed_loop(broker.clone(), &run, "warmup", clients, warmup).await;
-        measured.push(
-            measure(
-                &[own_pid],
-                Phase::new("broker ceiling", &load, None),
-                || load::closed_loop(broker.clone(), &run, &phase, clients, duration),
-            )
-            .await?,
-        );
+        // The bridge, then the floor at this client count: the producer alone.
+        for (name, target, pid, label) in [
+            ("bridge", &ingest, bridge_pid, "bridge"),
+            ("broker", &broker, own_pid, "broker ceiling"),
+        ] {
+            eprintln!("[bench] {run}: {label}, {load}");
+            let phase = closed_phase(name, clients, options.concurrency);
+            load::closed_loop(target.clone(), &run, "warmup", clients, warmup).await;
+            measured.push(
+                measure(&[pid], Phase::new(label, &load, None), || {
+                    load::closed_loop(target.clone(), &run, &phase, clients, duration)
+                })
+                .await?,
+            );
+        }
     }
 
     wait_for_empty_spool(&admin).await?;
