@@ -66,7 +66,7 @@ struct Slot {
     entity: Fingerprint,
     event: Fingerprint,
     at: Millis,
-    /// Position of the group id, counted over every byte ever queued.
+    /// Number of the group id's first byte in `State::group_ids`.
     group_id_at: u64,
     /// The Kafka offset, or the spool id.
     durable_id: u64,
@@ -112,18 +112,80 @@ fn spread(durable: Durable) -> (DurableKind, u64, i32) {
     }
 }
 
+/// A queue whose items keep the number they were pushed with: the item
+/// numbered `n` sits at `n - first`.
+struct NumberedQueue<T> {
+    items: VecDeque<T>,
+    /// The number of the item at the front.
+    first: u64,
+}
+
+impl<T> NumberedQueue<T> {
+    fn with_capacity(capacity: usize) -> Self {
+        NumberedQueue {
+            items: VecDeque::with_capacity(capacity),
+            first: 0,
+        }
+    }
+
+    /// The number the next pushed item gets.
+    fn next(&self) -> u64 {
+        self.first + self.items.len() as u64
+    }
+
+    fn push_back(&mut self, item: T) -> u64 {
+        let number = self.next();
+        self.items.push_back(item);
+        number
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, T)> {
+        let item = self.items.pop_front()?;
+        let number = self.first;
+        self.first += 1;
+        Some((number, item))
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.items.front()
+    }
+
+    fn get(&self, number: u64) -> &T {
+        &self.items[(number - self.first) as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+impl<T: Copy> NumberedQueue<T> {
+    /// Pushes `items`; returns the number of the first.
+    fn extend(&mut self, items: &[T]) -> u64 {
+        let number = self.next();
+        self.items.extend(items);
+        number
+    }
+
+    fn range(&self, first: u64, count: usize) -> impl Iterator<Item = &T> {
+        let start = (first - self.first) as usize;
+        self.items.range(start..start + count)
+    }
+
+    fn drop_front(&mut self, count: usize) {
+        self.items.drain(..count);
+        self.first += count as u64;
+    }
+}
+
 /// Remembered events in the order they were remembered, for expiry and the
 /// size bound. An entity remembered again leaves its older slot behind,
 /// superseded, until that slot expires.
 struct State {
-    /// The slots, oldest first: the slot numbered `seq` is at
-    /// `seq - first_seq`.
-    slots: VecDeque<Slot>,
-    first_seq: u64,
-    /// The slots' group ids, concatenated in slot order; the first byte is
-    /// number `first_group_byte`.
-    group_ids: VecDeque<u8>,
-    first_group_byte: u64,
+    /// The slots, oldest first, numbered in the order they were remembered.
+    slots: NumberedQueue<Slot>,
+    /// The slots' group ids, concatenated in slot order.
+    group_ids: NumberedQueue<u8>,
     /// Entity -> the number of its latest slot.
     latest: HashTable<u64>,
     hasher: RandomState,
@@ -137,12 +199,11 @@ struct State {
 impl State {
     fn new(capacity: usize) -> Self {
         State {
-            // Allocated once for the bound: growing them later would hold
-            // the old and the new table at once, a memory spike under load.
-            slots: VecDeque::with_capacity(capacity),
-            first_seq: 0,
-            group_ids: VecDeque::new(),
-            first_group_byte: 0,
+            // The slots and the table are allocated once for the bound:
+            // growing them later would hold the old and the new at once, a
+            // memory spike under load. The group ids grow with their lengths.
+            slots: NumberedQueue::with_capacity(capacity),
+            group_ids: NumberedQueue::with_capacity(0),
             latest: HashTable::with_capacity(capacity),
             hasher: RandomState::new(),
             in_flight: HashMap::new(),
@@ -155,17 +216,13 @@ impl State {
         self.started.elapsed().as_millis() as Millis
     }
 
-    fn slot(&self, seq: u64) -> &Slot {
-        &self.slots[(seq - self.first_seq) as usize]
-    }
-
     /// The latest remembered slot of `entity`.
     fn latest(&self, entity: Fingerprint) -> Option<&Slot> {
         let hash = self.hasher.hash_one(entity);
         let seq = self
             .latest
-            .find(hash, |&seq| self.slot(seq).entity == entity)?;
-        Some(self.slot(*seq))
+            .find(hash, |&seq| self.slots.get(seq).entity == entity)?;
+        Some(self.slots.get(*seq))
     }
 
     fn topic_index(&mut self, topic: &str) -> u8 {
@@ -191,6 +248,7 @@ impl State {
     ) {
         let group_id = cap_group_id(group_id).as_bytes();
         let (durable_kind, durable_id, partition) = spread(durable);
+        let topic = self.topic_index(topic);
         let slot = Slot {
             entity,
             event,
@@ -198,39 +256,32 @@ impl State {
             durable_id,
             partition,
             durable_kind,
-            group_id_at: self.first_group_byte + self.group_ids.len() as u64,
+            group_id_at: self.group_ids.extend(group_id),
             group_id_len: u16::try_from(group_id.len()).expect("capped group id"),
-            topic: self.topic_index(topic),
+            topic,
         };
-        self.group_ids.extend(group_id);
-        let seq = self.first_seq + self.slots.len() as u64;
-        self.slots.push_back(slot);
+        let seq = self.slots.push_back(slot);
         let State {
             slots,
-            first_seq,
             latest,
             hasher,
             ..
         } = self;
-        let of = |seq: u64| &slots[(seq - *first_seq) as usize];
         let hash = hasher.hash_one(entity);
-        match latest.find_mut(hash, |&known| of(known).entity == entity) {
+        match latest.find_mut(hash, |&known| slots.get(known).entity == entity) {
             Some(known) => *known = seq,
             None => {
-                latest.insert_unique(hash, seq, |&known| hasher.hash_one(of(known).entity));
+                latest.insert_unique(hash, seq, |&known| hasher.hash_one(slots.get(known).entity));
             }
         }
     }
 
     /// Drops the oldest slot, and its entity's entry if it is still the latest.
     fn forget_oldest(&mut self) {
-        let Some(slot) = self.slots.pop_front() else {
+        let Some((seq, slot)) = self.slots.pop_front() else {
             return;
         };
-        let seq = self.first_seq;
-        self.first_seq += 1;
-        self.group_ids.drain(..usize::from(slot.group_id_len));
-        self.first_group_byte += u64::from(slot.group_id_len);
+        self.group_ids.drop_front(usize::from(slot.group_id_len));
         let hash = self.hasher.hash_one(slot.entity);
         if let Ok(entry) = self.latest.find_entry(hash, |&known| known == seq) {
             entry.remove();
@@ -238,10 +289,9 @@ impl State {
     }
 
     fn first_delivery(&self, slot: &Slot) -> FirstDelivery {
-        let start = (slot.group_id_at - self.first_group_byte) as usize;
         let bytes: Vec<u8> = self
             .group_ids
-            .range(start..start + usize::from(slot.group_id_len))
+            .range(slot.group_id_at, usize::from(slot.group_id_len))
             .copied()
             .collect();
         FirstDelivery {
@@ -547,7 +597,7 @@ mod tests {
             let mut model: VecDeque<(u8, u8, String, Durable)> = VecDeque::new();
             for (offset, (entity, event, group_id)) in ops.into_iter().enumerate() {
                 let durable = match offset % 3 {
-                    0 => Durable::Published(crate::durability::kafka::Delivered {
+                    0 => Durable::Published(Delivered {
                         partition: (offset % 7) as i32,
                         offset: offset as i64,
                     }),
