@@ -9,17 +9,19 @@
 //! the spool parks such a record instead of retrying it forever.
 
 use crate::config::KafkaConfig;
+use crate::durability::reports::ServedProducer;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Statistics};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -144,9 +146,10 @@ impl Record {
 pub type Acknowledgement =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, PublishError>> + Send>>;
 
-/// Feeds librdkafka's statistics into the metrics, and logs its client-level
-/// errors (e.g. all brokers down) as warnings: the delivery path reports the
-/// consequences itself.
+/// Feeds librdkafka's statistics into the metrics, logs its client-level
+/// errors (e.g. all brokers down) as warnings (the delivery path reports the
+/// consequences itself), and completes each record's acknowledgement with
+/// its delivery report.
 pub struct BridgeContext;
 
 impl ClientContext for BridgeContext {
@@ -159,7 +162,23 @@ impl ClientContext for BridgeContext {
     }
 }
 
-type KafkaProducer = FutureProducer<BridgeContext>;
+impl ProducerContext for BridgeContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<Delivered, KafkaError>>>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, acknowledgement: Self::DeliveryOpaque) {
+        let result = match report {
+            Ok(message) => Ok(Delivered {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((error, _)) => Err(error.clone()),
+        };
+        // The request may have gone (its deadline spooled the record): no one to tell.
+        let _ = acknowledgement.send(result);
+    }
+}
+
+type KafkaProducer = Arc<ServedProducer<BridgeContext>>;
 
 pub struct Publisher {
     /// Replaced when librdkafka reports a fatal error (e.g. the idempotent
@@ -171,12 +190,15 @@ pub struct Publisher {
     replaced_at: std::sync::Mutex<Option<std::time::Instant>>,
     client_config: ClientConfig,
     brokers: String,
+    /// Where each producer's delivery reports are served.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Publisher {
     /// `max_record_bytes`: the largest record the producer must accept
     /// (`Config::max_record_bytes`); a larger pass-through
-    /// `message.max.bytes` is kept.
+    /// `message.max.bytes` is kept. Call it inside the Tokio runtime, which
+    /// serves the delivery reports.
     pub fn new(config: &KafkaConfig, max_record_bytes: usize) -> Result<Self, PublishError> {
         let mut client_config = ClientConfig::new();
         client_config
@@ -206,16 +228,14 @@ impl Publisher {
         client_config
             .set("enable.idempotence", "true")
             .set("acks", "all");
-        let producer = RwLock::new(
-            client_config
-                .create_with_context(BridgeContext)
-                .map_err(PublishError::Client)?,
-        );
+        let runtime = tokio::runtime::Handle::current();
+        let producer = create_producer(&client_config, &runtime).map_err(PublishError::Client)?;
         Ok(Publisher {
-            producer,
+            producer: RwLock::new(producer),
             replaced_at: std::sync::Mutex::new(None),
             client_config,
             brokers: config.brokers.clone(),
+            runtime,
         })
     }
 
@@ -250,10 +270,7 @@ impl Publisher {
             return false;
         }
         tracing::error!(%error, fatal = ?fatal, "Kafka producer cannot recover; replacing it");
-        match self
-            .client_config
-            .create_with_context::<_, KafkaProducer>(BridgeContext)
-        {
+        match create_producer(&self.client_config, &self.runtime) {
             Ok(fresh) => {
                 metrics::counter!(crate::ops::metrics::PRODUCER_REPLACEMENTS).increment(1);
                 let failed = std::mem::replace(&mut *producer, fresh);
@@ -449,24 +466,22 @@ impl Publisher {
                     value: Some(value.as_bytes()),
                 })
             });
-        let mut future_record = FutureRecord::<str, [u8]>::to(&record.topic)
-            .payload(&record.payload)
-            .headers(headers);
+        let (acknowledge, acknowledgement) = oneshot::channel();
+        let mut base_record =
+            BaseRecord::<str, [u8], _>::with_opaque_to(&record.topic, Box::new(acknowledge))
+                .payload(&record.payload)
+                .headers(headers);
         if let Some(key) = &record.key {
-            future_record = future_record.key(key);
+            base_record = base_record.key(key);
         }
-        let delivery = self
-            .producer()
-            .send_result(future_record)
+        self.producer()
+            .send(base_record)
             .map_err(|(error, _)| PublishError::Delivery(error))?;
         Ok(Box::pin(async move {
-            match delivery.await {
-                Ok(Ok(delivery)) => Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Ok(Err((error, _))) => Err(PublishError::Delivery(error)),
-                Err(_canceled) => Err(PublishError::Delivery(KafkaError::Canceled)),
+            match acknowledgement.await {
+                Ok(result) => result.map_err(PublishError::Delivery),
+                // The producer was dropped with the record still queued.
+                Err(_) => Err(PublishError::Delivery(KafkaError::Canceled)),
             }
         }))
     }
@@ -482,5 +497,117 @@ impl Publisher {
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
             .await
             .expect("flush task panicked")
+    }
+}
+
+/// A producer with `client_config` whose delivery reports `runtime` serves.
+fn create_producer(
+    client_config: &ClientConfig,
+    runtime: &tokio::runtime::Handle,
+) -> Result<KafkaProducer, KafkaError> {
+    let producer: BaseProducer<BridgeContext> = client_config.create_with_context(BridgeContext)?;
+    Ok(ServedProducer::start(producer, runtime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens on port 9 of the loopback (discard): records time out.
+    fn unreachable_publisher(message_timeout_ms: u32) -> Publisher {
+        publisher("127.0.0.1:9", message_timeout_ms)
+    }
+
+    fn publisher(brokers: &str, message_timeout_ms: u32) -> Publisher {
+        let config = KafkaConfig {
+            brokers: brokers.into(),
+            message_timeout_ms,
+            ..KafkaConfig::default()
+        };
+        Publisher::new(&config, 1 << 20).unwrap()
+    }
+
+    fn record() -> Record {
+        Record {
+            topic: "reports".into(),
+            key: Some("contact".into()),
+            headers: vec![("superfone-group-id".into(), "g-1".into())],
+            payload: b"value".to_vec(),
+        }
+    }
+
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_report_completes_its_record_with_no_polling_thread() {
+        let publisher = unreachable_publisher(300);
+        let failed = tokio::time::timeout(Duration::from_secs(10), publisher.publish(&record()))
+            .await
+            .expect("the delivery report never reached the record");
+        match failed {
+            Err(PublishError::Delivery(error)) => assert_eq!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::MessageTimedOut),
+                "{error}"
+            ),
+            other => panic!("expected a timed-out delivery, got {other:?}"),
+        }
+        assert!(
+            !thread_names().iter().any(|name| name.contains("polling")),
+            "{:?}",
+            thread_names()
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_reports_in_a_burst_each_reach_their_record() {
+        let publisher = unreachable_publisher(500);
+        let acknowledgements: Vec<_> = (0..2_000)
+            .map(|_| publisher.enqueue(&record()).unwrap())
+            .collect();
+        let outcomes = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::future::join_all(acknowledgements),
+        )
+        .await
+        .expect("a delivery report was lost");
+        assert!(outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Err(PublishError::Delivery(_)))));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropping_the_producer_fails_its_queued_records_and_ends_its_task() {
+        // A broker that accepts the connection and never answers: librdkafka
+        // queues no event, so only the drop itself can end the serving task.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        let tasks_before = runtime.metrics().num_alive_tasks();
+        let publisher = publisher(&silent.local_addr().unwrap().to_string(), 60_000);
+        assert_eq!(runtime.metrics().num_alive_tasks(), tasks_before + 1);
+        let queued = publisher.enqueue(&record()).unwrap();
+        // The serving task drains the queue and waits for librdkafka.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(publisher);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("a record queued in a dropped producer was never answered");
+        assert!(
+            matches!(outcome, Err(PublishError::Delivery(_))),
+            "{outcome:?}"
+        );
+        for _ in 0..100 {
+            if runtime.metrics().num_alive_tasks() == tasks_before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the serving task outlived its producer");
     }
 }

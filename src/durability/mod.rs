@@ -3,4 +3,5 @@
 
 pub mod delivery;
 pub mod kafka;
+pub mod reports;
 pub mod spool;
