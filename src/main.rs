@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve => runtime()?.block_on(serve(config)),
+        Command::Serve => serving_runtime(&config)?.block_on(serve(config)),
         Command::Send {
             url,
             ca_file,
@@ -258,6 +258,15 @@ enum DeadLetterCommand {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// The bridge's runtime, with `server.worker_threads` workers.
+fn serving_runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.runtime_workers())
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn check_config(config: &Config) -> anyhow::Result<()> {

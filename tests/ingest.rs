@@ -327,3 +327,38 @@ async fn task_events_without_a_contact_are_published_keyed_by_task() {
         assert_eq!(value["task_id"], json!(task_id));
     }
 }
+
+/// `server.worker_threads`: by default one fewer runtime worker than the
+/// CPUs (at least one), leaving a core to librdkafka's broker thread; a set
+/// value is taken as it is. Either way the bridge publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runtime_leaves_a_core_to_librdkafka_unless_told_otherwise() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let client = support::client();
+    for (option, expected) in [(None, cpus.saturating_sub(1).max(1)), (Some(3), 3)] {
+        let mut options = BridgeOptions::default();
+        if let Some(workers) = option {
+            options = options.with("SERVER__WORKER_THREADS", workers);
+        }
+        let bridge = Bridge::start(options);
+        let status: Value = client
+            .get(bridge.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            status["runtime"]["workers"],
+            json!(expected),
+            "worker_threads {option:?} on {cpus} CPUs"
+        );
+        let (status, reply) = post(&client, &bridge, fixture("ALL_CALLS").to_string()).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("published")),
+            "{reply}"
+        );
+    }
+}

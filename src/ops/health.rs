@@ -108,6 +108,11 @@ impl Health {
                 "topics_ready": self.delivery.topics_ready(),
             },
             "registry": self.delivery.schemas().status(),
+            "runtime": {
+                "workers": tokio::runtime::Handle::try_current()
+                    .ok()
+                    .map(|runtime| runtime.metrics().num_workers()),
+            },
         })
     }
 
