@@ -9,7 +9,7 @@
 //! that future is awaited. One thread and one wake-up less per produce
 //! request.
 //!
-//! The crate's only `unsafe` code: three librdkafka calls on a handle of the
+//! The crate's only `unsafe` code: four librdkafka functions on a handle of the
 //! producer's main queue, and the callback. Each has its SAFETY note.
 #![allow(unsafe_code)]
 
