@@ -179,7 +179,8 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests before closing them.
     pub drain_timeout_ms: u64,
     /// Threads of the async runtime (HTTP, conversion, delivery reports).
-    /// 0: one per CPU the process may use (`runtime_workers`).
+    /// 0: one fewer than the CPUs the process may use, at least one, which
+    /// leaves a core to librdkafka's broker threads (`runtime_workers`).
     pub worker_threads: usize,
     /// HTTPS on the ingest listener; absent: plain HTTP (behind a TLS proxy
     /// or ingress).
@@ -226,17 +227,21 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The runtime's worker threads: `worker_threads`, or for 0 one per CPU
-    /// available (cgroup quotas included). One fewer than the CPUs saved
-    /// 10-15% CPU per delivery on 2 cores at 8 and 64 clients (quick runs),
-    /// but with a single worker the connection-flood test
-    /// (`tests/connections.rs`) answered a real delivery after 1.46 s, so
-    /// it is a choice for operators, not the default (README, "Benchmark").
+    /// The runtime's worker threads: `worker_threads`, or for 0 one fewer
+    /// than the CPUs available (cgroup quotas included), at least one. On 2
+    /// cores, with delivery reports served on the runtime, one worker cost
+    /// 10-15% less CPU per delivery than two at 8 and 64 clients and reached
+    /// the same rate at 256 (README, "Benchmark"). A single worker holds
+    /// against a connection flood (`tests/connections.rs` runs with one)
+    /// since connections are accepted on a thread of their own
+    /// (`crate::http::acceptor`) and a shed is not searched for again until
+    /// its permits are back.
     pub fn runtime_workers(&self) -> usize {
         if self.worker_threads > 0 {
             return self.worker_threads;
         }
-        std::thread::available_parallelism().map_or(1, |cpus| cpus.get())
+        let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+        cpus.saturating_sub(1).max(1)
     }
 }
 

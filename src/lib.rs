@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::durability::delivery::{Delivery, Durable, Recovered};
 use crate::durability::kafka::{PublishError, Publisher};
 use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
+use crate::http::acceptor::Acceptor;
 use crate::http::auth::Authenticator;
 use crate::http::ingest::DEDUP_KEY_HEADER;
 use crate::http::ingest::{EventRoute, Ingest, IngestSettings};
@@ -276,7 +277,7 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 }
 
 pub struct App {
-    listener: TcpListener,
+    listener: Acceptor,
     auth: Arc<Authenticator>,
     admin_listener: TcpListener,
     health: Arc<Health>,
@@ -348,7 +349,12 @@ impl App {
             dedup,
         ));
         server::raise_open_file_limit(config.delivery.max_connections);
-        let listener = listen(config.server.listen)?;
+        let listener = Acceptor::start(listen(config.server.listen)?).map_err(|source| {
+            StartupError::Bind {
+                addr: config.server.listen,
+                source,
+            }
+        })?;
         let admin_listener = listen(config.admin.listen)?;
         Ok(App {
             listener,

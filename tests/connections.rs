@@ -102,7 +102,11 @@ async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     // This process holds the flood's sockets: the bridge's own start-up step
     // lifts a login session's soft limit of 1024 for it too.
     superfone_bridge::http::server::raise_open_file_limit(SILENT + HALF_SENT);
-    let bridge = Bridge::start(BridgeOptions::default());
+    // One runtime worker, the default on 2 cores and the hardest case: the
+    // worker also runs every flood connection's task. With one, the accept
+    // loop searched every connection for one to shed per newcomer and the
+    // kernel's accept queue overflowed: a real delivery waited 1.2-2.3 s.
+    let bridge = Bridge::start(BridgeOptions::default().with("SERVER__WORKER_THREADS", 1));
     // No keep-alive, as a webhook sender may: every event needs a new
     // connection accepted, through the flood.
     let client = reqwest::Client::builder()

@@ -1,6 +1,7 @@
-//! The HTTP edge: the accept loop and its deadlines, TLS, one delivery's
+//! The HTTP edge: the accepting thread, the accept loop and its deadlines, TLS, one delivery's
 //! handling from auth to answer, and the response bodies.
 
+pub mod acceptor;
 pub mod auth;
 pub mod ingest;
 pub mod response;

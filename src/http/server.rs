@@ -18,6 +18,7 @@
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, and wait for them for at most the drain timeout.
 
+use crate::http::acceptor::{Acceptor, ACCEPT_QUEUE};
 use crate::http::ingest::Ingest;
 use crate::http::tls::Tls;
 use hyper::service::service_fn;
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
@@ -65,15 +66,15 @@ pub fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
             }
         }
     }
-    let needed = max_connections as u64 + RESERVED_FILES;
+    let needed = (max_connections + ACCEPT_QUEUE) as u64 + RESERVED_FILES;
     if let Some(soft) = limit.current.filter(|soft| *soft < needed) {
         tracing::warn!(
             open_file_limit = soft,
             max_connections,
             needed,
-            "the open-file limit is below delivery.max_connections plus {RESERVED_FILES}: \
-             connections past it fail to be accepted; raise the hard limit (ulimit -Hn, \
-             LimitNOFILE) or lower delivery.max_connections"
+            "the open-file limit is below delivery.max_connections plus {ACCEPT_QUEUE} queued \
+             plus {RESERVED_FILES}: connections past it fail to be accepted; raise the hard \
+             limit (ulimit -Hn, LimitNOFILE) or lower delivery.max_connections"
         );
     }
     limit.current
@@ -190,8 +191,9 @@ impl Connections {
     /// least likely to cost a delivery: those that never sent a byte, oldest
     /// first; when there are none, those stalled inside their first request;
     /// when there are none, keep-alive connections between requests. The
-    /// last two only once silent for `SHED_MIN_SILENCE`.
-    fn shed_oldest_idle(&self, count: usize) {
+    /// last two only once silent for `SHED_MIN_SILENCE`. Returns how many
+    /// were asked.
+    fn shed_oldest_idle(&self, count: usize) -> usize {
         let live = self.live.lock().expect("connections lock");
         let open: Vec<&Arc<Tracked>> = live
             .values()
@@ -234,6 +236,7 @@ impl Connections {
             not_asked.len()
         };
         metrics::counter!(crate::ops::metrics::CONNECTIONS_SHED).increment(shed as u64);
+        shed
     }
 
     /// Closes connections past their deadlines: no first request within the
@@ -340,7 +343,7 @@ async fn handshake(
 /// Serves until `shutdown` resolves, then drains in-flight requests for at
 /// most `drain_timeout`. With `tls`, every connection is HTTPS.
 pub async fn serve(
-    listener: TcpListener,
+    mut acceptor: Acceptor,
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
@@ -356,13 +359,16 @@ pub async fn serve(
         limits,
         stopping.clone(),
     ));
+    // Connections asked to close whose permits have not come back yet.
+    let mut shed_underway: usize = 0;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = acceptor.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
+                    // The socket could not join the runtime's reactor:
+                    // back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -372,16 +378,29 @@ pub async fn serve(
         };
         // Full: make room by closing the longest-silent connections, and
         // keep the new one waiting (never dropped: it may carry a delivery)
-        // until a permit frees; shed again while none does.
+        // until a permit frees. The connections asked free their permits one
+        // by one as their tasks run; until they have, or `SHED_WAIT` passes,
+        // the next new connections wait for those permits instead of asking
+        // (and scanning every connection) again: a single busy worker freed
+        // them one at a time, and a scan per connection made the accept loop
+        // the bottleneck of a flood.
         let permit = loop {
             if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
+                shed_underway = shed_underway.saturating_sub(1);
                 break Some(permit);
             }
-            connections.shed_oldest_idle(SHED_BATCH);
+            if shed_underway == 0 {
+                shed_underway = connections.shed_oldest_idle(SHED_BATCH);
+            }
             tokio::select! {
                 permit = tokio::time::timeout(SHED_WAIT, Arc::clone(&permits).acquire_owned()) => {
-                    if let Ok(permit) = permit {
-                        break Some(permit.expect("semaphore never closed"));
+                    match permit {
+                        Ok(permit) => {
+                            shed_underway = shed_underway.saturating_sub(1);
+                            break Some(permit.expect("semaphore never closed"));
+                        }
+                        // Those asked did not all close in time: ask again.
+                        Err(_) => shed_underway = 0,
                     }
                 }
                 () = &mut shutdown => break None,
@@ -471,7 +490,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     tracing::info!("stopped accepting; draining in-flight requests");
     stopping.cancel();
     tasks.close();
