@@ -46,8 +46,16 @@ async fn started_with_broker_and_registry_down_it_accepts_turns_ready_and_delive
     let answers = stream_events(bridge.ingest_url(), 0..50, 20, 8, Arc::new(|_| {})).await;
     let mut figures = count_answers("started_with_broker_and_registry_down", &answers);
     assert_eq!(figures.spooled_202, 1_000, "{figures:?}");
-    let (_, status) = admin_get(&client, &bridge, "/status").await;
-    assert_eq!(status["kafka"]["reachable"], false, "{status}");
+    // The first broker check gives up after 2 s; the 1,000 answers may all
+    // come before it has (`reachable` is null until then).
+    let status = wait_for_admin(
+        &client,
+        &bridge,
+        "/status",
+        "Kafka unreachable",
+        |_, body| body["kafka"]["reachable"] == false,
+    )
+    .await;
     assert_eq!(status["spool"]["records"], 1_000, "{status}");
     assert!(
         status["registry"]["subjects"]
