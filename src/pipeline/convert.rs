@@ -244,27 +244,7 @@ impl<'a> Writer<'a> {
     /// The event's own record. `unmapped_fields_json` is written last of all,
     /// at its place in the record, once every nested member has been seen.
     fn event(&mut self, payload: &'a Map<String, Json>) -> Result<(), ConvertError> {
-        let fields = &self.converter.records[0].fields;
-        let mut unmapped_at = None;
-        let mut known_members = 0;
-        for field in fields {
-            if field.name == UNMAPPED_FIELD {
-                unmapped_at = Some(self.out.len());
-                continue;
-            }
-            let json = payload.get(&field.name);
-            known_members += usize::from(json.is_some());
-            self.nested(Segment::Member(&field.name), |writer| {
-                writer.value(&field.plan, json)
-            })?;
-        }
-        if known_members < payload.len() {
-            let known = |member: &String| {
-                member != UNMAPPED_FIELD && fields.iter().any(|field| field.name == *member)
-            };
-            self.collect_unmapped(payload, known);
-        }
-        if let Some(at) = unmapped_at {
+        if let Some(at) = self.record(0, payload, true)? {
             let mut slot = Vec::new();
             match self.unmapped_text() {
                 None => write_long(&mut slot, 0),
@@ -278,10 +258,23 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn record(&mut self, index: usize, object: &'a Map<String, Json>) -> Result<(), ConvertError> {
+    /// Writes record `index` from `object` and notes its unknown members. At
+    /// the top level the unmapped field is left out (a member of that name
+    /// is unknown) and where it belongs is returned.
+    fn record(
+        &mut self,
+        index: usize,
+        object: &'a Map<String, Json>,
+        top_level: bool,
+    ) -> Result<Option<usize>, ConvertError> {
         let fields = &self.converter.records[index].fields;
+        let mut unmapped_at = None;
         let mut known_members = 0;
         for field in fields {
+            if top_level && field.name == UNMAPPED_FIELD {
+                unmapped_at = Some(self.out.len());
+                continue;
+            }
             let json = object.get(&field.name);
             known_members += usize::from(json.is_some());
             self.nested(Segment::Member(&field.name), |writer| {
@@ -291,20 +284,16 @@ impl<'a> Writer<'a> {
         // Each field found a distinct member, so when every member was found
         // there is nothing unknown to look for.
         if known_members < object.len() {
-            self.collect_unmapped(object, |member| {
-                fields.iter().any(|field| field.name == *member)
-            });
-        }
-        Ok(())
-    }
-
-    fn collect_unmapped(&mut self, object: &'a Map<String, Json>, known: impl Fn(&String) -> bool) {
-        for (member, value) in object {
-            if !known(member) {
-                let pointer = self.pointer_to(member);
-                self.unmapped.push((pointer, value));
+            for (member, value) in object {
+                let known = !(top_level && member == UNMAPPED_FIELD)
+                    && fields.iter().any(|field| field.name == *member);
+                if !known {
+                    let pointer = self.pointer_to(member);
+                    self.unmapped.push((pointer, value));
+                }
             }
         }
+        Ok(unmapped_at)
     }
 
     /// The unknown members as one JSON object, keyed by JSON Pointer.
@@ -404,7 +393,7 @@ impl<'a> Writer<'a> {
                 let object = json
                     .as_object()
                     .ok_or_else(|| self.error("expected an object"))?;
-                self.record(*index, object)?;
+                self.record(*index, object, false)?;
             }
             Plan::Unsupported(problem) => return Err(self.error(problem.clone())),
             Plan::Union { .. } => unreachable!("unions are written above"),
