@@ -21,6 +21,24 @@ use support::{
 /// chart's memory limit is 256 Mi).
 const RSS_LIMIT_MIB: u64 = 128;
 
+/// Waits until `/status` gives the broker check's verdict `reachable` (it
+/// is null until the first check has decided) and returns that status.
+async fn wait_for_kafka_reachable(
+    client: &reqwest::Client,
+    bridge: &Bridge,
+    reachable: bool,
+) -> Value {
+    let what = if reachable {
+        "Kafka reachable"
+    } else {
+        "Kafka unreachable"
+    };
+    wait_for_admin(client, bridge, "/status", what, |_, body| {
+        body["kafka"]["reachable"] == reachable
+    })
+    .await
+}
+
 fn unreachable_dependencies(broker_port: u16, registry_port: u16) -> BridgeOptions {
     BridgeOptions {
         brokers: Some(format!("127.0.0.1:{broker_port}")),
@@ -48,14 +66,7 @@ async fn started_with_broker_and_registry_down_it_accepts_turns_ready_and_delive
     assert_eq!(figures.spooled_202, 1_000, "{figures:?}");
     // The first broker check gives up after 2 s; the 1,000 answers may all
     // come before it has (`reachable` is null until then).
-    let status = wait_for_admin(
-        &client,
-        &bridge,
-        "/status",
-        "Kafka unreachable",
-        |_, body| body["kafka"]["reachable"] == false,
-    )
-    .await;
+    let status = wait_for_kafka_reachable(&client, &bridge, false).await;
     assert_eq!(status["spool"]["records"], 1_000, "{status}");
     assert!(
         status["registry"]["subjects"]
@@ -69,10 +80,7 @@ async fn started_with_broker_and_registry_down_it_accepts_turns_ready_and_delive
     // The broker first: the records still wait, since none can be stamped
     // with a registry id yet.
     let broker = Broker::start(broker_port);
-    let status = wait_for_admin(&client, &bridge, "/status", "Kafka reachable", |_, body| {
-        body["kafka"]["reachable"] == true
-    })
-    .await;
+    let status = wait_for_kafka_reachable(&client, &bridge, true).await;
     assert_eq!(status["spool"]["records"], 1_000, "{status}");
 
     // The registry last (empty, as after a rebuild): schemas are registered,
@@ -291,14 +299,7 @@ async fn readiness_follows_the_spool_not_the_broker() {
     wait_for_admin(&client, &bridge, "/readyz", "ready", ready).await;
 
     broker.freeze();
-    wait_for_admin(
-        &client,
-        &bridge,
-        "/status",
-        "Kafka unreachable",
-        |_, body| body["kafka"]["reachable"] == false,
-    )
-    .await;
+    wait_for_kafka_reachable(&client, &bridge, false).await;
     let (status, body) = admin_get(&client, &bridge, "/readyz").await;
     assert_eq!(status, 200, "the spool can take events: {body}");
 
