@@ -33,8 +33,10 @@ pub enum Target {
     Http(Box<HttpTarget>),
     /// The bridge's own producer with records the bridge's converter made
     /// from the same payloads; an acknowledged produce counts as accepted.
+    /// With several producers, each key always goes to the same one, so
+    /// each lead stays ordered.
     Kafka {
-        publisher: Publisher,
+        publishers: Vec<Publisher>,
         records: Vec<Record>,
     },
 }
@@ -103,7 +105,10 @@ impl Target {
                     Err(_) => Answer::Failed,
                 }
             }
-            Target::Kafka { publisher, records } => {
+            Target::Kafka {
+                publishers,
+                records,
+            } => {
                 let mut record = records[(seq % records.len() as u64) as usize].clone();
                 if let Some((_, value)) = record
                     .headers
@@ -112,6 +117,7 @@ impl Target {
                 {
                     *value = group_id;
                 }
+                let publisher = &publishers[shard(record.key.as_deref(), publishers.len())];
                 match publisher.publish(&record).await {
                     Ok(_) => Answer::Status(200),
                     Err(_) => Answer::Failed,
@@ -119,6 +125,15 @@ impl Target {
             }
         }
     }
+}
+
+/// The producer (of `producers`) that sends records with `key`: the same
+/// one for every record of a key.
+fn shard(key: Option<&str>, producers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % producers as u64) as usize
 }
 
 /// What one phase measured on the client side.

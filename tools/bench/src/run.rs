@@ -80,6 +80,12 @@ pub struct Options {
     /// each is measured, and the report keeps the best. Empty: no peer.
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2")]
     pub peer_workers: Vec<usize>,
+    /// Producers the broker ceiling spreads its records over, by key (each
+    /// with its own broker connection and its own five requests in flight):
+    /// tells whether the ceiling is the producer's in-flight limit or the
+    /// work per produce request.
+    #[arg(long, default_value_t = 1)]
+    pub ceiling_producers: usize,
     /// The Python that runs the peer (needs uvicorn, uvloop, httptools,
     /// orjson, confluent-kafka: scripts/requirements-test.txt).
     #[arg(long, default_value = ".venv/bin/python")]
@@ -196,13 +202,24 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     sink.kill().await?;
 
     eprintln!("[bench] {run}: broker ceiling");
-    let broker = Arc::new(Target::Kafka { publisher, records });
+    let mut publishers = vec![publisher];
+    for _ in 1..options.ceiling_producers {
+        publishers.push(Publisher::new(&config.kafka, config.max_record_bytes())?);
+    }
+    let ceiling_load = |load: &str| match options.ceiling_producers {
+        1 => load.to_owned(),
+        producers => format!("{load}, {producers} producers"),
+    };
+    let broker = Arc::new(Target::Kafka {
+        publishers,
+        records,
+    });
     let own_pid = std::process::id();
     load::closed_loop(broker.clone(), &run, "warmup", options.concurrency, warmup).await;
     measured.push(
         measure(
             &[own_pid],
-            Phase::new("broker ceiling", &closed_load, None),
+            Phase::new("broker ceiling", &ceiling_load(&closed_load), None),
             || {
                 load::closed_loop(
                     broker.clone(),
@@ -291,7 +308,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         measured.push(
             measure(
                 &[own_pid],
-                Phase::new("broker ceiling", &load, Some(rate)),
+                Phase::new("broker ceiling", &ceiling_load(&load), Some(rate)),
                 || load::open_loop(broker.clone(), &run, &phase, rate, duration),
             )
             .await?,
@@ -304,9 +321,15 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         }
         let load = format!("closed, {clients} clients");
         // The bridge, then the floor at this client count: the producer alone.
-        for (name, target, pid, label) in [
-            ("bridge", &ingest, bridge_pid, "bridge"),
-            ("broker", &broker, own_pid, "broker ceiling"),
+        for (name, target, pid, label, load) in [
+            ("bridge", &ingest, bridge_pid, "bridge", load.clone()),
+            (
+                "broker",
+                &broker,
+                own_pid,
+                "broker ceiling",
+                ceiling_load(&load),
+            ),
         ] {
             eprintln!("[bench] {run}: {label}, {load}");
             let phase = closed_phase(name, clients, options.concurrency);
