@@ -128,9 +128,13 @@ impl Target {
 }
 
 /// The producer (of `producers`) that sends records with `key`: the same
-/// one for every record of a key.
+/// one for every record of a key. With one producer nothing is hashed: the
+/// broker ceiling measures this process, so it does no work of its own.
 fn shard(key: Option<&str>, producers: usize) -> usize {
     use std::hash::{Hash, Hasher};
+    if producers == 1 {
+        return 0;
+    }
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
     (hasher.finish() % producers as u64) as usize

@@ -84,7 +84,8 @@ pub struct Options {
     /// with its own broker connection and its own five requests in flight):
     /// tells whether the ceiling is the producer's in-flight limit or the
     /// work per produce request.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub ceiling_producers: usize,
     /// The Python that runs the peer (needs uvicorn, uvloop, httptools,
     /// orjson, confluent-kafka: scripts/requirements-test.txt).
