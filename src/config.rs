@@ -172,6 +172,11 @@ pub struct ServerConfig {
     pub ingest_path: String,
     /// Largest accepted body; larger ones get 413. Superfone payloads are a few KiB.
     pub max_body_bytes: usize,
+    /// Body bytes all requests together may hold at once (at least
+    /// `max_body_bytes`). A delivery in flight holds about three times its
+    /// body; a request that does not fit waits for room before its body is
+    /// read, and is answered 503 if none frees within the body-read timeout.
+    pub max_body_bytes_in_flight: usize,
     /// Request header carrying the delivery's correlation id, if the
     /// notification is configured to send one; else the body's `group_id_ref`,
     /// else a generated UUID v7.
@@ -218,6 +223,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             ingest_path: "/superfone/events".into(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_body_bytes_in_flight: 32 * 1024 * 1024,
             group_id_header: "x-superfone-group-id".into(),
             drain_timeout_ms: 20_000,
             worker_threads: 0,
@@ -537,6 +543,12 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be positive".into());
         }
+        if self.server.max_body_bytes_in_flight < self.server.max_body_bytes {
+            return invalid(format!(
+                "server.max_body_bytes_in_flight ({}) must be at least server.max_body_bytes ({})",
+                self.server.max_body_bytes_in_flight, self.server.max_body_bytes
+            ));
+        }
         if hyper::header::HeaderName::from_bytes(self.auth.header.as_bytes()).is_err() {
             return invalid(format!(
                 "auth.header `{}` is not a valid header name",
@@ -665,6 +677,13 @@ mod tests {
             Config::load(Some(Path::new("/nope.toml"))),
             Err(ConfigError::MissingFile(_))
         ));
+        std::fs::write(
+            &path,
+            "[server]\nmax_body_bytes = 2048\nmax_body_bytes_in_flight = 1024\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("max_body_bytes_in_flight"), "{error}");
     }
 
     /// The example file documents every key with its default value.

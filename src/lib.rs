@@ -332,6 +332,7 @@ impl App {
         let settings = IngestSettings {
             ingest_path: config.server.ingest_path.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            max_body_bytes_in_flight: config.server.max_body_bytes_in_flight,
             group_id_header: config
                 .server
                 .group_id_header

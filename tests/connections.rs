@@ -9,20 +9,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{post, Bridge, BridgeOptions};
+use support::{peak_rss_mib, post, Bridge, BridgeOptions};
 
 const SILENT: usize = 10_000;
 const HALF_SENT: usize = 1_000;
 const EVENTS: i64 = 1_000;
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1)]
@@ -177,7 +168,7 @@ async fn eleven_thousand_silent_sockets_do_not_lock_out_a_real_delivery() {
     let mut latencies: Vec<Duration> = answers.iter().map(|(_, latency)| *latency).collect();
     latencies.sort();
     let slowest = *latencies.last().unwrap();
-    let rss_mib = peak_rss_kib(bridge.pid()) / 1024;
+    let rss_mib = peak_rss_mib(bridge.pid());
     println!(
         "CONNECTION-FLOOD {}",
         serde_json::json!({

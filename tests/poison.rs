@@ -1,13 +1,20 @@
 //! One record Kafka cannot take must never block the others (issue 10,
-//! break 1). The largest body the HTTP limit allows must reach its topic; a
-//! record Kafka refuses for good is parked in the spool, reported, and the
-//! replay goes on with everything behind it, in order per lead.
+//! break 1). The largest body the HTTP limit allows must reach its topic,
+//! and a burst of them must stay within the memory budget; a record Kafka
+//! refuses for good is parked in the spool, reported, and the replay goes on
+//! with everything behind it, in order per lead.
 
 mod support;
 
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{consume, consume_from, fixture, free_port, post, Bridge, BridgeOptions, Broker};
+use support::{
+    consume, consume_from, count_records, fixture, free_port, metrics_text, peak_rss_mib, post,
+    post_with, rss_mib, Bridge, BridgeOptions, Broker, SECRET,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A valid CDR_SUMMARY_READY for a long call: `bytes` of JSON or a little more.
 fn long_call_summary(bytes: usize) -> Value {
@@ -65,6 +72,105 @@ async fn the_largest_allowed_summary_is_published_and_nothing_waits_behind_it() 
         summary["transcription"].as_array().unwrap().len(),
         "decoded whole by Confluent's deserializer"
     );
+}
+
+/// A delivery holds several times its body until the broker answers, so 64
+/// summaries of 4 MB posted at once once took the bridge to 1.1 GB, past any
+/// pod's memory limit; the OOM kill would lose every delivery in flight.
+/// Here the budget holds one body at the 1 MiB limit, and a client that stops
+/// halfway through its body keeps it: 23 more such bodies wait for room
+/// instead of growing the process, small events posted meanwhile are
+/// answered at once, and once the first body is whole every one is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_the_largest_bodies_waits_for_the_memory_budget_and_small_events_pass() {
+    const LIMIT: usize = 1024 * 1024;
+    const WAITING: usize = 23;
+    let bridge = Bridge::start(
+        BridgeOptions::default()
+            .with("SERVER__MAX_BODY_BYTES", LIMIT)
+            .with("SERVER__MAX_BODY_BYTES_IN_FLIGHT", LIMIT),
+    );
+    let client = support::client();
+    assert_eq!(post(&client, &bridge, normal_event(1, 0)).await.0, 200);
+    let resident_before = rss_mib(bridge.pid());
+    let large_body = || {
+        let body = long_call_summary(LIMIT - 16 * 1024).to_string();
+        assert!(body.len() <= LIMIT);
+        body
+    };
+
+    let first = large_body();
+    let (first_half, second_half) = first.as_bytes().split_at(first.len() / 2);
+    let mut holder = tokio::net::TcpStream::connect(&bridge.addr).await.unwrap();
+    let head = format!(
+        "POST /superfone/events HTTP/1.1\r\nhost: bridge\r\nauthorization: Bearer {SECRET}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        first.len()
+    );
+    holder.write_all(head.as_bytes()).await.unwrap();
+    holder.write_all(first_half).await.unwrap();
+
+    let finished = Arc::new(AtomicUsize::new(0));
+    let waiting: Vec<_> = (0..WAITING)
+        .map(|_| {
+            let body = large_body();
+            let (client, url, finished) = (client.clone(), bridge.ingest_url(), finished.clone());
+            tokio::spawn(async move {
+                let auth = format!("Bearer {SECRET}");
+                let answer = post_with(&client, &url, body, Some(&auth), &[]).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                answer
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(
+        &metrics_text(&client, &bridge).await,
+        "superfone_body_budget_waits_total",
+    ) < WAITING as f64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the large bodies never all waited for room"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let statuses = post_normal_events(&client, &bridge, 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "no large body fits beside the half-sent one"
+    );
+    // Unread, the waiting bodies are in the kernel's socket buffers, not in
+    // the bridge: without the budget all 23 MiB of them are read at once.
+    let grown_while_waiting = peak_rss_mib(bridge.pid()).saturating_sub(resident_before);
+    assert!(
+        grown_while_waiting < 12,
+        "{WAITING} waiting bodies of 1 MiB grew the bridge by {grown_while_waiting} MiB"
+    );
+
+    holder.write_all(second_half).await.unwrap();
+    let mut answer = String::new();
+    holder.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for answer in waiting {
+        let (status, reply) = answer.await.unwrap();
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("published")),
+            "{reply}"
+        );
+    }
+    println!(
+        "{} bodies of 1 MiB, a 1 MiB budget: peak {grown_while_waiting} MiB above the resident \
+         {resident_before} MiB while {WAITING} waited, {} MiB once all were published",
+        WAITING + 1,
+        peak_rss_mib(bridge.pid()).saturating_sub(resident_before)
+    );
+    let brokers = support::stack().brokers;
+    let topic = bridge.topic("CDR_SUMMARY_READY");
+    assert_eq!(count_records(&brokers, &topic, WAITING + 1), WAITING + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,21 +1,22 @@
-//! One delivery, start to finish: route -> auth -> read body -> parse ->
-//! dispatch on `event` -> convert to Avro -> publish -> answer. Bad input goes
-//! to the dead-letter topic unchanged; nothing is answered 2xx before the
-//! broker acknowledged it.
+//! One delivery, start to finish: route -> auth -> read body (within the
+//! memory budget) -> parse -> dispatch on `event` -> convert to Avro ->
+//! publish -> answer. Bad input goes to the dead-letter topic unchanged;
+//! nothing is answered 2xx before the broker acknowledged it.
 
 use crate::durability::delivery::{Delivery, Durable};
 use crate::durability::kafka::Record;
 use crate::durability::spool::SpoolError;
 use crate::http::auth::Authenticator;
+use crate::http::body::{self, BodyBudget, BodyError, Reservation};
 use crate::http::response::{Outcome, RecordRef};
 use crate::ops::telemetry::{self, DeliveryTrace};
 use crate::pipeline::convert::Converter;
 use crate::pipeline::dead_letter::Rejection;
 use crate::pipeline::dedup::{Claim, Dedup};
-use crate::pipeline::event::{self, EventKind};
+use crate::pipeline::event::{self, DedupKey, EventKind};
 use crate::pipeline::registry::Subject;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Body;
 use hyper::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
@@ -76,6 +77,7 @@ impl EventRoute {
 pub struct IngestSettings {
     pub ingest_path: String,
     pub max_body_bytes: usize,
+    pub max_body_bytes_in_flight: usize,
     pub group_id_header: HeaderName,
     pub dead_letter_topic: String,
     pub body_read_timeout: std::time::Duration,
@@ -87,6 +89,7 @@ pub struct Ingest {
     routes: Vec<EventRoute>,
     delivery: Arc<Delivery>,
     dedup: Option<Dedup>,
+    body_budget: Arc<BodyBudget>,
 }
 
 /// What a delivery carries besides its body.
@@ -96,6 +99,17 @@ struct Envelope {
     /// The request's Content-Type, if it had one.
     content_type: Option<String>,
     trace: DeliveryTrace,
+}
+
+/// An event ready to publish: its record, and what the dedup and the answer
+/// need. The body and its parsed tree are gone by then.
+struct Prepared {
+    kind: EventKind,
+    record: Record,
+    dedup_key: DedupKey,
+    /// The schema id the record was encoded with (0: not registered yet).
+    schema_id: u32,
+    group_id: String,
 }
 
 impl Ingest {
@@ -111,12 +125,14 @@ impl Ingest {
             routes.iter().map(|r| r.kind).eq(EventKind::ALL),
             "one route per event, in order"
         );
+        let body_budget = BodyBudget::new(settings.max_body_bytes_in_flight);
         Ingest {
             settings,
             auth,
             routes,
             delivery,
             dedup,
+            body_budget,
         }
     }
 
@@ -195,16 +211,12 @@ impl Ingest {
             };
         }
         let limit = self.settings.max_body_bytes;
-        let too_large = || Outcome::PayloadTooLarge {
-            error: format!("body exceeds the {limit}-byte limit"),
-            limit_bytes: limit,
-        };
         let declared_length = request
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if declared_length.is_some_and(|length| length > limit as u64) {
-            return too_large();
+            return too_large(limit);
         }
         let header_text = |name: &HeaderName| {
             request
@@ -222,47 +234,96 @@ impl Ingest {
             content_type: header_text(&CONTENT_TYPE),
             trace,
         };
-        let read = Limited::new(request.into_body(), limit).collect();
-        let body = match tokio::time::timeout(self.settings.body_read_timeout, read).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-                return too_large()
-            }
-            Ok(Err(error)) => {
-                return Outcome::BadRequest {
-                    error: format!("cannot read the request body: {error}"),
-                }
-            }
-            Err(_) => {
-                return Outcome::RequestTimeout {
-                    error: format!(
-                        "the body did not arrive within {:?}",
-                        self.settings.body_read_timeout
-                    ),
-                }
-            }
+        // Held until the answer: the delivery's memory is counted until then.
+        let (body, _reservation) = match self.read_body(request.into_body(), declared_length).await
+        {
+            Ok(read) => read,
+            Err(outcome) => return outcome,
         };
         self.deliver_body(envelope, body).await
     }
 
+    /// Reserves room for the body in the memory budget, then reads it; both
+    /// within the body-read timeout.
+    async fn read_body<B>(
+        &self,
+        request_body: B,
+        declared_length: Option<u64>,
+    ) -> Result<(Bytes, Reservation), Outcome>
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let limit = self.settings.max_body_bytes;
+        let timeout = self.settings.body_read_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Without a declared length the body may be as large as the limit.
+        let wanted = declared_length.map_or(limit, |length| length as usize);
+        let mut reservation = match self.body_budget.try_reserve(wanted) {
+            Some(reservation) => reservation,
+            None => {
+                metrics::counter!(crate::ops::metrics::BODY_BUDGET_WAITS).increment(1);
+                let wait = self.body_budget.reserve(wanted);
+                match tokio::time::timeout_at(deadline, wait).await {
+                    Ok(reservation) => reservation,
+                    Err(_) => {
+                        tracing::warn!(
+                            body_bytes = wanted,
+                            held_bytes = self.body_budget.held(),
+                            "no room for the body in server.max_body_bytes_in_flight in time"
+                        );
+                        return Err(Outcome::Busy {
+                            error: format!(
+                                "the bridge was holding as many request bodies as its memory budget allows for {timeout:?}; this one was not read"
+                            ),
+                        });
+                    }
+                }
+            }
+        };
+        let read = body::read(request_body, declared_length, limit);
+        let body = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(BodyError::TooLarge { .. })) => return Err(too_large(limit)),
+            Ok(Err(error @ BodyError::Read(_))) => {
+                return Err(Outcome::BadRequest {
+                    error: error.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(Outcome::RequestTimeout {
+                    error: format!("the body did not arrive within {timeout:?}"),
+                })
+            }
+        };
+        reservation.shrink_to(body.len());
+        Ok((body, reservation))
+    }
+
     async fn deliver_body(&self, envelope: Envelope, body: Bytes) -> Outcome {
+        // The body and its parsed tree are dropped once the record is built:
+        // a large summary waits for the broker holding its record only.
+        match self.prepare(&envelope, body).await {
+            Ok(prepared) => self.publish(prepared, &envelope).await,
+            Err(answer) => answer,
+        }
+    }
+
+    /// Parses, dispatches and converts the body into its record; bad input
+    /// is dead-lettered, and the `Err` is its answer.
+    async fn prepare(&self, envelope: &Envelope, body: Bytes) -> Result<Prepared, Outcome> {
         let parsed: Value = match serde_json::from_slice(&body) {
             Ok(parsed) => parsed,
             Err(error) => {
-                let group_id = group_id_of(&envelope, None);
-                return self
-                    .dead_letter(
-                        Rejection::unparsable(&error),
-                        &envelope,
-                        group_id,
-                        None,
-                        &body,
-                    )
-                    .await;
+                let group_id = group_id_of(envelope, None);
+                let rejection = Rejection::unparsable(&error);
+                return Err(self
+                    .dead_letter(rejection, envelope, group_id, None, &body)
+                    .await);
             }
         };
         let object = parsed.as_object();
-        let group_id = group_id_of(&envelope, object);
+        let group_id = group_id_of(envelope, object);
         let current = tracing::Span::current();
         current.record("superfone.group_id", group_id.as_str());
         if let Some(contact_id) = object
@@ -278,9 +339,9 @@ impl Ingest {
         let kind = match event::dispatch(&parsed) {
             Ok(kind) => kind,
             Err(error) => {
-                return self
-                    .dead_letter(error.into(), &envelope, group_id, key.as_deref(), &body)
-                    .await
+                return Err(self
+                    .dead_letter(error.into(), envelope, group_id, key.as_deref(), &body)
+                    .await)
             }
         };
         current.record("superfone.event", kind.as_str());
@@ -296,9 +357,9 @@ impl Ingest {
             Ok(payload) => payload,
             Err(error) => {
                 let rejection = Rejection::conversion(kind, error);
-                return self
-                    .dead_letter(rejection, &envelope, group_id, key.as_deref(), &body)
-                    .await;
+                return Err(self
+                    .dead_letter(rejection, envelope, group_id, key.as_deref(), &body)
+                    .await);
             }
         };
         let dedup_key = event::dedup_key(kind, object);
@@ -315,6 +376,25 @@ impl Ingest {
             ),
             payload,
         };
+        Ok(Prepared {
+            kind,
+            record,
+            dedup_key,
+            schema_id,
+            group_id,
+        })
+    }
+
+    /// Claims the event in the dedup, makes its record durable and answers.
+    async fn publish(&self, prepared: Prepared, envelope: &Envelope) -> Outcome {
+        let Prepared {
+            kind,
+            record,
+            dedup_key,
+            schema_id,
+            group_id,
+        } = prepared;
+        let route = self.route(kind);
         let pending = match &self.dedup {
             None => None,
             Some(dedup) => match dedup.claim(&dedup_key.entity, &dedup_key.key).await {
@@ -491,6 +571,13 @@ pub fn event_headers(
         schema_header,
         (DEDUP_KEY_HEADER.into(), dedup_key.into()),
     ]
+}
+
+fn too_large(limit: usize) -> Outcome {
+    Outcome::PayloadTooLarge {
+        error: BodyError::TooLarge { limit }.to_string(),
+        limit_bytes: limit,
+    }
 }
 
 fn unavailable(error: &SpoolError, group_id: String) -> Outcome {

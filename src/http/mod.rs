@@ -1,8 +1,10 @@
-//! The HTTP edge: the accepting thread, the accept loop and its deadlines, TLS, one delivery's
-//! handling from auth to answer, and the response bodies.
+//! The HTTP edge: the accepting thread, the accept loop and its deadlines,
+//! TLS, reading a body within the memory budget, one delivery's handling
+//! from auth to answer, and the response bodies.
 
 pub mod acceptor;
 pub mod auth;
+pub mod body;
 pub mod ingest;
 pub mod response;
 pub mod server;

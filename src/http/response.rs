@@ -84,6 +84,11 @@ pub enum Outcome {
     RequestTimeout {
         error: String,
     },
+    /// The bodies in flight held the whole memory budget for longer than
+    /// the body-read timeout; this one was not read.
+    Busy {
+        error: String,
+    },
     /// The body could not be read (client went away, broken framing).
     BadRequest {
         error: String,
@@ -129,7 +134,7 @@ impl Outcome {
             Outcome::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Outcome::NotFound { .. } => StatusCode::NOT_FOUND,
             Outcome::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Outcome::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::Busy { .. } | Outcome::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -144,6 +149,7 @@ impl Outcome {
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Unauthorized { .. } => "unauthorized",
             Outcome::PayloadTooLarge { .. } => "payload_too_large",
+            Outcome::Busy { .. } => "busy",
             Outcome::BadRequest { .. } => "bad_request",
             Outcome::NotFound { .. } => "not_found",
             Outcome::MethodNotAllowed { .. } => "method_not_allowed",
@@ -200,7 +206,7 @@ impl Outcome {
         // request on this connection; closing is cheaper and stops slow senders.
         if matches!(
             self,
-            Outcome::PayloadTooLarge { .. } | Outcome::BadRequest { .. }
+            Outcome::PayloadTooLarge { .. } | Outcome::BadRequest { .. } | Outcome::Busy { .. }
         ) {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }

@@ -31,6 +31,7 @@ pub const CONNECTIONS_SHED: &str = "superfone_connections_shed_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "superfone_connections_timed_out_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "superfone_tls_handshake_failures_total";
 pub const TLS_RELOAD_FAILURES: &str = "superfone_tls_reload_failures_total";
+pub const BODY_BUDGET_WAITS: &str = "superfone_body_budget_waits_total";
 
 /// Latency buckets (seconds): the ack deadline (2 s) and Superfone's 5 s matter most.
 const BUCKETS: &[f64] = &[
@@ -50,7 +51,7 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
         .install_recorder()?;
-    describe_counter!(REQUESTS, "Requests by event and outcome (published, spooled, duplicate, dead_lettered, unauthorized, payload_too_large, request_timeout, bad_request, not_found, method_not_allowed, unavailable)");
+    describe_counter!(REQUESTS, "Requests by event and outcome (published, spooled, parked, duplicate, dead_lettered, unauthorized, payload_too_large, request_timeout, busy, bad_request, not_found, method_not_allowed, unavailable)");
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
@@ -132,6 +133,10 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         TLS_RELOAD_FAILURES,
         "Changed TLS files that could not be used; the certificate in use was kept"
     );
+    describe_counter!(
+        BODY_BUDGET_WAITS,
+        "Requests that waited for room in server.max_body_bytes_in_flight before their body was read"
+    );
     // Shown as 0 from the start, so an alert on any increase has a baseline
     // and a dashboard shows 0 rather than "no data".
     for name in [
@@ -145,6 +150,7 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         CONNECTIONS_TIMED_OUT,
         TLS_HANDSHAKE_FAILURES,
         TLS_RELOAD_FAILURES,
+        BODY_BUDGET_WAITS,
     ] {
         counter!(name).increment(0);
     }

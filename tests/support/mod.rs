@@ -289,10 +289,19 @@ pub async fn post_with(
 
 /// The bridge's (any process's) peak resident memory so far, from VmHWM.
 pub fn peak_rss_mib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:") / 1024
+}
+
+/// The bridge's (any process's) resident memory now, from VmRSS.
+pub fn rss_mib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:") / 1024
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| {
             value
                 .trim()
@@ -302,7 +311,6 @@ pub fn peak_rss_mib(pid: u32) -> u64 {
                 .ok()
         })
         .unwrap()
-        / 1024
 }
 
 /// Reads a topic of the shared test broker from the beginning through
