@@ -78,9 +78,10 @@ async fn the_largest_allowed_summary_is_published_and_nothing_waits_behind_it() 
 /// summaries of 4 MB posted at once once took the bridge to 1.1 GB, past any
 /// pod's memory limit; the OOM kill would lose every delivery in flight.
 /// Here the budget holds one body at the 1 MiB limit, and a client that stops
-/// halfway through its body keeps it: 23 more such bodies wait for room
-/// instead of growing the process, small events posted meanwhile are
-/// answered at once, and once the first body is whole every one is published.
+/// halfway through its body keeps all of it: 23 more such bodies wait for
+/// room instead of growing the process, small events posted meanwhile are
+/// answered (they never wait), and once the first body is whole every one is
+/// published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_the_largest_bodies_waits_for_the_memory_budget_and_small_events_pass() {
     const LIMIT: usize = 1024 * 1024;
@@ -99,7 +100,10 @@ async fn a_burst_of_the_largest_bodies_waits_for_the_memory_budget_and_small_eve
         body
     };
 
-    let first = large_body();
+    // Padded to the limit, so the half-sent body holds the whole budget:
+    // the small events get in only because small bodies never wait.
+    let mut first = large_body();
+    first.push_str(&" ".repeat(LIMIT - first.len()));
     let (first_half, second_half) = first.as_bytes().split_at(first.len() / 2);
     let mut holder = tokio::net::TcpStream::connect(&bridge.addr).await.unwrap();
     let head = format!(

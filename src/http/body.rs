@@ -8,8 +8,12 @@
 //! loses every delivery in flight, which Superfone never sends again. So a
 //! request reserves its body's size before the body is read and keeps the
 //! reservation until it is answered; when the budget is taken, it waits for
-//! room (under the body-read timeout). Small bodies are not queued behind a
-//! large one that waits: any request that fits in what is free goes ahead.
+//! room (under the body-read timeout). Small bodies never wait: an ordinary
+//! event is a few KiB, and clients that hold large bodies back (slowly sent,
+//! or many at once) must not stop them. They still count, so large ones
+//! wait for them; their memory is bounded by the connection limit, as it was
+//! before the budget. No queue either: a large request that fits in what is
+//! free goes ahead of one that waits for more.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -18,10 +22,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// Bodies up to this size never wait for the budget (hyper's HTTP/1 read
+/// buffer: the size a connection holds anyway).
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
 /// The bytes of request bodies held at once, across all requests.
 #[derive(Debug)]
 pub struct BodyBudget {
     capacity: usize,
+    /// Reservations up to this size are granted at once, whatever is held.
+    small: usize,
     held: AtomicUsize,
     freed: Notify,
 }
@@ -34,9 +44,12 @@ pub struct Reservation {
 }
 
 impl BodyBudget {
-    pub fn new(capacity: usize) -> Arc<Self> {
+    /// A budget of `capacity` bytes that never makes a body of `small`
+    /// bytes or less wait.
+    pub fn new(capacity: usize, small: usize) -> Arc<Self> {
         Arc::new(BodyBudget {
             capacity,
+            small,
             held: AtomicUsize::new(0),
             freed: Notify::new(),
         })
@@ -47,8 +60,9 @@ impl BodyBudget {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Reserves `bytes`, waiting until that much is free. A request larger
-    /// than the whole budget is let in once nothing else is held.
+    /// Reserves `bytes`, waiting until that much is free (a small body does
+    /// not wait). A request larger than the whole budget is let in once
+    /// nothing else is held.
     pub async fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
         loop {
             // Registered before the check, so a release between the check
@@ -63,8 +77,15 @@ impl BodyBudget {
         }
     }
 
-    /// Reserves `bytes` if they are free now.
+    /// Reserves `bytes` if they are free now, or small.
     pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        if bytes <= self.small {
+            self.held.fetch_add(bytes, Ordering::AcqRel);
+            return Some(Reservation {
+                budget: Arc::clone(self),
+                bytes,
+            });
+        }
         let mut held = self.held.load(Ordering::Relaxed);
         loop {
             if held != 0 && held.saturating_add(bytes) > self.capacity {
@@ -216,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_waits_for_room_and_small_ones_pass_a_waiting_large_one() {
-        let budget = BodyBudget::new(100);
+        let budget = BodyBudget::new(100, 0);
         let first = budget.reserve(60).await;
         let waiting = tokio::spawn({
             let budget = Arc::clone(&budget);
@@ -236,8 +257,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_small_body_never_waits_and_counts_against_the_large_ones() {
+        let budget = BodyBudget::new(100, 10);
+        let large = budget.try_reserve(95).unwrap();
+        let small = budget.try_reserve(10).expect("small bodies never wait");
+        assert_eq!(budget.held(), 105);
+        drop(large);
+        assert!(
+            budget.try_reserve(91).is_none(),
+            "10 are held by the small one"
+        );
+        assert!(budget.try_reserve(90).is_some());
+        drop(small);
+    }
+
+    #[tokio::test]
     async fn a_reservation_larger_than_the_budget_goes_alone_and_shrinks() {
-        let budget = BodyBudget::new(100);
+        let budget = BodyBudget::new(100, 0);
         let mut oversized = budget.try_reserve(250).expect("nothing else is held");
         assert!(budget.try_reserve(1).is_none(), "the budget is taken");
         oversized.shrink_to(40);
@@ -250,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_under_a_timeout_gives_up_without_holding_anything() {
-        let budget = BodyBudget::new(100);
+        let budget = BodyBudget::new(100, 0);
         let held = budget.reserve(100).await;
         let gave_up = tokio::time::timeout(Duration::from_millis(50), budget.reserve(10)).await;
         assert!(gave_up.is_err());

@@ -125,7 +125,10 @@ impl Ingest {
             routes.iter().map(|r| r.kind).eq(EventKind::ALL),
             "one route per event, in order"
         );
-        let body_budget = BodyBudget::new(settings.max_body_bytes_in_flight);
+        let body_budget = BodyBudget::new(
+            settings.max_body_bytes_in_flight,
+            crate::http::body::SMALL_BODY_BYTES,
+        );
         Ingest {
             settings,
             auth,
