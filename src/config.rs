@@ -176,7 +176,7 @@ pub struct ServerConfig {
     /// `max_body_bytes`). A delivery in flight holds about three times its
     /// body; a request that does not fit waits for room before its body is
     /// read, and is answered 503 if none frees within the body-read timeout.
-    /// Bodies up to 64 KiB never wait (`crate::http::body`).
+    /// Bodies declared at 64 KiB or less never wait (`crate::http::body`).
     pub max_body_bytes_in_flight: usize,
     /// Request header carrying the delivery's correlation id, if the
     /// notification is configured to send one; else the body's `group_id_ref`,
