@@ -19,6 +19,7 @@ use crate::durability::kafka::{PublishError, Publisher};
 use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
 use crate::http::acceptor::Acceptor;
 use crate::http::auth::Authenticator;
+use crate::http::body::{BodyBudget, SMALL_BODY_BYTES};
 use crate::http::ingest::DEDUP_KEY_HEADER;
 use crate::http::ingest::{EventRoute, Ingest, IngestSettings};
 use crate::http::{ingest, server, tls};
@@ -323,16 +324,17 @@ impl App {
             Duration::from_millis(config.delivery.ack_deadline_ms),
             topics_ready,
         );
+        let body_budget = BodyBudget::new(config.server.max_body_bytes_in_flight, SMALL_BODY_BYTES);
         let health = Arc::new(Health::new(
             Arc::clone(&delivery),
             Arc::clone(&publisher),
             config.max_record_bytes() as u64,
             config.kafka.create_topics.then(|| config.topic_spec()),
+            Arc::clone(&body_budget),
         ));
         let settings = IngestSettings {
             ingest_path: config.server.ingest_path.clone(),
             max_body_bytes: config.server.max_body_bytes,
-            max_body_bytes_in_flight: config.server.max_body_bytes_in_flight,
             group_id_header: config
                 .server
                 .group_id_header
@@ -348,6 +350,7 @@ impl App {
             routes,
             Arc::clone(&delivery),
             dedup,
+            body_budget,
         ));
         server::raise_open_file_limit(config.delivery.max_connections);
         let listener = Acceptor::start(listen(config.server.listen)?).map_err(|source| {

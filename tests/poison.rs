@@ -146,6 +146,15 @@ async fn a_burst_of_the_largest_bodies_waits_for_the_memory_budget_and_small_eve
         0,
         "no large body fits beside the half-sent one"
     );
+    let (_, status) = support::admin_get(&client, &bridge, "/status").await;
+    assert_eq!(
+        (
+            &status["http"]["body_bytes_held"],
+            &status["http"]["body_budget_bytes"]
+        ),
+        (&json!(LIMIT), &json!(LIMIT)),
+        "the half-sent body holds the whole budget: {status}"
+    );
     // Unread, the waiting bodies are in the kernel's socket buffers, not in
     // the bridge: without the budget all 23 MiB of them are read at once.
     let grown_while_waiting = peak_rss_mib(bridge.pid()).saturating_sub(resident_before);

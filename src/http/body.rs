@@ -55,6 +55,11 @@ impl BodyBudget {
         })
     }
 
+    /// The budget's size (`server.max_body_bytes_in_flight`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Bytes reserved now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)

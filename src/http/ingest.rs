@@ -77,7 +77,6 @@ impl EventRoute {
 pub struct IngestSettings {
     pub ingest_path: String,
     pub max_body_bytes: usize,
-    pub max_body_bytes_in_flight: usize,
     pub group_id_header: HeaderName,
     pub dead_letter_topic: String,
     pub body_read_timeout: std::time::Duration,
@@ -120,14 +119,11 @@ impl Ingest {
         routes: Vec<EventRoute>,
         delivery: Arc<Delivery>,
         dedup: Option<Dedup>,
+        body_budget: Arc<BodyBudget>,
     ) -> Self {
         assert!(
             routes.iter().map(|r| r.kind).eq(EventKind::ALL),
             "one route per event, in order"
-        );
-        let body_budget = BodyBudget::new(
-            settings.max_body_bytes_in_flight,
-            crate::http::body::SMALL_BODY_BYTES,
         );
         Ingest {
             settings,

@@ -14,6 +14,7 @@
 
 use crate::durability::delivery::Delivery;
 use crate::durability::kafka::{Publisher, TopicSpec};
+use crate::http::body::BodyBudget;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ pub struct Health {
     /// not the bridge's to create.
     topics: Option<TopicSpec>,
     kafka: Mutex<KafkaState>,
+    body_budget: Arc<BodyBudget>,
 }
 
 impl Health {
@@ -47,12 +49,14 @@ impl Health {
         publisher: Arc<Publisher>,
         largest_record: u64,
         topics: Option<TopicSpec>,
+        body_budget: Arc<BodyBudget>,
     ) -> Self {
         Health {
             delivery,
             publisher,
             largest_record,
             topics,
+            body_budget,
             kafka: Mutex::new(KafkaState {
                 reachable: None,
                 error: None,
@@ -108,6 +112,10 @@ impl Health {
                 "topics_ready": self.delivery.topics_ready(),
             },
             "registry": self.delivery.schemas().status(),
+            "http": {
+                "body_bytes_held": self.body_budget.held(),
+                "body_budget_bytes": self.body_budget.capacity(),
+            },
             "runtime": {
                 "workers": tokio::runtime::Handle::try_current()
                     .ok()
