@@ -7,7 +7,7 @@
 //! password are read from an environment variable or a file (see `auth`), so a
 //! config file or a `check-config` dump never holds one.
 
-use crate::pipeline::event::EventKind;
+use crate::vocabulary::{EventKind, RECORD_OVERHEAD_BYTES};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -514,23 +514,7 @@ impl Config {
     /// plus room for headers and framing. The producer's `message.max.bytes`
     /// and the created topics' `max.message.bytes` are set to it.
     pub fn max_record_bytes(&self) -> usize {
-        self.server.max_body_bytes + crate::durability::kafka::RECORD_OVERHEAD_BYTES
-    }
-
-    /// The topics the bridge creates when missing: one per event and the
-    /// dead-letter topic.
-    pub fn topic_spec(&self) -> crate::durability::kafka::TopicSpec {
-        let mut names: Vec<String> = crate::pipeline::event::EventKind::ALL
-            .iter()
-            .map(|kind| self.topics.topic_for(*kind))
-            .collect();
-        names.push(self.topics.dead_letter_topic());
-        crate::durability::kafka::TopicSpec {
-            names,
-            partitions: self.kafka.topic_partitions,
-            replication_factor: self.kafka.topic_replication_factor,
-            max_record_bytes: self.max_record_bytes(),
-        }
+        self.server.max_body_bytes + RECORD_OVERHEAD_BYTES
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use superfone_bridge::config::Config;
 use superfone_bridge::http::auth::{self, Authenticator};
-use superfone_bridge::ops::{telemetry, tools};
+use superfone_bridge::observe::telemetry;
+use superfone_bridge::ops::tools;
 use superfone_bridge::App;
 
 #[derive(Parser)]

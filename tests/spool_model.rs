@@ -30,10 +30,10 @@ use std::sync::Arc;
 
 /// Crashes simulated over all cases, reported with the case count.
 static CRASHES: AtomicUsize = AtomicUsize::new(0);
-use superfone_bridge::durability::kafka::Record;
 use superfone_bridge::durability::spool::{
     self, CrashPlan, Location, Spool, SpoolEntry, SpoolError, SpoolSettings,
 };
+use superfone_bridge::vocabulary::Record;
 
 #[derive(Debug, Clone)]
 enum Op {

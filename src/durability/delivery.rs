@@ -29,9 +29,11 @@
 //!   the replay goes on with the records behind it. Retrying it would block
 //!   every later record of every lead.
 
-use crate::durability::kafka::{Acknowledgement, Delivered, Publisher, Record};
+use crate::durability::kafka::{Acknowledgement, Delivered, Publisher};
 use crate::durability::spool::{Location, Spool, SpoolError};
 use crate::pipeline::registry::{SchemaIds, Unstamped};
+use crate::vocabulary::headers::GROUP_ID_HEADER;
+use crate::vocabulary::Record;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::hash::{Hash, Hasher};
@@ -259,7 +261,7 @@ impl Delivery {
             Ok(mut acknowledgement) => {
                 match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
                     Ok(Ok(delivered)) => {
-                        crate::ops::metrics::record_produce(enqueued_at.elapsed());
+                        crate::observe::metrics::record_produce(enqueued_at.elapsed());
                         self.kafka_up.store(true, Ordering::Relaxed);
                         return Ok(Durable::Published(delivered));
                     }
@@ -296,7 +298,7 @@ impl Delivery {
         let spooled = tokio::spawn(async move {
             let key = key_of(&record);
             let appended = delivery.spool.append(record).await.inspect_err(|_| {
-                metrics::counter!(crate::ops::metrics::SPOOL_FAILURES).increment(1);
+                metrics::counter!(crate::observe::metrics::SPOOL_FAILURES).increment(1);
             })?;
             let first_attempt = attempt.map(|attempt| {
                 let (landed, outcome) = oneshot::channel();
@@ -321,14 +323,14 @@ impl Delivery {
         reason: &(dyn Display + Sync),
     ) -> Result<Durable, SpoolError> {
         let group_id = record
-            .header(crate::http::ingest::GROUP_ID_HEADER)
+            .header(GROUP_ID_HEADER)
             .unwrap_or_default()
             .to_owned();
         let (topic, bytes) = (record.topic.clone(), record.payload.len());
         let parked = self.spool.park(id, record, &reason.to_string()).await;
         match &parked {
             Ok(parked_id) => {
-                metrics::counter!(crate::ops::metrics::PARKED).increment(1);
+                metrics::counter!(crate::observe::metrics::PARKED).increment(1);
                 tracing::error!(
                     error = %reason, group_id, topic, bytes, spool_id = parked_id,
                     "the record can never be stored as it is; parked it in the spool \
@@ -382,10 +384,11 @@ impl Delivery {
     pub async fn report_spool(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let (records, oldest) = self.backlog_summary();
-            metrics::gauge!(crate::ops::metrics::SPOOL_RECORDS).set(records as f64);
-            metrics::gauge!(crate::ops::metrics::SPOOL_BYTES).set(self.spool.used_bytes() as f64);
-            metrics::gauge!(crate::ops::metrics::SPOOL_PARKED).set(self.spool.parked() as f64);
-            metrics::gauge!(crate::ops::metrics::SPOOL_OLDEST_AGE)
+            metrics::gauge!(crate::observe::metrics::SPOOL_RECORDS).set(records as f64);
+            metrics::gauge!(crate::observe::metrics::SPOOL_BYTES)
+                .set(self.spool.used_bytes() as f64);
+            metrics::gauge!(crate::observe::metrics::SPOOL_PARKED).set(self.spool.parked() as f64);
+            metrics::gauge!(crate::observe::metrics::SPOOL_OLDEST_AGE)
                 .set(oldest.unwrap_or_default().as_secs_f64());
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {},
@@ -531,7 +534,7 @@ impl Delivery {
         for (id, record, acknowledgement) in acknowledgements {
             match acknowledgement.await {
                 Ok(_) => {
-                    metrics::counter!(crate::ops::metrics::REPLAYED).increment(1);
+                    metrics::counter!(crate::observe::metrics::REPLAYED).increment(1);
                     self.complete(id);
                 }
                 Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,

@@ -8,8 +8,9 @@
 //! that no retry can cure (`PublishError::is_permanent`) are told apart, so
 //! the spool parks such a record instead of retrying it forever.
 
-use crate::config::KafkaConfig;
+use crate::config::{Config, KafkaConfig};
 use crate::durability::reports::ServedProducer;
+use crate::vocabulary::{EventKind, Record};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
@@ -41,13 +42,6 @@ pub enum PublishError {
     #[error("the broker did not acknowledge the record: {0}")]
     Delivery(#[source] KafkaError),
 }
-
-/// Room for what a record adds to its body: headers (trace context, a
-/// group id of up to 256 bytes, the dedup key), the key, the Confluent
-/// framing and Kafka's batch framing. The Avro value of a JSON body is never
-/// larger than the body itself: field names are dropped, and text fields
-/// (JSON kept as text, unmapped members) hold at most what the body held.
-pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The Kafka error codes no retry can cure for one record: it is too large,
 /// its topic is invalid or forbidden, or the broker refuses its format.
@@ -94,6 +88,23 @@ pub struct TopicSpec {
     pub max_record_bytes: usize,
 }
 
+impl TopicSpec {
+    /// The topics `config` names: one per event and the dead-letter topic.
+    pub fn of(config: &Config) -> TopicSpec {
+        let mut names: Vec<String> = EventKind::ALL
+            .iter()
+            .map(|kind| config.topics.topic_for(*kind))
+            .collect();
+        names.push(config.topics.dead_letter_topic());
+        TopicSpec {
+            names,
+            partitions: config.kafka.topic_partitions,
+            replication_factor: config.kafka.topic_replication_factor,
+            max_record_bytes: config.max_record_bytes(),
+        }
+    }
+}
+
 /// The brokers' answer about the cluster and the bridge's topics.
 #[derive(Debug, Clone)]
 pub struct ClusterFacts {
@@ -123,25 +134,6 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// One Kafka record, owned, as the spool also stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub topic: String,
-    pub key: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
-}
-
-impl Record {
-    /// The value of the header `name`, if the record has it.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
 /// Resolves when the broker acknowledged (or librdkafka gave up on) one enqueued record.
 pub type Acknowledgement =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, PublishError>> + Send>>;
@@ -154,7 +146,7 @@ pub struct BridgeContext;
 
 impl ClientContext for BridgeContext {
     fn stats(&self, statistics: Statistics) {
-        crate::ops::metrics::record_kafka_statistics(&statistics);
+        crate::observe::metrics::record_kafka_statistics(&statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -272,7 +264,7 @@ impl Publisher {
         tracing::error!(%error, fatal = ?fatal, "Kafka producer cannot recover; replacing it");
         match create_producer(&self.client_config, &self.runtime) {
             Ok(fresh) => {
-                metrics::counter!(crate::ops::metrics::PRODUCER_REPLACEMENTS).increment(1);
+                metrics::counter!(crate::observe::metrics::PRODUCER_REPLACEMENTS).increment(1);
                 let failed = std::mem::replace(&mut *producer, fresh);
                 *replaced_at = Some(std::time::Instant::now());
                 // Dropping a producer can block on its queue: not on the runtime.

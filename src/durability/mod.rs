@@ -1,6 +1,8 @@
 //! Making an accepted event durable: Kafka within the deadline, else the
-//! local spool, and the ordered replay of the spool to Kafka.
+//! local spool, and the ordered replay of the spool to Kafka; and the memory
+//! of where each recent event went (duplicate suppression).
 
+pub mod dedup;
 pub mod delivery;
 pub mod kafka;
 pub mod reports;

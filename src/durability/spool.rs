@@ -29,7 +29,8 @@
 //! fsync'd) already lies past it, and every open starts at that mark. One
 //! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
-use crate::durability::kafka::Record;
+use crate::vocabulary::headers::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
+use crate::vocabulary::Record;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -47,10 +48,6 @@ pub const PARKED_FILE: &str = "parked.log";
 /// Ids of parked records an operator re-published (`spool parked retry`);
 /// they leave `parked.log` when the spool is next opened.
 pub const RETRIED_FILE: &str = "parked.retried";
-/// Why a parked record was refused (the Kafka error).
-pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
-/// When it was parked, RFC 3339 UTC.
-pub const PARKED_AT_HEADER: &str = "superfone-parked-at";
 /// Ids reserved by one write of the high-water mark.
 const ID_BLOCK: u64 = 1 << 20;
 /// Larger frames are treated as corruption (records are at most a few MiB).

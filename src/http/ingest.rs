@@ -3,18 +3,18 @@
 //! publish -> answer. Bad input goes to the dead-letter topic unchanged;
 //! nothing is answered 2xx before the broker acknowledged it.
 
-use crate::durability::delivery::{Delivery, Durable};
-use crate::durability::kafka::Record;
+use crate::durability::dedup::{Claim, Dedup};
+use crate::durability::delivery::{Delivery, Durable, RecordRef};
 use crate::durability::spool::SpoolError;
 use crate::http::auth::Authenticator;
 use crate::http::body::{self, BodyBudget, BodyError, Reservation};
-use crate::http::response::{Outcome, RecordRef};
-use crate::ops::telemetry::{self, DeliveryTrace};
-use crate::pipeline::convert::Converter;
+use crate::http::response::Outcome;
+use crate::observe::telemetry::{self, DeliveryTrace};
 use crate::pipeline::dead_letter::Rejection;
-use crate::pipeline::dedup::{Claim, Dedup};
-use crate::pipeline::event::{self, DedupKey, EventKind};
-use crate::pipeline::registry::Subject;
+use crate::pipeline::event::{self, DedupKey};
+use crate::pipeline::route::{event_headers, EventRoute};
+use crate::vocabulary::headers::{EVENT_HEADER, GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+use crate::vocabulary::{EventKind, Record};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Body;
@@ -25,52 +25,6 @@ use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{field, Instrument};
-
-/// Content type of the Avro records: Confluent-framed Avro binary.
-pub const AVRO_CONTENT_TYPE: &str = "application/vnd.confluent.avro";
-pub const EVENT_HEADER: &str = "superfone-event";
-pub const GROUP_ID_HEADER: &str = "superfone-group-id";
-pub const RECEIVED_AT_HEADER: &str = "superfone-received-at";
-pub use crate::pipeline::registry::SCHEMA_ID_HEADER;
-pub const DEDUP_KEY_HEADER: &str = "superfone-dedup-key";
-
-/// Everything the bridge knows about publishing one event type.
-#[derive(Debug)]
-pub struct EventRoute {
-    pub kind: EventKind,
-    pub topic: String,
-    /// The event's schema in the registry; its id may not be known yet.
-    pub schema: Arc<Subject>,
-    pub converter: Converter,
-}
-
-impl EventRoute {
-    /// The whole record of one event: the converted payload, the lead's key
-    /// and the event headers (the dedup key among them). A delivery builds
-    /// the same pieces one by one, to trace and dedup between them.
-    pub fn record(
-        &self,
-        object: &serde_json::Map<String, Value>,
-        group_id: &str,
-        received_at: &str,
-    ) -> Result<Record, crate::pipeline::convert::ConvertError> {
-        let (schema_id, schema_header) = self.schema.schema_header();
-        let payload = self.converter.encode(schema_id, object)?;
-        let dedup_key = event::dedup_key(self.kind, object);
-        Ok(Record {
-            topic: self.topic.clone(),
-            key: event::record_key(object),
-            headers: event_headers(
-                self.kind,
-                group_id,
-                received_at,
-                schema_header,
-                &dedup_key.key,
-            ),
-            payload,
-        })
-    }
-}
 
 /// The limits and names a delivery needs from the config.
 #[derive(Debug, Clone)]
@@ -168,7 +122,7 @@ impl Ingest {
             span.record("trace_id", trace_id.as_str());
         }
         let started = std::time::Instant::now();
-        let in_flight = metrics::gauge!(crate::ops::metrics::IN_FLIGHT);
+        let in_flight = metrics::gauge!(crate::observe::metrics::IN_FLIGHT);
         in_flight.increment(1.0);
         let outcome = self.deliver(request, trace).instrument(span.clone()).await;
         in_flight.decrement(1.0);
@@ -177,7 +131,7 @@ impl Ingest {
         if outcome.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
-        crate::ops::metrics::record_request(
+        crate::observe::metrics::record_request(
             outcome.event().unwrap_or("unknown"),
             outcome.name(),
             started.elapsed(),
@@ -261,7 +215,7 @@ impl Ingest {
         let mut reservation = match self.body_budget.try_reserve(wanted) {
             Some(reservation) => reservation,
             None => {
-                metrics::counter!(crate::ops::metrics::BODY_BUDGET_WAITS).increment(1);
+                metrics::counter!(crate::observe::metrics::BODY_BUDGET_WAITS).increment(1);
                 let wait = self.body_budget.reserve(wanted);
                 match tokio::time::timeout_at(deadline, wait).await {
                     Ok(reservation) => reservation,
@@ -399,7 +353,7 @@ impl Ingest {
             Some(dedup) => match dedup.claim(&dedup_key.entity, &dedup_key.key).await {
                 Claim::New(pending) => Some(pending),
                 Claim::Duplicate(first_delivery) => {
-                    metrics::counter!(crate::ops::metrics::DEDUP_HITS).increment(1);
+                    metrics::counter!(crate::observe::metrics::DEDUP_HITS).increment(1);
                     tracing::info!(dedup_key = %dedup_key.key, "duplicate delivery, not published again");
                     return Outcome::Duplicate {
                         event: kind.as_str(),
@@ -554,24 +508,6 @@ impl Ingest {
     }
 }
 
-/// The headers of an event record (README, "Headers").
-pub fn event_headers(
-    kind: EventKind,
-    group_id: &str,
-    received_at: &str,
-    schema_header: (String, String),
-    dedup_key: &str,
-) -> Vec<(String, String)> {
-    vec![
-        (EVENT_HEADER.into(), kind.as_str().into()),
-        (GROUP_ID_HEADER.into(), group_id.into()),
-        (RECEIVED_AT_HEADER.into(), received_at.into()),
-        ("content-type".into(), AVRO_CONTENT_TYPE.into()),
-        schema_header,
-        (DEDUP_KEY_HEADER.into(), dedup_key.into()),
-    ]
-}
-
 fn too_large(limit: usize) -> Outcome {
     Outcome::PayloadTooLarge {
         error: BodyError::TooLarge { limit }.to_string(),
@@ -596,7 +532,7 @@ fn group_id_of(envelope: &Envelope, object: Option<&serde_json::Map<String, Valu
         .as_deref()
         .or_else(|| object.and_then(event::body_group_id));
     match given {
-        Some(group_id) => crate::pipeline::dedup::cap_group_id(group_id).to_owned(),
+        Some(group_id) => crate::durability::dedup::cap_group_id(group_id).to_owned(),
         None => uuid::Uuid::now_v7().to_string(),
     }
 }

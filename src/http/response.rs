@@ -5,8 +5,9 @@
 //! so 2xx means "durable in Kafka", and every other body says why, naming the
 //! field at fault. 5xx bodies stay generic; the cause goes to the log.
 
+use crate::durability::dedup::FirstDelivery;
+use crate::durability::delivery::RecordRef;
 use crate::pipeline::dead_letter::{DeadLetterReason, Rejection};
-use crate::pipeline::dedup::FirstDelivery;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
@@ -14,11 +15,9 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 
 /// Response header repeating the delivery's correlation id.
-pub const GROUP_ID_HEADER: &str = "x-superfone-group-id";
+pub const GROUP_ID_RESPONSE_HEADER: &str = "x-superfone-group-id";
 /// Response header with the delivery's trace id (32 hex digits), for Jaeger.
-pub const TRACE_ID_HEADER: &str = "x-superfone-trace-id";
-
-pub use crate::durability::delivery::RecordRef;
+pub const TRACE_ID_RESPONSE_HEADER: &str = "x-superfone-trace-id";
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -197,10 +196,10 @@ impl Outcome {
             .group_id()
             .and_then(|id| HeaderValue::from_str(id).ok())
         {
-            headers.insert(GROUP_ID_HEADER, value);
+            headers.insert(GROUP_ID_RESPONSE_HEADER, value);
         }
         if let Some(value) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-            headers.insert(TRACE_ID_HEADER, value);
+            headers.insert(TRACE_ID_RESPONSE_HEADER, value);
         }
         // The rest of an unread body would have to be drained before the next
         // request on this connection; closing is cheaper and stops slow senders.

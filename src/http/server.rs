@@ -235,7 +235,7 @@ impl Connections {
             }
             not_asked.len()
         };
-        metrics::counter!(crate::ops::metrics::CONNECTIONS_SHED).increment(shed as u64);
+        metrics::counter!(crate::observe::metrics::CONNECTIONS_SHED).increment(shed as u64);
         shed
     }
 
@@ -259,7 +259,7 @@ impl Connections {
                 now.saturating_sub(tracked.idle_since_ms.load(Ordering::Relaxed)) >= deadline;
             if overdue {
                 tracked.close.cancel();
-                metrics::counter!(crate::ops::metrics::CONNECTIONS_TIMED_OUT).increment(1);
+                metrics::counter!(crate::observe::metrics::CONNECTIONS_TIMED_OUT).increment(1);
             }
         }
     }
@@ -333,7 +333,7 @@ async fn handshake(
     match accepted {
         Ok(stream) => Some(stream),
         Err(error) => {
-            metrics::counter!(crate::ops::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
+            metrics::counter!(crate::observe::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
             tracing::debug!(%peer, %error, "TLS handshake failed");
             None
         }

@@ -107,7 +107,7 @@ impl Tls {
                 ),
                 Ok(false) => {}
                 Err(error) => {
-                    metrics::counter!(crate::ops::metrics::TLS_RELOAD_FAILURES).increment(1);
+                    metrics::counter!(crate::observe::metrics::TLS_RELOAD_FAILURES).increment(1);
                     tracing::error!(
                         %error,
                         "TLS files changed but cannot be used; the certificate in use is kept"

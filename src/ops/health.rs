@@ -134,8 +134,8 @@ impl Health {
             }
             self.check_kafka().await;
             let ready = self.readiness().is_ok();
-            metrics::gauge!(crate::ops::metrics::READY).set(f64::from(u8::from(ready)));
-            metrics::gauge!(crate::ops::metrics::REGISTRY_PENDING)
+            metrics::gauge!(crate::observe::metrics::READY).set(f64::from(u8::from(ready)));
+            metrics::gauge!(crate::observe::metrics::REGISTRY_PENDING)
                 .set(self.delivery.schemas().pending() as f64);
             tokio::select! {
                 () = tokio::time::sleep(CHECK_INTERVAL) => {},
@@ -163,7 +163,8 @@ impl Health {
             kafka.reachable = Some(reachable);
             kafka.error = result.err().map(|error| error.to_string());
         }
-        metrics::gauge!(crate::ops::metrics::KAFKA_REACHABLE).set(f64::from(u8::from(reachable)));
+        metrics::gauge!(crate::observe::metrics::KAFKA_REACHABLE)
+            .set(f64::from(u8::from(reachable)));
         if reachable && !self.delivery.topics_ready() {
             self.create_topics().await;
         }

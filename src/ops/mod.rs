@@ -1,9 +1,8 @@
-//! What operators use: the admin listener, health and readiness, metrics,
-//! telemetry, `check-config --online` and the command-line tools.
+//! What operators use: the admin listener, health and readiness,
+//! `check-config --online` and the command-line tools. The top layer below
+//! the app: it may use every other.
 
 pub mod admin;
 pub mod health;
-pub mod metrics;
 pub mod preflight;
-pub mod telemetry;
 pub mod tools;

@@ -7,7 +7,7 @@
 //! in the spool directory, removed at once.
 
 use crate::config::Config;
-use crate::durability::kafka::{Publisher, TopicFacts};
+use crate::durability::kafka::{Publisher, TopicFacts, TopicSpec};
 use crate::http::auth::{self, MIN_SECRET_BYTES};
 use crate::pipeline::registry::{self, Probe, Standing};
 use crate::pipeline::schema;
@@ -334,7 +334,7 @@ async fn check_kafka(config: &Config, report: &mut Report) {
         Ok(publisher) => publisher,
         Err(error) => return report.push("kafka", Verdict::Fail, error.to_string()),
     };
-    let spec = config.topic_spec();
+    let spec = TopicSpec::of(config);
     let timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
     let facts = match publisher.describe_topics(&spec.names, timeout).await {
         Ok(facts) => facts,
@@ -421,7 +421,7 @@ async fn check_registry(config: &Config, report: &mut Report) {
         ),
         Err(error) => return report.push("registry", Verdict::Fail, error.to_string()),
     }
-    let schemas = match schema::load_all(&crate::schema_source(config)) {
+    let schemas = match schema::load_all(&schema::SchemaSource::of(&config.registry)) {
         Ok(schemas) => schemas,
         Err(error) => return report.push("schemas", Verdict::Fail, error.to_string()),
     };

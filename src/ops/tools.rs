@@ -5,7 +5,9 @@
 
 use crate::config::Config;
 use crate::pipeline::avro_json;
-use crate::pipeline::event::EventKind;
+use crate::pipeline::schema::SchemaSource;
+use crate::vocabulary::headers::REPLAYED_FROM_HEADER;
+use crate::vocabulary::EventKind;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -40,7 +42,9 @@ pub enum ToolError {
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
     #[error(transparent)]
-    Startup(#[from] crate::StartupError),
+    Routes(#[from] crate::pipeline::route::RouteError),
+    #[error(transparent)]
+    Schema(#[from] crate::pipeline::schema::SchemaError),
     #[error(transparent)]
     Publish(#[from] crate::durability::kafka::PublishError),
     #[error(transparent)]
@@ -233,7 +237,6 @@ pub struct ReplayOptions {
 
 /// Consumer group whose committed offsets remember how far replay got.
 pub const REPLAY_GROUP: &str = "superfone-bridge-dead-letter-replay";
-pub const REPLAYED_FROM_HEADER: &str = "superfone-replayed-from";
 
 /// Re-submits dead letters through the conversion path with the current
 /// schemas (after a schema fix), keeping their original group id and
@@ -244,11 +247,11 @@ pub async fn replay_dead_letters(
     options: ReplayOptions,
     mut out: impl Write,
 ) -> Result<(usize, usize), ToolError> {
-    use crate::http::ingest::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
     use crate::pipeline::event;
+    use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
     use rdkafka::consumer::CommitMode;
 
-    let routes = crate::event_routes(config).await?;
+    let routes = crate::pipeline::route::event_routes(config).await?;
     let publisher =
         crate::durability::kafka::Publisher::new(&config.kafka, config.max_record_bytes())?;
     let topic = config.topics.dead_letter_topic();
@@ -401,8 +404,8 @@ pub fn parked(
     format: ParkedFormat,
     mut out: impl Write,
 ) -> Result<usize, ToolError> {
-    use crate::durability::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
-    use crate::http::ingest::{EVENT_HEADER, GROUP_ID_HEADER};
+    use crate::vocabulary::headers::{EVENT_HEADER, GROUP_ID_HEADER};
+    use crate::vocabulary::headers::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
     use base64::Engine;
     let entries = crate::durability::spool::read_parked(&config.spool.dir)?;
     for entry in &entries {
@@ -438,8 +441,9 @@ pub async fn retry_parked(
     only: &[u64],
     mut out: impl Write,
 ) -> Result<(usize, usize), ToolError> {
-    use crate::durability::spool::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
-    use crate::pipeline::registry::{SchemaIds, SCHEMA_PENDING_HEADER};
+    use crate::pipeline::registry::SchemaIds;
+    use crate::vocabulary::headers::SCHEMA_PENDING_HEADER;
+    use crate::vocabulary::headers::{PARKED_AT_HEADER, PARKED_REASON_HEADER};
     let entries: Vec<_> = crate::durability::spool::read_parked(&config.spool.dir)?
         .into_iter()
         .filter(|entry| only.is_empty() || only.contains(&entry.id))
@@ -448,8 +452,7 @@ pub async fn retry_parked(
         .iter()
         .any(|entry| entry.record.header(SCHEMA_PENDING_HEADER).is_some());
     let schema_ids = if waiting_for_ids {
-        let schemas = crate::pipeline::schema::load_all(&crate::schema_source(config))
-            .map_err(crate::StartupError::from)?;
+        let schemas = crate::pipeline::schema::load_all(&SchemaSource::of(&config.registry))?;
         let ids = SchemaIds::new(
             &config.registry,
             &config.topics,

@@ -2,12 +2,11 @@
 //! that say so on the dead-letter record (which carries the body unchanged).
 
 use crate::pipeline::convert::ConvertError;
-use crate::pipeline::event::{DispatchError, EventKind};
-
-/// Header names on dead-letter records (besides the common delivery headers).
-pub const REASON_HEADER: &str = "superfone-dead-letter-reason";
-pub const FIELD_HEADER: &str = "superfone-dead-letter-field";
-pub const ERROR_HEADER: &str = "superfone-dead-letter-error";
+use crate::pipeline::event::DispatchError;
+use crate::vocabulary::headers::{
+    DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_FIELD_HEADER, DEAD_LETTER_REASON_HEADER,
+};
+use crate::vocabulary::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadLetterReason {
@@ -85,11 +84,11 @@ impl Rejection {
     /// The dead-letter-specific headers.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![
-            (REASON_HEADER, self.reason.as_str().to_owned()),
-            (ERROR_HEADER, self.error.clone()),
+            (DEAD_LETTER_REASON_HEADER, self.reason.as_str().to_owned()),
+            (DEAD_LETTER_ERROR_HEADER, self.error.clone()),
         ];
         if let Some(field) = &self.field {
-            headers.push((FIELD_HEADER, field.clone()));
+            headers.push((DEAD_LETTER_FIELD_HEADER, field.clone()));
         }
         headers
     }

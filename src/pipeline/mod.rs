@@ -1,10 +1,11 @@
-//! From a JSON notification to an Avro record: the events, their schemas
-//! and registry ids, the conversion, duplicate suppression and dead letters.
+//! From a JSON notification to an Avro record: dispatch and keys, the
+//! schemas and their registry ids, the conversion, and dead letters. It
+//! knows nothing of how records are stored.
 
 pub mod avro_json;
 pub mod convert;
 pub mod dead_letter;
-pub mod dedup;
 pub mod event;
 pub mod registry;
+pub mod route;
 pub mod schema;

@@ -12,9 +12,10 @@
 //! publishes straight away.
 
 use crate::config::{RegistryConfig, SubjectStrategy, TopicsConfig};
-use crate::durability::kafka::Record;
-use crate::pipeline::event::EventKind;
 use crate::pipeline::schema::EventSchema;
+use crate::vocabulary::headers::{SCHEMA_ID_HEADER, SCHEMA_PENDING_HEADER};
+use crate::vocabulary::EventKind;
+use crate::vocabulary::Record;
 use schema_registry_converter::async_impl::schema_registry::{
     perform_sr_call, post_schema, SrSettings,
 };
@@ -29,11 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Carried by a record, instead of `superfone-schema-id`, while its schema
-/// has no registry id yet: the schema's fingerprint. Removed when stamped.
-pub const SCHEMA_PENDING_HEADER: &str = "superfone-schema-pending";
-/// The record header naming the registry id the value was framed with.
-pub const SCHEMA_ID_HEADER: &str = "superfone-schema-id";
 /// The last known ids, in the spool directory.
 const IDS_FILE: &str = "schema_ids.json";
 const MAX_REGISTRATION_BACKOFF: Duration = Duration::from_secs(10);
@@ -323,7 +319,7 @@ impl SchemaIds {
                     self.keep_known_ids();
                 }
                 Err(error) => {
-                    metrics::counter!(crate::ops::metrics::REGISTRY_ERRORS).increment(1);
+                    metrics::counter!(crate::observe::metrics::REGISTRY_ERRORS).increment(1);
                     if !error.is_refusal() {
                         return Err(error);
                     }

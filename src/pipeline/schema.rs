@@ -7,7 +7,8 @@
 //! every client resolves, so each event schema is registered with the shared
 //! types inlined at their first use: one standalone schema per subject.
 
-use crate::pipeline::event::EventKind;
+use crate::config::RegistryConfig;
+use crate::vocabulary::EventKind;
 use apache_avro::Schema;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -91,6 +92,14 @@ fn embedded_event(kind: EventKind) -> &'static str {
 }
 
 impl SchemaSource {
+    /// `registry.schemas_dir` if set, else the schemas built into the binary.
+    pub fn of(registry: &RegistryConfig) -> SchemaSource {
+        match &registry.schemas_dir {
+            Some(dir) => SchemaSource::Dir(dir.clone()),
+            None => SchemaSource::Embedded,
+        }
+    }
+
     fn event_text(&self, kind: EventKind) -> Result<(String, String), SchemaError> {
         let name = format!("{}.avsc", kind.slug());
         match self {

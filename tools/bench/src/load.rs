@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use superfone_bridge::durability::kafka::{Publisher, Record};
-use superfone_bridge::http::ingest::GROUP_ID_HEADER;
+use superfone_bridge::durability::kafka::Publisher;
+use superfone_bridge::vocabulary::headers::GROUP_ID_HEADER;
+use superfone_bridge::vocabulary::Record;
 use tokio::sync::Semaphore;
 
 /// Requests an open-loop phase lets wait for an answer at once; later ones

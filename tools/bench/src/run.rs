@@ -23,9 +23,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use superfone_bridge::config::Config;
-use superfone_bridge::durability::kafka::{Publisher, Record};
-use superfone_bridge::http::ingest::EventRoute;
-use superfone_bridge::pipeline::event::{self, EventKind};
+use superfone_bridge::durability::kafka::{Publisher, TopicSpec};
+use superfone_bridge::pipeline::event;
+use superfone_bridge::pipeline::route::{self, EventRoute};
+use superfone_bridge::vocabulary::EventKind;
+use superfone_bridge::vocabulary::Record;
 use tokio::process::{Child, Command};
 
 /// The bearer secret the benchmark's bridge accepts.
@@ -158,7 +160,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .map(|kind| config.topics.topic_for(*kind))
         .collect();
     publisher
-        .create_topics(&config.topic_spec(), Duration::from_secs(10))
+        .create_topics(&TopicSpec::of(&config), Duration::from_secs(10))
         .await?;
     // The peer's topics: the same spec (partitions, size limit), its own names.
     let mut peer_prefixes = Vec::new();
@@ -166,14 +168,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     for workers in &options.peer_workers {
         let mut peer_config = config.clone();
         peer_config.topics.prefix = format!("{run}.peer{workers}.");
-        let spec = peer_config.topic_spec();
+        let spec = TopicSpec::of(&peer_config);
         publisher
             .create_topics(&spec, Duration::from_secs(10))
             .await?;
         peer_topics.extend(spec.names);
         peer_prefixes.push((*workers, peer_config.topics.prefix));
     }
-    let routes = superfone_bridge::event_routes(&config).await?;
+    let routes = route::event_routes(&config).await?;
     let records = broker_records(&routes, &payloads)?;
     let mut measured = Vec::new();
     let closed_load = format!("closed, {} clients", options.concurrency);

@@ -8,7 +8,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use superfone_bridge::http::ingest::GROUP_ID_HEADER;
+use superfone_bridge::vocabulary::headers::GROUP_ID_HEADER;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the topics must stay quiet after the watermarks were reached.

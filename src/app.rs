@@ -1,0 +1,431 @@
+//! The running bridge, wired from the layers below: `App::build` needs only
+//! the local schemas and the spool: it opens the spool, then gives the
+//! brokers (topic creation) and the schema registry one bounded try each;
+//! whatever is unreachable is finished in the background while events go to
+//! the spool. `App::run_until_stopped` serves until the shutdown future
+//! resolves, drains, and flushes the producer. `drain_spool` is the same
+//! start-up for `superfone-bridge spool drain`.
+
+use crate::config::Config;
+use crate::durability::dedup::Dedup;
+use crate::durability::delivery::{Delivery, Durable, Recovered};
+use crate::durability::kafka::{PublishError, Publisher, TopicSpec};
+use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
+use crate::http::acceptor::Acceptor;
+use crate::http::auth::Authenticator;
+use crate::http::body::{BodyBudget, SMALL_BODY_BYTES};
+use crate::http::ingest::{Ingest, IngestSettings};
+use crate::http::{server, tls};
+use crate::observe::metrics;
+use crate::ops::admin;
+use crate::ops::health::Health;
+use crate::pipeline::event;
+use crate::pipeline::registry::{RegistryError, SchemaIds};
+use crate::pipeline::route::routes;
+use crate::pipeline::schema::{self, EventSchema, SchemaError, SchemaSource};
+use crate::vocabulary::headers::{DEDUP_KEY_HEADER, GROUP_ID_HEADER};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long the final producer flush may take at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Kafka(#[from] PublishError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("invalid server.group_id_header")]
+    GroupIdHeader,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the spool: the entries it holds go to the replay backlog (where
+/// they lie, not the records), and their dedup keys to `dedup`, since they
+/// were answered 2xx and a repeat of one is a duplicate.
+fn open_spool(
+    config: &Config,
+    dedup: Option<&Dedup>,
+) -> Result<(Spool, Vec<Recovered>), StartupError> {
+    let mut recovered = Vec::new();
+    let settings = SpoolSettings {
+        dir: config.spool.dir.clone(),
+        max_bytes: config.spool.max_bytes,
+        segment_bytes: config.spool.segment_bytes,
+    };
+    let (spool, recovery) = Spool::open(settings, |entry, location| {
+        recovered.push(Recovered::new(entry.id, location, &entry.record));
+        let record = &entry.record;
+        let key = record.header(DEDUP_KEY_HEADER);
+        let entity = key.and_then(event::DedupKey::entity_of);
+        if let (Some(dedup), Some(key), Some(entity)) = (dedup, key, entity) {
+            let group_id = record.header(GROUP_ID_HEADER).unwrap_or_default();
+            dedup.remember(
+                entity,
+                key,
+                &record.topic,
+                Durable::Spooled(entry.id),
+                group_id,
+            );
+        }
+    })?;
+    if recovery.torn_bytes > 0 {
+        tracing::error!(
+            torn_bytes = recovery.torn_bytes,
+            "spool had a torn or corrupt tail (crash mid-write); kept the valid prefix"
+        );
+    }
+    if recovery.corrupt_bytes > 0 {
+        tracing::error!(
+            corrupt_bytes = recovery.corrupt_bytes,
+            "spool had damaged frames mid-segment; skipped them and kept the frames after them"
+        );
+    }
+    if recovery.pending > 0 {
+        tracing::warn!(
+            pending = recovery.pending,
+            "replaying events left in the spool"
+        );
+    }
+    Ok((spool, recovered))
+}
+
+/// What `drain_spool` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Entries the spool held when it was opened.
+    pub found: usize,
+    /// Entries still waiting when the drain stopped.
+    pub left: usize,
+    /// Records Kafka refused for good, parked (`spool parked list`).
+    pub parked: u64,
+}
+
+/// `superfone-bridge spool drain`: opens the spool of `config` (refused
+/// while a bridge has it open), sends every entry to Kafka in spool order
+/// within `timeout`, marks those acknowledged delivered, and syncs. For a
+/// volume a scaled-in pod left behind.
+pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainReport, StartupError> {
+    let schemas = schema::load_all(&SchemaSource::of(&config.registry))?;
+    let (spool, recovered) = open_spool(config, None)?;
+    let found = recovered.len();
+    let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
+    let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    publisher.check_broker(startup_timeout).await?;
+    create_topics(config, &publisher, startup_timeout).await?;
+    let schema_ids = schema_ids(config, &schemas).await?;
+    let delivery = Delivery::new(
+        Arc::clone(&publisher),
+        spool,
+        schema_ids,
+        recovered,
+        Duration::from_millis(config.delivery.ack_deadline_ms),
+        true,
+    );
+    let left = delivery.drain(timeout).await;
+    if let Some(waiting_for) = delivery.waiting_for() {
+        tracing::warn!(%waiting_for, left, "spool drain stopped waiting");
+    }
+    publisher
+        .flush(FLUSH_TIMEOUT)
+        .await
+        .map_err(PublishError::Client)?;
+    delivery.spool().sync().await?;
+    Ok(DrainReport {
+        found,
+        left,
+        parked: delivery.spool().parked(),
+    })
+}
+
+/// Gives the brokers one bounded try: reachable, the topics are created
+/// now and `true` is returned; unreachable, the health watcher creates
+/// them once they are back. A broker that answers and refuses is an error.
+async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<bool, StartupError> {
+    let timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    if let Err(error) = publisher.check_broker(timeout).await {
+        tracing::warn!(%error, "Kafka unreachable at start-up; events go to the spool until it is back");
+        return Ok(!config.kafka.create_topics);
+    }
+    create_topics(config, publisher, timeout).await?;
+    Ok(true)
+}
+
+/// On reachable brokers: creates the missing topics (if
+/// `kafka.create_topics`) and warns about topics whose limits are too low.
+async fn create_topics(
+    config: &Config,
+    publisher: &Publisher,
+    timeout: Duration,
+) -> Result<(), StartupError> {
+    let spec = TopicSpec::of(config);
+    if config.kafka.create_topics {
+        publisher.create_topics(&spec, timeout).await?;
+    }
+    publisher.check_topic_limits(&spec, timeout).await;
+    Ok(())
+}
+
+/// The registry ids of `schemas`, those kept in the spool directory first,
+/// with one try at the registry for the rest (`prepare_schema_ids`).
+async fn schema_ids(
+    config: &Config,
+    schemas: &[EventSchema],
+) -> Result<Arc<SchemaIds>, StartupError> {
+    let ids = Arc::new(SchemaIds::new(
+        &config.registry,
+        &config.topics,
+        schemas,
+        Some(&config.spool.dir),
+    ));
+    prepare_schema_ids(&ids).await?;
+    Ok(ids)
+}
+
+/// Gives the registry one try: every id known, or an unreachable registry
+/// (the ids kept from the last run are used, the rest registered in the
+/// background). A registry that refuses a schema stops the start.
+async fn prepare_schema_ids(ids: &SchemaIds) -> Result<(), StartupError> {
+    match ids.register_pending().await {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_refusal() => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(
+                %error, known_ids = ids.subjects().len() - ids.pending(),
+                "schema registry unreachable at start-up; events whose schema has no id yet \
+                 go to the spool and are stamped once it is back"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Connections the kernel queues for `accept`. std's 128 overflowed under a
+/// burst of new connections (SYNs dropped, each client stalled a second);
+/// the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener (with `SO_REUSEADDR`, as std does) and a deep accept queue.
+fn listen(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().map_err(|source| StartupError::Bind { addr, source })
+}
+
+pub struct App {
+    listener: Acceptor,
+    auth: Arc<Authenticator>,
+    admin_listener: TcpListener,
+    health: Arc<Health>,
+    ingest: Arc<Ingest>,
+    publisher: Arc<Publisher>,
+    delivery: Arc<Delivery>,
+    limits: server::Limits,
+    tls: Option<Arc<tls::Tls>>,
+    shutdown_drain: Duration,
+}
+
+impl App {
+    pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
+        // Fail fast on broken schema files and TLS files.
+        let schemas = schema::load_all(&SchemaSource::of(&config.registry))?;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(tls::Tls::load)
+            .transpose()?
+            .map(Arc::new);
+        // Install the recorder before anything records.
+        metrics::handle();
+        let dedup = config.dedup.enabled.then(|| {
+            Dedup::new(
+                Duration::from_secs(config.dedup.window_secs),
+                config.dedup.max_entries,
+            )
+        });
+        let (spool, recovered) = open_spool(&config, dedup.as_ref())?;
+
+        let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
+        let topics_ready = prepare_topics(&config, &publisher).await?;
+        let schema_ids = schema_ids(&config, &schemas).await?;
+        let routes = routes(&config, schemas, &schema_ids);
+
+        let delivery = Delivery::new(
+            Arc::clone(&publisher),
+            spool,
+            schema_ids,
+            recovered,
+            Duration::from_millis(config.delivery.ack_deadline_ms),
+            topics_ready,
+        );
+        let body_budget = BodyBudget::new(config.server.max_body_bytes_in_flight, SMALL_BODY_BYTES);
+        let health = Arc::new(Health::new(
+            Arc::clone(&delivery),
+            Arc::clone(&publisher),
+            config.max_record_bytes() as u64,
+            config.kafka.create_topics.then(|| TopicSpec::of(&config)),
+            Arc::clone(&body_budget),
+        ));
+        let settings = IngestSettings {
+            ingest_path: config.server.ingest_path.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            group_id_header: config
+                .server
+                .group_id_header
+                .parse()
+                .map_err(|_| StartupError::GroupIdHeader)?,
+            dead_letter_topic: config.topics.dead_letter_topic(),
+            body_read_timeout: Duration::from_millis(config.delivery.body_read_timeout_ms),
+        };
+        let auth = Arc::new(auth);
+        let ingest = Arc::new(Ingest::new(
+            settings,
+            Arc::clone(&auth),
+            routes,
+            Arc::clone(&delivery),
+            dedup,
+            body_budget,
+        ));
+        server::raise_open_file_limit(config.delivery.max_connections);
+        let listener = Acceptor::start(listen(config.server.listen)?).map_err(|source| {
+            StartupError::Bind {
+                addr: config.server.listen,
+                source,
+            }
+        })?;
+        let admin_listener = listen(config.admin.listen)?;
+        Ok(App {
+            listener,
+            auth,
+            admin_listener,
+            health,
+            ingest,
+            publisher,
+            delivery,
+            limits: server::Limits {
+                drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+                header_read_timeout: Duration::from_millis(config.delivery.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(config.delivery.idle_timeout_ms),
+                max_connections: config.delivery.max_connections,
+            },
+            tls,
+            shutdown_drain: Duration::from_millis(config.spool.shutdown_drain_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    /// Serves until `shutdown` resolves; then drains requests, stops the
+    /// replay, sends what is left in the spool to Kafka (`drain_spool`),
+    /// flushes the producer and syncs the spool. Whatever has not reached
+    /// Kafka by then stays in the spool for the next start.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let stop_replay = CancellationToken::new();
+        let replay = tokio::spawn(Arc::clone(&self.delivery).replay(stop_replay.clone()));
+        let stop_background = CancellationToken::new();
+        tokio::spawn(Arc::clone(&self.delivery).report_spool(stop_background.clone()));
+        tokio::spawn(Arc::clone(&self.health).watch(stop_background.clone()));
+        tokio::spawn(Arc::clone(&self.auth).watch_secrets_file(stop_background.clone()));
+        tokio::spawn(
+            Arc::clone(self.delivery.schemas()).register_until_done(stop_background.clone()),
+        );
+        tokio::spawn(admin::serve(
+            self.admin_listener,
+            Arc::clone(&self.health),
+            metrics::handle(),
+            stop_background.clone(),
+        ));
+        if let Some(tls) = &self.tls {
+            tokio::spawn(Arc::clone(tls).watch(stop_background.clone()));
+        }
+        server::serve(self.listener, self.ingest, shutdown, self.limits, self.tls).await;
+        // The replay finishes the window it sent, so its acknowledgements are recorded.
+        stop_replay.cancel();
+        if tokio::time::timeout(FLUSH_TIMEOUT, replay).await.is_err() {
+            tracing::warn!("spool replay did not finish its window in time; its records are sent again after the restart");
+        }
+        drain_before_exit(&self.delivery, &self.health, self.shutdown_drain).await;
+        if let Err(error) = self.publisher.flush(FLUSH_TIMEOUT).await {
+            tracing::error!(%error, "producer flush at shutdown did not complete");
+        }
+        // Let acknowledgements that arrived during the flush mark their entries delivered.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(error) = self.delivery.spool().sync().await {
+            tracing::error!(%error, "spool sync at shutdown failed");
+        }
+        stop_background.cancel();
+        tracing::info!(left_in_spool = self.delivery.backlog_len(), "stopped");
+    }
+}
+
+/// At shutdown, sends the spool's backlog to Kafka for at most `limit`
+/// (`spool.shutdown_drain_ms`), if Kafka is reachable: a pod scaled in must
+/// not leave events on a volume nobody reads.
+async fn drain_before_exit(delivery: &Delivery, health: &Health, limit: Duration) {
+    let waiting = delivery.backlog_len();
+    if waiting == 0 || limit.is_zero() {
+        return;
+    }
+    if !health.check_kafka().await {
+        tracing::warn!(
+            left_in_spool = waiting,
+            "Kafka unreachable at shutdown; the spool is replayed at the next start \
+             (or by `superfone-bridge spool drain`)"
+        );
+        return;
+    }
+    tracing::info!(
+        waiting,
+        limit_ms = limit.as_millis() as u64,
+        "sending the spool to Kafka before exiting"
+    );
+    let left = delivery.drain(limit).await;
+    if left == 0 {
+        tracing::info!(sent = waiting, "spool drained");
+    } else {
+        tracing::warn!(
+            sent = waiting.saturating_sub(left),
+            left_in_spool = left,
+            waiting_for = delivery.waiting_for().as_deref().unwrap_or("time"),
+            "spool not drained before the deadline; the rest is replayed at the next start"
+        );
+    }
+}
