@@ -1,4 +1,5 @@
 //! The binary's edges: `check-config`, `healthcheck`, and graceful shutdown on SIGTERM.
+#![cfg(feature = "e2e")]
 
 mod support;
 

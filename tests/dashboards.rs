@@ -3,6 +3,7 @@
 //! names must be on a live bridge's /metrics, so a renamed metric cannot
 //! leave a panel empty or an alert silent. (The alerts' logic is tested by
 //! promtool in scripts/check-deploy.)
+#![cfg(feature = "e2e")]
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! suppressed only when it is identical to the latest event of its entity,
 //! so genuine changes (a lead stage moved back, a reminder firing again after
 //! its task was rescheduled) are all published (issue 10, break 3).
+#![cfg(feature = "e2e")]
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! replaced, since tansu's memory storage forgets everything on restart), and
 //! the records read back with Confluent's client. Each test prints its figures
 //! (`FAULT-FIGURES {...}`; run `scripts/test --test faults -- --nocapture`).
+#![cfg(feature = "e2e")]
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! payload reference is posted to the real bridge binary, read back from its
 //! topic and decoded by Confluent's own Python AvroDeserializer, and must equal
 //! the input field by field (with the mappings documented in the schemas).
+#![cfg(feature = "e2e")]
 
 mod support;
 

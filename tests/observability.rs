@@ -1,4 +1,5 @@
 //! Metrics, health and readiness on the admin listener.
+#![cfg(feature = "e2e")]
 
 mod support;
 

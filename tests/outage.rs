@@ -2,6 +2,7 @@
 //! must make events durable whenever its spool can, whatever Kafka and the
 //! schema registry are doing; readiness says exactly that; and a long
 //! outage must not run it out of memory, before or after a restart.
+#![cfg(feature = "e2e")]
 
 mod support;
 

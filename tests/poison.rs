@@ -3,6 +3,7 @@
 //! and a burst of them must stay within the memory budget; a record Kafka
 //! refuses for good is parked in the spool, reported, and the replay goes on
 //! with everything behind it, in order per lead.
+#![cfg(feature = "e2e")]
 
 mod support;
 

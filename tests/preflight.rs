@@ -4,6 +4,7 @@
 //! can write, a short secret, an expired certificate, a topic too small for
 //! the largest record, an absent topic it may not create, an incompatible or
 //! unregistered subject) is one FAIL line with its reason and exit 1.
+#![cfg(feature = "e2e")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Schema registry behaviour: the bridge's start-up registration (and its
 //! refusals), and the test registry checked by Confluent's own client.
+#![cfg(feature = "e2e")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! What the bridge refuses, and that refused input is either kept (dead-letter
 //! topic, body unchanged, reason in headers) or never published (auth).
+#![cfg(feature = "e2e")]
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! reads. On SIGTERM with Kafka reachable the bridge sends its spool before
 //! exiting; `spool drain --dir` sends a volume a pod left behind, and is
 //! refused while a bridge has that spool open.
+#![cfg(feature = "e2e")]
 
 mod support;
 

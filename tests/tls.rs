@@ -2,6 +2,7 @@
 //! the test (rcgen), curl as the client (OpenSSL, a different TLS stack from
 //! the bridge's rustls), a renewal swapped in under an open connection, bad
 //! files at start-up and on reload, and mutual TLS.
+#![cfg(feature = "e2e")]
 
 mod support;
 

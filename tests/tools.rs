@@ -1,4 +1,5 @@
 //! `superfone-bridge send` and `tail` against a running bridge, broker and registry.
+#![cfg(feature = "e2e")]
 
 mod support;
 
