@@ -2,8 +2,9 @@
 //! only here.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 use superfone_bridge::config::Config;
 use superfone_bridge::http::auth::{self, Authenticator};
 use superfone_bridge::observe::telemetry;
@@ -25,32 +26,12 @@ enum Command {
     /// Receive notifications and publish them to Kafka.
     Serve,
     /// Validate the configuration and print it, secrets redacted.
-    CheckConfig {
-        /// Instead, ask every dependency whether this deployment can work:
-        /// brokers and topics, registry and subjects, spool directory, TLS
-        /// files, auth secrets. One line per check; exit 1 on any FAIL.
-        #[arg(long)]
-        online: bool,
-    },
+    CheckConfig(CheckConfigArgs),
     /// Post sample payloads (e.g. tests/fixtures/*.json) to a bridge with the configured auth.
-    Send {
-        /// Ingest URL; default: this config's listen address and ingest path.
-        #[arg(long)]
-        url: Option<String>,
-        /// PEM CA certificate to trust for an HTTPS URL, besides the system's.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
+    Send(SendArgs),
     /// Exit 0 if this config's bridge answers 200 on its admin listener
     /// (a container HEALTHCHECK without curl).
-    Healthcheck {
-        /// `/healthz` (the process is alive) or `/readyz` (it can make an
-        /// event durable now).
-        #[arg(long, default_value = "/healthz")]
-        path: String,
-    },
+    Healthcheck(HealthcheckArgs),
     /// Dead-letter topic operations.
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
@@ -58,19 +39,51 @@ enum Command {
     #[command(subcommand)]
     Spool(SpoolCommand),
     /// Print a topic's records as JSON lines, values decoded through the registry.
-    Tail {
-        /// An event (ALL_CALLS), dead_letter, or a topic name.
-        target: String,
-        /// Start at the oldest record instead of the newest.
-        #[arg(long)]
-        from_beginning: bool,
-        /// Stop after this many records.
-        #[arg(long)]
-        max: Option<usize>,
-        /// Stop after this many seconds without a record.
-        #[arg(long)]
-        idle_exit_secs: Option<u64>,
-    },
+    Tail(TailArgs),
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    /// Instead, ask every dependency whether this deployment can work:
+    /// brokers and topics, registry and subjects, spool directory, TLS
+    /// files, auth secrets. One line per check; exit 1 on any FAIL.
+    #[arg(long)]
+    online: bool,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Ingest URL; default: this config's listen address and ingest path.
+    #[arg(long)]
+    url: Option<String>,
+    /// PEM CA certificate to trust for an HTTPS URL, besides the system's.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// `/healthz` (the process is alive) or `/readyz` (it can make an
+    /// event durable now).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// An event (ALL_CALLS), dead_letter, or a topic name.
+    target: String,
+    /// Start at the oldest record instead of the newest.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<usize>,
+    /// Stop after this many seconds without a record.
+    #[arg(long)]
+    idle_exit_secs: Option<u64>,
 }
 
 // glibc's malloc was 17% of the bridge's CPU under load (perf); scripts/bench
@@ -84,123 +97,23 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command {
-        Command::CheckConfig { online: false } => check_config(&config),
-        Command::CheckConfig { online: true } => {
-            let report = runtime()?.block_on(superfone_bridge::ops::preflight::run(&config));
-            print!("{report}");
-            let failures = report.failures();
-            anyhow::ensure!(failures == 0, "{failures} check(s) failed");
-            Ok(())
+        Command::Serve => serve(config),
+        Command::CheckConfig(args) if args.online => check_config_online(&config),
+        Command::CheckConfig(_) => check_config(&config),
+        Command::Send(args) => send(&config, args),
+        Command::Healthcheck(args) => healthcheck(&config, &args.path),
+        Command::DeadLetter(DeadLetterCommand::Replay(args)) => replay_dead_letters(&config, args),
+        Command::Spool(SpoolCommand::Drain(args)) => drain_spool(config, args),
+        Command::Spool(SpoolCommand::Parked(ParkedCommand::Retry { ids })) => {
+            retry_parked(&config, &ids)
         }
-        Command::Healthcheck { path } => {
-            let status_line = tools::healthcheck(&config, &path)
-                .with_context(|| format!("asking {} for {path}", config.admin.listen))?;
-            println!("{status_line}");
-            anyhow::ensure!(
-                status_line.split_whitespace().nth(1) == Some("200"),
-                "not healthy"
-            );
-            Ok(())
+        Command::Spool(SpoolCommand::Parked(ParkedCommand::List)) => {
+            list_parked(&config, tools::ParkedFormat::List)
         }
-        Command::Serve => serving_runtime(&config)?.block_on(serve(config)),
-        Command::Send {
-            url,
-            ca_file,
-            files,
-        } => {
-            let url = url.unwrap_or_else(|| tools::local_ingest_url(&config));
-            let all_accepted = runtime()?.block_on(tools::send(
-                &config,
-                &url,
-                ca_file.as_deref(),
-                &files,
-                std::io::stdout(),
-            ))?;
-            anyhow::ensure!(all_accepted, "not every payload was accepted");
-            Ok(())
+        Command::Spool(SpoolCommand::Parked(ParkedCommand::Export)) => {
+            list_parked(&config, tools::ParkedFormat::Export)
         }
-        Command::DeadLetter(DeadLetterCommand::Replay {
-            from_beginning,
-            max,
-            idle_exit_secs,
-        }) => {
-            let options = tools::ReplayOptions {
-                from_beginning,
-                max,
-                idle_exit: std::time::Duration::from_secs(idle_exit_secs),
-            };
-            let (replayed, still_invalid) = runtime()?.block_on(tools::replay_dead_letters(
-                &config,
-                options,
-                std::io::stdout(),
-            ))?;
-            eprintln!("replayed {replayed}, still invalid {still_invalid}");
-            Ok(())
-        }
-        Command::Spool(SpoolCommand::Drain { dir, timeout_secs }) => {
-            let mut config = config;
-            if let Some(dir) = dir {
-                config.spool.dir = dir;
-            }
-            let _telemetry =
-                telemetry::init(&config.log, &Default::default()).context("setting up logging")?;
-            let timeout = std::time::Duration::from_secs(timeout_secs);
-            let report = runtime()?
-                .block_on(superfone_bridge::drain_spool(&config, timeout))
-                .with_context(|| format!("draining {}", config.spool.dir.display()))?;
-            println!(
-                "{{\"found\":{},\"sent\":{},\"left\":{},\"parked\":{}}}",
-                report.found,
-                report.found - report.left,
-                report.left,
-                report.parked
-            );
-            anyhow::ensure!(
-                report.left == 0,
-                "{} event(s) left in {}",
-                report.left,
-                config.spool.dir.display()
-            );
-            Ok(())
-        }
-        Command::Spool(SpoolCommand::Parked(command)) => {
-            let format = match command {
-                ParkedCommand::List => tools::ParkedFormat::List,
-                ParkedCommand::Export => tools::ParkedFormat::Export,
-                ParkedCommand::Retry { ids } => {
-                    let (published, failed) = runtime()?.block_on(tools::retry_parked(
-                        &config,
-                        &ids,
-                        std::io::stdout(),
-                    ))?;
-                    eprintln!("re-published {published}, failed {failed}");
-                    if failed > 0 {
-                        anyhow::bail!(
-                            "{failed} parked record(s) could not be published; they stay parked"
-                        );
-                    }
-                    return Ok(());
-                }
-            };
-            let count = tools::parked(&config, format, std::io::stdout())?;
-            eprintln!("{count} parked record(s) in {}", config.spool.dir.display());
-            Ok(())
-        }
-        Command::Tail {
-            target,
-            from_beginning,
-            max,
-            idle_exit_secs,
-        } => {
-            let options = tools::TailOptions {
-                target,
-                from_beginning,
-                max,
-                idle_exit: idle_exit_secs.map(std::time::Duration::from_secs),
-            };
-            runtime()?.block_on(tools::tail(&config, options, std::io::stdout()))?;
-            Ok(())
-        }
+        Command::Tail(args) => tail(&config, args),
     }
 }
 
@@ -213,14 +126,17 @@ enum SpoolCommand {
     /// Send every event left in a spool to Kafka, in order, and exit: for a
     /// volume a scaled-in or deleted pod left behind. Refused while a bridge
     /// has the spool open. Exit 1 if anything is left.
-    Drain {
-        /// The spool directory (default: this config's spool.dir).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Give up after this many seconds; what is left stays in the spool.
-        #[arg(long, default_value_t = 300)]
-        timeout_secs: u64,
-    },
+    Drain(DrainArgs),
+}
+
+#[derive(Args)]
+struct DrainArgs {
+    /// The spool directory (default: this config's spool.dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Give up after this many seconds; what is left stays in the spool.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -244,17 +160,20 @@ enum DeadLetterCommand {
     /// Re-submit dead letters through the conversion path (after a schema fix),
     /// keeping their original group id. Progress is committed as consumer group
     /// superfone-bridge-dead-letter-replay, so a second run continues after the first.
-    Replay {
-        /// Start at the oldest dead letter, not after the last replayed one.
-        #[arg(long)]
-        from_beginning: bool,
-        /// Stop after this many dead letters.
-        #[arg(long)]
-        max: Option<usize>,
-        /// Stop after this many seconds without a dead letter.
-        #[arg(long, default_value_t = 5)]
-        idle_exit_secs: u64,
-    },
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Start at the oldest dead letter, not after the last replayed one.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after this many dead letters.
+    #[arg(long)]
+    max: Option<usize>,
+    /// Stop after this many seconds without a dead letter.
+    #[arg(long, default_value_t = 5)]
+    idle_exit_secs: u64,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -306,7 +225,121 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// `check-config --online`: one line per dependency check; fails on any FAIL.
+fn check_config_online(config: &Config) -> anyhow::Result<()> {
+    let report = runtime()?.block_on(superfone_bridge::ops::preflight::run(config));
+    print!("{report}");
+    let failures = report.failures();
+    anyhow::ensure!(failures == 0, "{failures} check(s) failed");
+    Ok(())
+}
+
+/// `healthcheck`: the admin listener's status line; fails unless 200.
+fn healthcheck(config: &Config, path: &str) -> anyhow::Result<()> {
+    let status_line = tools::healthcheck(config, path)
+        .with_context(|| format!("asking {} for {path}", config.admin.listen))?;
+    println!("{status_line}");
+    anyhow::ensure!(
+        status_line.split_whitespace().nth(1) == Some("200"),
+        "not healthy"
+    );
+    Ok(())
+}
+
+/// `send`: one JSON line per file posted; fails unless every answer was 2xx.
+fn send(config: &Config, args: SendArgs) -> anyhow::Result<()> {
+    let url = args.url.unwrap_or_else(|| tools::local_ingest_url(config));
+    let all_accepted = runtime()?.block_on(tools::send(
+        config,
+        &url,
+        args.ca_file.as_deref(),
+        &args.files,
+        std::io::stdout(),
+    ))?;
+    anyhow::ensure!(all_accepted, "not every payload was accepted");
+    Ok(())
+}
+
+/// `dead-letter replay`: prints each dead letter's fate, then the totals.
+fn replay_dead_letters(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
+    let options = tools::ReplayOptions {
+        from_beginning: args.from_beginning,
+        max: args.max,
+        idle_exit: Duration::from_secs(args.idle_exit_secs),
+    };
+    let (replayed, still_invalid) = runtime()?.block_on(tools::replay_dead_letters(
+        config,
+        options,
+        std::io::stdout(),
+    ))?;
+    eprintln!("replayed {replayed}, still invalid {still_invalid}");
+    Ok(())
+}
+
+/// `spool drain`: prints what was found, sent and left; fails if anything is left.
+fn drain_spool(mut config: Config, args: DrainArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.dir {
+        config.spool.dir = dir;
+    }
+    let _telemetry =
+        telemetry::init(&config.log, &Default::default()).context("setting up logging")?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let report = runtime()?
+        .block_on(superfone_bridge::drain_spool(&config, timeout))
+        .with_context(|| format!("draining {}", config.spool.dir.display()))?;
+    println!(
+        "{{\"found\":{},\"sent\":{},\"left\":{},\"parked\":{}}}",
+        report.found,
+        report.found - report.left,
+        report.left,
+        report.parked
+    );
+    anyhow::ensure!(
+        report.left == 0,
+        "{} event(s) left in {}",
+        report.left,
+        config.spool.dir.display()
+    );
+    Ok(())
+}
+
+/// `spool parked list | export`: one JSON line per parked record.
+fn list_parked(config: &Config, format: tools::ParkedFormat) -> anyhow::Result<()> {
+    let count = tools::parked(config, format, std::io::stdout())?;
+    eprintln!("{count} parked record(s) in {}", config.spool.dir.display());
+    Ok(())
+}
+
+/// `spool parked retry`: fails if any record could not be published.
+fn retry_parked(config: &Config, ids: &[u64]) -> anyhow::Result<()> {
+    let (published, failed) =
+        runtime()?.block_on(tools::retry_parked(config, ids, std::io::stdout()))?;
+    eprintln!("re-published {published}, failed {failed}");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} parked record(s) could not be published; they stay parked"
+    );
+    Ok(())
+}
+
+/// `tail`: a topic's records as JSON lines.
+fn tail(config: &Config, args: TailArgs) -> anyhow::Result<()> {
+    let options = tools::TailOptions {
+        target: args.target,
+        from_beginning: args.from_beginning,
+        max: args.max,
+        idle_exit: args.idle_exit_secs.map(Duration::from_secs),
+    };
+    runtime()?.block_on(tools::tail(config, options, std::io::stdout()))?;
+    Ok(())
+}
+
+/// `serve`: the bridge, on a runtime with `server.worker_threads` workers.
+fn serve(config: Config) -> anyhow::Result<()> {
+    serving_runtime(&config)?.block_on(run_bridge(config))
+}
+
+async fn run_bridge(config: Config) -> anyhow::Result<()> {
     let telemetry =
         telemetry::init(&config.log, &config.tracing).context("setting up telemetry")?;
     let auth = Authenticator::from_config(&config.auth)?;

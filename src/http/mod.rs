@@ -1,10 +1,12 @@
-//! The HTTP edge: the accepting thread, the accept loop and its deadlines,
+//! The HTTP edge: the accepting thread, the accept loop, connection deadlines
+//! and shedding,
 //! TLS, reading a body within the memory budget, one delivery's handling
 //! from auth to answer, and the response bodies.
 
 pub mod acceptor;
 pub mod auth;
 pub mod body;
+mod connections;
 pub mod ingest;
 pub mod response;
 pub mod server;

@@ -1,37 +1,34 @@
-//! The hyper accept loop: one task per connection, and what bounds what a
-//! client can make the server hold.
-//!
-//! Every connection is tracked (`Connections`): a connection that sends no
-//! request within the header-read timeout, or sits idle between requests for
-//! longer than the idle timeout, is closed, whatever its protocol (hyper's own
-//! HTTP/1 header timeout does not cover the HTTP/1-vs-HTTP/2 sniffing, and
-//! HTTP/2 has none). When every connection permit is taken, room is made for
-//! the new one by closing, oldest first, connections that have not sent a
-//! byte yet (closing those resets no request on its way), and only when there
-//! are none, connections idle for a while; so sockets that never speak cannot
-//! lock a real delivery out, nor make it wait. HTTP/2 gets stream,
-//! header-list and keep-alive ping limits; HTTP/1 a read-buffer cap.
-//!
-//! With `server.tls`, the TLS handshake follows the first bytes, under the
-//! same first-request deadline (`crate::http::tls`).
+//! Serving the ingest listener, in the manner of mini-redis: the `Listener`
+//! accepts a connection, admits it under the connection limit (shedding
+//! silent ones when full, `crate::http::connections`), and hands it to a
+//! `Handler` task that waits for its first bytes, does the TLS handshake if
+//! `server.tls` is set (under the same first-request deadline), and serves
+//! it with hyper. HTTP/2 gets stream, header-list and keep-alive ping
+//! limits; HTTP/1 a read-buffer cap.
 //!
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, and wait for them for at most the drain timeout.
 
 use crate::http::acceptor::{Acceptor, ACCEPT_QUEUE};
+use crate::http::connections::{first_bytes, sweep_until, Connections, Deadlines, Tracked};
 use crate::http::ingest::Ingest;
 use crate::http::tls::Tls;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -89,22 +86,15 @@ const MAX_HEADER_BYTES: u32 = 64 * 1024;
 /// HTTP/2 keep-alive pings find peers that vanished without closing.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often connections are checked against their deadlines.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a new connection waits for the permit a shed connection frees
 /// before the accept loop sheds again.
 const SHED_WAIT: Duration = Duration::from_millis(100);
-/// Connections that have spoken are shed only once silent for at least this
-/// long: a younger one may be a client whose request is on its way, and
-/// closing a socket with unread bytes resets it (seen: a webhook accepted in
-/// the first burst of a flood was shed before its request was parsed, and the
-/// client got a reset). Connections that never sent a byte need no such wait:
-/// they are checked for unread bytes as they close.
-const SHED_MIN_SILENCE: Duration = Duration::from_millis(250);
 /// Idle connections closed at once when every permit is taken, so a burst
 /// of new connections finds permits free instead of each waiting for one
 /// connection to close (a webhook queued behind a flood waited seconds).
 const SHED_BATCH: usize = 64;
+/// How long the accept loop waits after a socket failed to join the reactor.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Bounds on what clients can make the server hold.
 #[derive(Debug, Clone, Copy)]
@@ -120,184 +110,6 @@ pub struct Limits {
     /// is closed for a new one, so a flood cannot exhaust memory or file
     /// descriptors, nor lock real clients out.
     pub max_connections: usize,
-}
-
-/// One open connection, as the accept loop and the sweeper see it.
-struct Tracked {
-    /// When the last request finished, or the connection was accepted.
-    idle_since_ms: AtomicU64,
-    /// Requests being handled.
-    active: AtomicU32,
-    /// Whether a request has reached the service: decides which deadline
-    /// applies while idle (first request, or idle between requests).
-    served: AtomicBool,
-    /// Whether the connection has sent a byte; until then it is the first
-    /// to be shed.
-    spoke: AtomicBool,
-    /// Asks a connection that has not spoken to close, unless its first
-    /// bytes have just arrived.
-    shed_silent: CancellationToken,
-    close: CancellationToken,
-}
-
-impl Tracked {
-    fn is_idle(&self) -> bool {
-        self.active.load(Ordering::Acquire) == 0
-    }
-}
-
-/// The open connections.
-struct Connections {
-    epoch: Instant,
-    next_id: AtomicU64,
-    live: Mutex<HashMap<u64, Arc<Tracked>>>,
-}
-
-impl Connections {
-    fn new() -> Self {
-        Connections {
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(0),
-            live: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn open(&self, close: CancellationToken) -> (u64, Arc<Tracked>) {
-        let tracked = Arc::new(Tracked {
-            idle_since_ms: AtomicU64::new(self.now_ms()),
-            active: AtomicU32::new(0),
-            served: AtomicBool::new(false),
-            spoke: AtomicBool::new(false),
-            shed_silent: CancellationToken::new(),
-            close,
-        });
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.live
-            .lock()
-            .expect("connections lock")
-            .insert(id, Arc::clone(&tracked));
-        (id, tracked)
-    }
-
-    fn closed(&self, id: u64) {
-        self.live.lock().expect("connections lock").remove(&id);
-    }
-
-    /// Asks up to `count` connections to close to make room, in the order
-    /// least likely to cost a delivery: those that never sent a byte, oldest
-    /// first; when there are none, those stalled inside their first request;
-    /// when there are none, keep-alive connections between requests. The
-    /// last two only once silent for `SHED_MIN_SILENCE`. Returns how many
-    /// were asked.
-    fn shed_oldest_idle(&self, count: usize) -> usize {
-        let live = self.live.lock().expect("connections lock");
-        let open: Vec<&Arc<Tracked>> = live
-            .values()
-            .filter(|tracked| !tracked.close.is_cancelled())
-            .collect();
-        let (never_spoke, spoke): (Vec<_>, Vec<_>) = open
-            .into_iter()
-            .partition(|tracked| !tracked.spoke.load(Ordering::Acquire));
-        let shed = if never_spoke.is_empty() {
-            let silent_since = self
-                .now_ms()
-                .saturating_sub(SHED_MIN_SILENCE.as_millis() as u64);
-            let (keep_alive, first_request): (Vec<_>, Vec<_>) = spoke
-                .into_iter()
-                .filter(|tracked| {
-                    tracked.is_idle()
-                        && tracked.idle_since_ms.load(Ordering::Relaxed) <= silent_since
-                })
-                .partition(|tracked| tracked.served.load(Ordering::Relaxed));
-            let idle = if first_request.is_empty() {
-                keep_alive
-            } else {
-                first_request
-            };
-            let idle = oldest(idle, count);
-            for tracked in &idle {
-                tracked.close.cancel();
-            }
-            idle.len()
-        } else {
-            // Those already asked are closing: their permits are on the way.
-            let not_asked = never_spoke
-                .into_iter()
-                .filter(|tracked| !tracked.shed_silent.is_cancelled())
-                .collect();
-            let not_asked = oldest(not_asked, count);
-            for tracked in &not_asked {
-                tracked.shed_silent.cancel();
-            }
-            not_asked.len()
-        };
-        metrics::counter!(crate::observe::metrics::CONNECTIONS_SHED).increment(shed as u64);
-        shed
-    }
-
-    /// Closes connections past their deadlines: no first request within the
-    /// header-read timeout, or idle for longer than the idle timeout.
-    fn sweep(&self, limits: &Limits) {
-        let now = self.now_ms();
-        let first_request = limits.header_read_timeout.as_millis() as u64;
-        let idle = limits.idle_timeout.as_millis() as u64;
-        let live = self.live.lock().expect("connections lock");
-        for tracked in live.values() {
-            if !tracked.is_idle() || tracked.close.is_cancelled() {
-                continue;
-            }
-            let deadline = if tracked.served.load(Ordering::Relaxed) {
-                idle
-            } else {
-                first_request
-            };
-            let overdue =
-                now.saturating_sub(tracked.idle_since_ms.load(Ordering::Relaxed)) >= deadline;
-            if overdue {
-                tracked.close.cancel();
-                metrics::counter!(crate::observe::metrics::CONNECTIONS_TIMED_OUT).increment(1);
-            }
-        }
-    }
-}
-
-/// The `count` connections idle the longest.
-fn oldest(mut connections: Vec<&Arc<Tracked>>, count: usize) -> Vec<&Arc<Tracked>> {
-    let idle_since = |tracked: &&Arc<Tracked>| tracked.idle_since_ms.load(Ordering::Relaxed);
-    if connections.len() > count {
-        connections.select_nth_unstable_by_key(count, idle_since);
-        connections.truncate(count);
-    }
-    connections
-}
-
-/// Waits for a new connection's first bytes; false when it must close
-/// without a word instead (shut down, past the first-request deadline, or
-/// shed while silent). A shed connection whose bytes arrived meanwhile is
-/// kept: closing a socket with unread bytes would reset its request.
-async fn first_bytes(stream: &TcpStream, tracked: &Tracked) -> bool {
-    let mut byte = [0u8; 1];
-    let spoke = tokio::select! {
-        // Peeked, not `readable()`: tokio reports a new socket readable
-        // before anything has arrived.
-        peeked = stream.peek(&mut byte) => matches!(peeked, Ok(read) if read > 0),
-        () = tracked.close.cancelled() => false,
-        () = tracked.shed_silent.cancelled() => {
-            let mut byte = [0u8; 1];
-            matches!(
-                futures::future::poll_immediate(stream.peek(&mut byte)).await,
-                Some(Ok(read)) if read > 0
-            )
-        }
-    };
-    if spoke {
-        tracked.spoke.store(true, Ordering::Release);
-    }
-    spoke
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -343,170 +155,280 @@ async fn handshake(
 /// Serves until `shutdown` resolves, then drains in-flight requests for at
 /// most `drain_timeout`. With `tls`, every connection is HTTPS.
 pub async fn serve(
-    mut acceptor: Acceptor,
+    acceptor: Acceptor,
     ingest: Arc<Ingest>,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
     tls: Option<Arc<Tls>>,
 ) {
-    let builder = Arc::new(builder(&limits));
-    let connections = Arc::new(Connections::new());
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let stopping = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(sweep_until(
-        Arc::clone(&connections),
-        limits,
-        stopping.clone(),
-    ));
-    // Connections asked to close whose permits have not come back yet.
-    let mut shed_underway: usize = 0;
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = acceptor.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // The socket could not join the runtime's reactor:
-                    // back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+    let mut listener = Listener::new(acceptor, ingest, limits, tls);
+    listener.run(shutdown).await;
+    listener.drain().await;
+}
+
+/// The accept loop's state: what every connection shares, and the permits
+/// that bound how many are open.
+struct Listener {
+    acceptor: Acceptor,
+    ingest: Arc<Ingest>,
+    tls: Option<Arc<Tls>>,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: Arc<Connections>,
+    permits: Arc<Semaphore>,
+    /// Connections asked to close whose permits have not come back yet.
+    shed_underway: usize,
+    /// Cancelled at shutdown: every connection's `close` is a child of it.
+    stopping: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Listener {
+    fn new(acceptor: Acceptor, ingest: Arc<Ingest>, limits: Limits, tls: Option<Arc<Tls>>) -> Self {
+        let connections = Arc::new(Connections::new());
+        let stopping = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let deadlines = Deadlines {
+            first_request: limits.header_read_timeout,
+            idle: limits.idle_timeout,
         };
-        // Full: make room by closing the longest-silent connections, and
-        // keep the new one waiting (never dropped: it may carry a delivery)
-        // until a permit frees. The connections asked free their permits one
-        // by one as their tasks run; until they have, or `SHED_WAIT` passes,
-        // the next new connections wait for those permits instead of asking
-        // (and scanning every connection) again: a single busy worker freed
-        // them one at a time, and a scan per connection made the accept loop
-        // the bottleneck of a flood.
-        let permit = loop {
-            if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
-                shed_underway = shed_underway.saturating_sub(1);
-                break Some(permit);
-            }
-            if shed_underway == 0 {
-                shed_underway = connections.shed_oldest_idle(SHED_BATCH);
-            }
-            tokio::select! {
-                permit = tokio::time::timeout(SHED_WAIT, Arc::clone(&permits).acquire_owned()) => {
-                    match permit {
-                        Ok(permit) => {
-                            shed_underway = shed_underway.saturating_sub(1);
-                            break Some(permit.expect("semaphore never closed"));
-                        }
-                        // Those asked did not all close in time: ask again.
-                        Err(_) => shed_underway = 0,
-                    }
-                }
-                () = &mut shutdown => break None,
-            }
-        };
-        let Some(permit) = permit else {
-            break;
-        };
-        let (id, tracked) = connections.open(stopping.child_token());
-        let service = {
-            let (ingest, tracked, connections) = (
-                Arc::clone(&ingest),
-                Arc::clone(&tracked),
-                Arc::clone(&connections),
-            );
-            service_fn(move |request| {
-                tracked.active.fetch_add(1, Ordering::AcqRel);
-                tracked.served.store(true, Ordering::Relaxed);
-                let (ingest, tracked, connections) = (
-                    Arc::clone(&ingest),
-                    Arc::clone(&tracked),
-                    Arc::clone(&connections),
-                );
-                // Boxed so the delivery path's state (about 4 KB) is freed when the
-                // answer is sent: hyper keeps the slot of the service's future for
-                // the connection's life, so inline it stayed with every idle
-                // keep-alive connection (measured: 400 connections held ~1.5 MB more).
-                let delivery = Box::pin(async move {
-                    let response = ingest.handle(request).await;
-                    tracked
-                        .idle_since_ms
-                        .store(connections.now_ms(), Ordering::Relaxed);
-                    tracked.active.fetch_sub(1, Ordering::AcqRel);
-                    response
-                });
-                async move { Ok::<_, Infallible>(delivery.await) }
-            })
-        };
-        let (builder, connections) = (Arc::clone(&builder), Arc::clone(&connections));
-        let tls = tls.clone();
-        let drain_timeout = limits.drain_timeout;
-        tasks.spawn(async move {
-            if !first_bytes(&stream, &tracked).await {
-                connections.closed(id);
-                drop(permit);
+        tasks.spawn(sweep_until(
+            Arc::clone(&connections),
+            deadlines,
+            stopping.clone(),
+        ));
+        Listener {
+            acceptor,
+            ingest,
+            tls,
+            builder: Arc::new(builder(&limits)),
+            connections,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            shed_underway: 0,
+            stopping,
+            tasks,
+        }
+    }
+
+    /// Accepts, admits and hands off connections until `shutdown` resolves.
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let Some((stream, peer)) = self.accept(&mut shutdown).await else {
                 return;
-            }
-            let stream = match &tls {
-                None => Either::Left(stream),
-                Some(tls) => match handshake(tls, stream, &tracked, peer).await {
-                    Some(stream) => Either::Right(stream),
-                    None => {
-                        connections.closed(id);
-                        drop(permit);
-                        return;
+            };
+            let Some(permit) = self.admit(&mut shutdown).await else {
+                return;
+            };
+            self.spawn_handler(stream, peer, permit);
+        }
+    }
+
+    /// The next connection, or `None` once `shutdown` resolves.
+    async fn accept<S: Future<Output = ()>>(
+        &mut self,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            tokio::select! {
+                accepted = self.acceptor.accept() => match accepted {
+                    Ok(accepted) => return Some(accepted),
+                    Err(error) => {
+                        // The socket could not join the runtime's reactor:
+                        // back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
-            };
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = tracked.close.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    if tracked.is_idle() {
-                        // No request in the service, and only this task polls the
-                        // connection, so none can arrive before the drop: one poll
-                        // to send HTTP/2's GOAWAY, then close. (Waiting for hyper
-                        // would wait out the header timeout of a half-sent request.)
-                        futures::future::poll_immediate(connection.as_mut())
-                            .await
-                            .unwrap_or(Ok(()))
-                    } else {
-                        // Finish the request in flight, then close.
-                        tokio::time::timeout(drain_timeout, connection)
-                            .await
-                            .unwrap_or(Ok(()))
-                    }
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+                () = shutdown.as_mut() => return None,
             }
-            connections.closed(id);
-            drop(permit);
-        });
+        }
     }
-    drop(acceptor);
-    tracing::info!("stopped accepting; draining in-flight requests");
-    stopping.cancel();
-    tasks.close();
-    tokio::select! {
-        () = tasks.wait() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(limits.drain_timeout) => tracing::warn!(drain_timeout = ?limits.drain_timeout, "drain timeout: closing remaining connections"),
+
+    /// A permit for a new connection; `None` once `shutdown` resolves.
+    ///
+    /// Full: make room by closing the longest-silent connections, and keep
+    /// the new one waiting (never dropped: it may carry a delivery) until a
+    /// permit frees. The connections asked free their permits one by one as
+    /// their tasks run; until they have, or `SHED_WAIT` passes, the next new
+    /// connections wait for those permits instead of asking (and scanning
+    /// every connection) again: a single busy worker freed them one at a
+    /// time, and a scan per connection made the accept loop the bottleneck
+    /// of a flood.
+    async fn admit<S: Future<Output = ()>>(
+        &mut self,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Option<OwnedSemaphorePermit> {
+        loop {
+            if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+                self.shed_underway = self.shed_underway.saturating_sub(1);
+                return Some(permit);
+            }
+            if self.shed_underway == 0 {
+                self.shed_underway = self.connections.shed_oldest_idle(SHED_BATCH);
+            }
+            let freed = tokio::time::timeout(SHED_WAIT, Arc::clone(&self.permits).acquire_owned());
+            tokio::select! {
+                freed = freed => match freed {
+                    Ok(permit) => {
+                        self.shed_underway = self.shed_underway.saturating_sub(1);
+                        return Some(permit.expect("semaphore never closed"));
+                    }
+                    // Those asked did not all close in time: ask again.
+                    Err(_) => self.shed_underway = 0,
+                },
+                () = shutdown.as_mut() => return None,
+            }
+        }
+    }
+
+    fn spawn_handler(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let (id, tracked) = self.connections.open(self.stopping.child_token());
+        let handler = Handler {
+            stream,
+            peer,
+            tracked,
+            ingest: Arc::clone(&self.ingest),
+            tls: self.tls.clone(),
+            builder: Arc::clone(&self.builder),
+            drain_timeout: self.limits.drain_timeout,
+            _slot: Slot {
+                id,
+                connections: Arc::clone(&self.connections),
+                _permit: permit,
+            },
+        };
+        self.tasks.spawn(handler.run());
+    }
+
+    /// Stops accepting, asks every connection to close after its request in
+    /// flight, and waits for them for at most the drain timeout.
+    async fn drain(self) {
+        drop(self.acceptor);
+        tracing::info!("stopped accepting; draining in-flight requests");
+        self.stopping.cancel();
+        self.tasks.close();
+        let drain_timeout = self.limits.drain_timeout;
+        tokio::select! {
+            () = self.tasks.wait() => tracing::info!("all connections drained"),
+            () = tokio::time::sleep(drain_timeout) => tracing::warn!(
+                ?drain_timeout,
+                "drain timeout: closing remaining connections"
+            ),
+        }
     }
 }
 
-async fn sweep_until(connections: Arc<Connections>, limits: Limits, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(SWEEP_INTERVAL) => connections.sweep(&limits),
-            () = stop.cancelled() => return,
+/// A connection's place among the open ones: given back (tracking entry and
+/// permit) when its handler ends, however it ends.
+struct Slot {
+    id: u64,
+    connections: Arc<Connections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.closed(self.id);
+    }
+}
+
+/// One connection's task, from its first bytes to its close.
+struct Handler {
+    stream: TcpStream,
+    peer: SocketAddr,
+    tracked: Arc<Tracked>,
+    ingest: Arc<Ingest>,
+    tls: Option<Arc<Tls>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    drain_timeout: Duration,
+    _slot: Slot,
+}
+
+impl Handler {
+    async fn run(self) {
+        if !first_bytes(&self.stream, &self.tracked).await {
+            return;
+        }
+        let stream = match &self.tls {
+            None => Either::Left(self.stream),
+            Some(tls) => match handshake(tls, self.stream, &self.tracked, self.peer).await {
+                Some(stream) => Either::Right(stream),
+                None => return,
+            },
+        };
+        let service = delivery_service(
+            Arc::clone(&self.ingest),
+            Arc::clone(&self.tracked),
+            Arc::clone(&self._slot.connections),
+        );
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = self.tracked.close.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                if self.tracked.is_idle() {
+                    // No request in the service, and only this task polls the
+                    // connection, so none can arrive before the drop: one poll
+                    // to send HTTP/2's GOAWAY, then close. (Waiting for hyper
+                    // would wait out the header timeout of a half-sent request.)
+                    futures::future::poll_immediate(connection.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                } else {
+                    // Finish the request in flight, then close.
+                    tokio::time::timeout(self.drain_timeout, connection)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
         }
     }
+}
+
+/// The service of one connection: each request goes to `ingest`, counted
+/// as active on `tracked` while it runs, so the sweeper and the shedding
+/// never close a connection in the middle of a delivery.
+fn delivery_service(
+    ingest: Arc<Ingest>,
+    tracked: Arc<Tracked>,
+    connections: Arc<Connections>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> {
+    service_fn(move |request| {
+        tracked.active.fetch_add(1, Ordering::AcqRel);
+        tracked.served.store(true, Ordering::Relaxed);
+        let (ingest, tracked, connections) = (
+            Arc::clone(&ingest),
+            Arc::clone(&tracked),
+            Arc::clone(&connections),
+        );
+        // Boxed so the delivery path's state (about 4 KB) is freed when the
+        // answer is sent: hyper keeps the slot of the service's future for
+        // the connection's life, so inline it stayed with every idle
+        // keep-alive connection (400 connections held ~1.5 MB more).
+        let delivery = Box::pin(async move {
+            let response = ingest.handle(request).await;
+            tracked
+                .idle_since_ms
+                .store(connections.now_ms(), Ordering::Relaxed);
+            tracked.active.fetch_sub(1, Ordering::AcqRel);
+            response
+        });
+        async move { Ok::<_, Infallible>(delivery.await) }
+    })
 }
 
 #[cfg(test)]
