@@ -29,7 +29,7 @@
 //!   the replay goes on with the records behind it. Retrying it would block
 //!   every later record of every lead.
 
-use crate::durability::kafka::{Acknowledgement, Delivered, Publisher};
+use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher};
 use crate::durability::spool::{Location, Spool, SpoolError};
 use crate::pipeline::registry::{SchemaIds, Unstamped};
 use crate::vocabulary::headers::GROUP_ID_HEADER;
@@ -111,6 +111,24 @@ struct Backlog {
     /// First attempts still running for spooled entries: each resolves
     /// `true` if it reached Kafka.
     first_attempts: HashMap<u64, oneshot::Receiver<bool>>,
+}
+
+/// How one replay window went.
+#[derive(Default)]
+struct Window {
+    /// What the replay waits for, when it could not send everything.
+    waiting_for: Option<String>,
+    kafka_failed: bool,
+}
+
+impl Window {
+    /// Kafka refused a record for now: the producer is replaced if it must
+    /// be, and the rest waits.
+    fn kafka_refused(&mut self, publisher: &Publisher, error: &PublishError) {
+        publisher.recover(error);
+        self.kafka_failed = true;
+        self.waiting_for = Some(format!("Kafka: {error}"));
+    }
 }
 
 /// A spool entry found at start-up, as the backlog keeps it.
@@ -479,27 +497,50 @@ impl Delivery {
             (head, backlog.first_attempts.remove(&head))
         };
         if let Some(attempt) = attempt {
-            if attempt.await.unwrap_or(false) {
-                self.complete(head);
-                self.kafka_up.store(true, Ordering::Relaxed);
-            }
+            self.settle_first_attempt(head, attempt).await;
             return Some(true);
         }
+        let read = self.read_window().await;
+        let mut window = Window::default();
+        let sent = self.send_window(read, &mut window).await;
+        self.await_window(sent, &mut window).await;
+        self.kafka_up.store(!window.kafka_failed, Ordering::Relaxed);
+        let progressed = window.waiting_for.is_none();
+        self.report_waiting(window.waiting_for);
+        Some(progressed)
+    }
+
+    /// The head's first attempt (from the request that spooled it) is still
+    /// running: nothing behind it is sent until it ends, and if it reached
+    /// Kafka the entry is done.
+    async fn settle_first_attempt(&self, head: u64, attempt: oneshot::Receiver<bool>) {
+        if attempt.await.unwrap_or(false) {
+            self.complete(head);
+            self.kafka_up.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The next window's records, read back from the spool off the runtime.
+    async fn read_window(&self) -> Vec<(u64, Result<Record, SpoolError>)> {
         let window = self.next_window();
         let spool = self.spool.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let records = spool.read(&window);
-            window
-                .into_iter()
-                .map(|(id, _)| id)
-                .zip(records)
-                .collect::<Vec<_>>()
+            window.into_iter().map(|(id, _)| id).zip(records).collect()
         })
         .await
-        .expect("spool read task panicked");
-        let mut waiting = None;
-        let mut kafka_failed = false;
-        let mut acknowledgements = Vec::with_capacity(read.len());
+        .expect("spool read task panicked")
+    }
+
+    /// Enqueues the window's records in spool order, each stamped with its
+    /// schema id; stops at the first that must wait (registry, Kafka).
+    /// Records Kafka can never take are parked on the way.
+    async fn send_window(
+        &self,
+        read: Vec<(u64, Result<Record, SpoolError>)>,
+        window: &mut Window,
+    ) -> Vec<(u64, Record, Acknowledgement)> {
+        let mut sent = Vec::with_capacity(read.len());
         for (id, record) in read {
             let mut record = match record {
                 Ok(record) => record,
@@ -516,39 +557,36 @@ impl Delivery {
                     continue;
                 }
                 Err(Unstamped::Waiting { subject }) => {
-                    waiting = Some(format!("the schema registry, for the id of {subject}"));
+                    window.waiting_for =
+                        Some(format!("the schema registry, for the id of {subject}"));
                     break;
                 }
             }
             match self.publisher.enqueue(&record) {
-                Ok(acknowledgement) => acknowledgements.push((id, record, acknowledgement)),
+                Ok(acknowledgement) => sent.push((id, record, acknowledgement)),
                 Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
                 Err(error) => {
-                    self.publisher.recover(&error);
-                    kafka_failed = true;
-                    waiting = Some(format!("Kafka: {error}"));
+                    window.kafka_refused(&self.publisher, &error);
                     break;
                 }
             }
         }
-        for (id, record, acknowledgement) in acknowledgements {
+        sent
+    }
+
+    /// Waits for the window's acknowledgements: each acknowledged entry is
+    /// done, each refused for good parked, the rest sent again next time.
+    async fn await_window(&self, sent: Vec<(u64, Record, Acknowledgement)>, window: &mut Window) {
+        for (id, record, acknowledgement) in sent {
             match acknowledgement.await {
                 Ok(_) => {
                     metrics::counter!(crate::observe::metrics::REPLAYED).increment(1);
                     self.complete(id);
                 }
                 Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
-                Err(error) => {
-                    self.publisher.recover(&error);
-                    kafka_failed = true;
-                    waiting = Some(format!("Kafka: {error}"));
-                }
+                Err(error) => window.kafka_refused(&self.publisher, &error),
             }
         }
-        self.kafka_up.store(!kafka_failed, Ordering::Relaxed);
-        let progressed = waiting.is_none();
-        self.report_waiting(waiting);
-        Some(progressed)
     }
 
     /// Parks a spooled entry; on success it leaves the backlog. If even the

@@ -38,6 +38,169 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
 ];
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric's `# HELP` line and unit.
+struct Described {
+    name: &'static str,
+    kind: Kind,
+    unit: Option<Unit>,
+    help: &'static str,
+}
+
+/// Every metric the bridge exports, as `/metrics` describes it.
+const DESCRIBED: &[Described] = &[
+    Described {
+        name: REQUESTS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Requests by event and outcome (published, spooled, parked, duplicate, dead_lettered, unauthorized, payload_too_large, request_timeout, busy, bad_request, not_found, method_not_allowed, unavailable)",
+    },
+    Described {
+        name: REQUEST_DURATION,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        help: "Time from request to answer, by outcome",
+    },
+    Described {
+        name: PRODUCE_DURATION,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        help: "Time from enqueue to broker acknowledgement",
+    },
+    Described {
+        name: IN_FLIGHT,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Requests being handled",
+    },
+    Described {
+        name: DEDUP_HITS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Deliveries answered as duplicates",
+    },
+    Described {
+        name: REGISTRY_ERRORS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Schema registry calls that failed",
+    },
+    Described {
+        name: SPOOL_RECORDS,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Events in the spool not yet acknowledged by Kafka",
+    },
+    Described {
+        name: SPOOL_BYTES,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Bytes),
+        help: "Bytes of spool segment files on disk",
+    },
+    Described {
+        name: SPOOL_OLDEST_AGE,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "Age of the oldest event waiting in the spool (0 when empty)",
+    },
+    Described {
+        name: SPOOL_FAILURES,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Events neither Kafka nor the spool took (answered 503)",
+    },
+    Described {
+        name: REPLAYED,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Spooled events replayed to Kafka",
+    },
+    Described {
+        name: SPOOL_PARKED,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Records Kafka refused for good, kept in the spool's parked log (superfone-bridge spool parked)",
+    },
+    Described {
+        name: PARKED,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Records parked because Kafka refused them for good (too large, forbidden or invalid topic)",
+    },
+    Described {
+        name: PRODUCER_REPLACEMENTS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Kafka producers replaced after a fatal or fenced state",
+    },
+    Described {
+        name: KAFKA_QUEUE,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Messages in librdkafka's producer queue (statistics msg_cnt)",
+    },
+    Described {
+        name: KAFKA_RTT,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "Average broker round-trip time, by broker (librdkafka statistics)",
+    },
+    Described {
+        name: READY,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 when /readyz is ready: the spool is writable and has room for a largest record",
+    },
+    Described {
+        name: KAFKA_REACHABLE,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "1 when the brokers answered the last metadata request (every 2 s)",
+    },
+    Described {
+        name: REGISTRY_PENDING,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Event schemas without a registry id yet; their events wait in the spool",
+    },
+    Described {
+        name: CONNECTIONS_SHED,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Idle connections closed to make room for a new one (all delivery.max_connections taken)",
+    },
+    Described {
+        name: CONNECTIONS_TIMED_OUT,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Connections closed for sending no request within delivery.header_read_timeout_ms, or idling past delivery.idle_timeout_ms",
+    },
+    Described {
+        name: TLS_HANDSHAKE_FAILURES,
+        kind: Kind::Counter,
+        unit: None,
+        help: "TLS handshakes that failed (plain HTTP to the TLS port, untrusted or missing client certificate, no common protocol)",
+    },
+    Described {
+        name: TLS_RELOAD_FAILURES,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Changed TLS files that could not be used; the certificate in use was kept",
+    },
+    Described {
+        name: BODY_BUDGET_WAITS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Requests that waited for room in server.max_body_bytes_in_flight before their body was read",
+    },
+];
+
 /// The process-wide recorder, installed on first use; the handle renders the
 /// exposition text.
 pub fn handle() -> PrometheusHandle {
@@ -51,92 +214,9 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
         .install_recorder()?;
-    describe_counter!(REQUESTS, "Requests by event and outcome (published, spooled, parked, duplicate, dead_lettered, unauthorized, payload_too_large, request_timeout, busy, bad_request, not_found, method_not_allowed, unavailable)");
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from request to answer, by outcome"
-    );
-    describe_histogram!(
-        PRODUCE_DURATION,
-        Unit::Seconds,
-        "Time from enqueue to broker acknowledgement"
-    );
-    describe_gauge!(IN_FLIGHT, "Requests being handled");
-    describe_counter!(DEDUP_HITS, "Deliveries answered as duplicates");
-    describe_counter!(REGISTRY_ERRORS, "Schema registry calls that failed");
-    describe_gauge!(
-        SPOOL_RECORDS,
-        "Events in the spool not yet acknowledged by Kafka"
-    );
-    describe_gauge!(
-        SPOOL_BYTES,
-        Unit::Bytes,
-        "Bytes of spool segment files on disk"
-    );
-    describe_gauge!(
-        SPOOL_OLDEST_AGE,
-        Unit::Seconds,
-        "Age of the oldest event waiting in the spool (0 when empty)"
-    );
-    describe_counter!(
-        SPOOL_FAILURES,
-        "Events neither Kafka nor the spool took (answered 503)"
-    );
-    describe_counter!(REPLAYED, "Spooled events replayed to Kafka");
-    describe_gauge!(
-        SPOOL_PARKED,
-        "Records Kafka refused for good, kept in the spool's parked log (superfone-bridge spool parked)"
-    );
-    describe_counter!(
-        PARKED,
-        "Records parked because Kafka refused them for good (too large, forbidden or invalid topic)"
-    );
-    describe_counter!(
-        PRODUCER_REPLACEMENTS,
-        "Kafka producers replaced after a fatal or fenced state"
-    );
-    describe_gauge!(
-        KAFKA_QUEUE,
-        "Messages in librdkafka's producer queue (statistics msg_cnt)"
-    );
-    describe_gauge!(
-        KAFKA_RTT,
-        Unit::Seconds,
-        "Average broker round-trip time, by broker (librdkafka statistics)"
-    );
-    describe_gauge!(
-        READY,
-        "1 when /readyz is ready: the spool is writable and has room for a largest record"
-    );
-    describe_gauge!(
-        KAFKA_REACHABLE,
-        "1 when the brokers answered the last metadata request (every 2 s)"
-    );
-    describe_gauge!(
-        REGISTRY_PENDING,
-        "Event schemas without a registry id yet; their events wait in the spool"
-    );
-    describe_counter!(
-        CONNECTIONS_SHED,
-        "Idle connections closed to make room for a new one (all delivery.max_connections taken)"
-    );
-    describe_counter!(
-        CONNECTIONS_TIMED_OUT,
-        "Connections closed for sending no request within delivery.header_read_timeout_ms, or idling past delivery.idle_timeout_ms"
-    );
-    describe_counter!(
-        TLS_HANDSHAKE_FAILURES,
-        "TLS handshakes that failed (plain HTTP to the TLS port, untrusted or missing client certificate, no common protocol)"
-    );
-    describe_counter!(
-        TLS_RELOAD_FAILURES,
-        "Changed TLS files that could not be used; the certificate in use was kept"
-    );
-    describe_counter!(
-        BODY_BUDGET_WAITS,
-        "Requests that waited for room in server.max_body_bytes_in_flight before their body was read"
-    );
+    for metric in DESCRIBED {
+        describe(metric);
+    }
     // Shown as 0 from the start, so an alert on any increase has a baseline
     // and a dashboard shows 0 rather than "no data".
     for name in [
@@ -155,6 +235,18 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         counter!(name).increment(0);
     }
     Ok(handle)
+}
+
+fn describe(metric: &Described) {
+    let (name, help) = (metric.name, metric.help);
+    match (metric.kind, metric.unit) {
+        (Kind::Counter, Some(unit)) => describe_counter!(name, unit, help),
+        (Kind::Counter, None) => describe_counter!(name, help),
+        (Kind::Gauge, Some(unit)) => describe_gauge!(name, unit, help),
+        (Kind::Gauge, None) => describe_gauge!(name, help),
+        (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
+        (Kind::Histogram, None) => describe_histogram!(name, help),
+    }
 }
 
 pub fn record_request(event: &'static str, outcome: &'static str, elapsed: Duration) {

@@ -25,9 +25,11 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTrace
 use opentelemetry_sdk::Resource;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -56,7 +58,7 @@ pub enum TelemetryError {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     pub exporting_to: Option<String>,
-    _log_writer: tracing_appender::non_blocking::WorkerGuard,
+    _log_writer: WorkerGuard,
 }
 
 impl Telemetry {
@@ -96,6 +98,32 @@ fn sampler(name: &str, ratio: Option<f64>) -> Result<Sampler, TelemetryError> {
 /// Installs the global subscriber (call inside the Tokio runtime: the gRPC
 /// exporter needs it). `RUST_LOG` overrides the configured log filter.
 pub fn init(log: &LogConfig, config: &TracingConfig) -> Result<Telemetry, TelemetryError> {
+    let endpoint = setting(&config.endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    let provider = tracer_provider(config, endpoint.as_deref())?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let span_layer = endpoint.is_some().then(|| span_export_layer(&provider));
+    let (log_layer, log_writer) = log_layer(log);
+    let result = tracing_subscriber::registry()
+        .with(span_layer)
+        .with(log_layer)
+        .try_init();
+    match result {
+        Ok(()) => EXPORTING.store(endpoint.is_some(), Ordering::Relaxed),
+        Err(error) => eprintln!("logging already initialised: {error}"),
+    }
+    Ok(Telemetry {
+        provider,
+        exporting_to: endpoint,
+        _log_writer: log_writer,
+    })
+}
+
+/// The tracer provider: service name and sampler, and a batch exporter to
+/// `endpoint` if there is one.
+fn tracer_provider(
+    config: &TracingConfig,
+    endpoint: Option<&str>,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let service_name = setting(&config.service_name, "OTEL_SERVICE_NAME")
         .unwrap_or_else(|| "superfone-bridge".into());
     let mut builder = SdkTracerProvider::builder()
@@ -103,51 +131,66 @@ pub fn init(log: &LogConfig, config: &TracingConfig) -> Result<Telemetry, Teleme
     if let Some(name) = &config.sampler {
         builder = builder.with_sampler(sampler(name, config.sampler_ratio)?);
     }
-    let endpoint = setting(&config.endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT");
-    if let Some(endpoint) = &endpoint {
+    if let Some(endpoint) = endpoint {
         let protocol = setting(&config.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL")
             .unwrap_or_else(|| "http/protobuf".into());
-        let exporter = match protocol.as_str() {
-            "grpc" => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()?,
-            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                // A base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: the signal path is appended.
-                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()?,
-            other => return Err(TelemetryError::Protocol(other.to_owned())),
-        };
-        builder = builder.with_batch_exporter(exporter);
+        builder = builder.with_batch_exporter(span_exporter(endpoint, &protocol)?);
     }
-    let provider = builder.build();
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    // Only the spans' own attributes: thread, source location and busy/idle
-    // times would be built for every delivery and say nothing to an SRE.
-    let otel_layer = endpoint.is_some().then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("superfone-bridge"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                metadata.is_span() && metadata.name().starts_with("superfone.")
-            }))
-    });
+    Ok(builder.build())
+}
 
-    // Lines are written by a thread of their own, through a buffer flushed
-    // whenever its queue runs empty: one write for a burst of lines.
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+fn span_exporter(
+    endpoint: &str,
+    protocol: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    Ok(match protocol {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()?,
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            // A base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: the signal path is appended.
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()?,
+        other => return Err(TelemetryError::Protocol(other.to_owned())),
+    })
+}
+
+/// The layer that turns the bridge's own spans into OpenTelemetry spans:
+/// only their attributes; thread, source location and busy/idle times would
+/// be built for every delivery and say nothing to an SRE.
+fn span_export_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("superfone-bridge"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            metadata.is_span() && metadata.name().starts_with("superfone.")
+        }))
+}
+
+/// The log layer, text or JSON, and the guard of its writer thread. Lines
+/// are written by a thread of their own, through a buffer flushed whenever
+/// its queue runs empty: one write for a burst of lines.
+fn log_layer<S>(log: &LogConfig) -> (impl Layer<S>, WorkerGuard)
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(false)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
-    let fmt_layer = match log.format {
+    let format = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             // Colour codes only for a person at a terminal, not in log files.
             .with_ansi(std::io::stderr().is_terminal())
@@ -168,19 +211,7 @@ pub fn init(log: &LogConfig, config: &TracingConfig) -> Result<Telemetry, Teleme
             || metadata.name() == DELIVERY_SPAN
             || !metadata.name().starts_with("superfone.")
     });
-    let result = tracing_subscriber::registry()
-        .with(otel_layer)
-        .with(fmt_layer.with_filter(filter.and(log_spans)))
-        .try_init();
-    match result {
-        Ok(()) => EXPORTING.store(endpoint.is_some(), Ordering::Relaxed),
-        Err(error) => eprintln!("logging already initialised: {error}"),
-    }
-    Ok(Telemetry {
-        provider,
-        exporting_to: endpoint,
-        _log_writer: log_writer,
-    })
+    (format.with_filter(filter.and(log_spans)), guard)
 }
 
 struct HeaderExtractor<'a>(&'a hyper::HeaderMap);

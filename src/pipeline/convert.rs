@@ -364,31 +364,8 @@ impl<'a> Writer<'a> {
                 })?;
                 write_long(&mut self.out, millis);
             }
-            Plan::Array(items) => {
-                let array = json
-                    .as_array()
-                    .ok_or_else(|| self.error("expected an array"))?;
-                self.block_count(array.len());
-                for (index, item) in array.iter().enumerate() {
-                    self.nested(Segment::Index(index), |writer| {
-                        writer.value(items, Some(item))
-                    })?;
-                }
-                self.end_of_blocks();
-            }
-            Plan::Map(values) => {
-                let object = json
-                    .as_object()
-                    .ok_or_else(|| self.error("expected an object"))?;
-                self.block_count(object.len());
-                for (key, item) in object {
-                    write_string(&mut self.out, key);
-                    self.nested(Segment::Member(key), |writer| {
-                        writer.value(values, Some(item))
-                    })?;
-                }
-                self.end_of_blocks();
-            }
+            Plan::Array(items) => self.array(items, json)?,
+            Plan::Map(values) => self.map(values, json)?,
             Plan::Record(index) => {
                 let object = json
                     .as_object()
@@ -398,6 +375,37 @@ impl<'a> Writer<'a> {
             Plan::Unsupported(problem) => return Err(self.error(problem.clone())),
             Plan::Union { .. } => unreachable!("unions are written above"),
         }
+        Ok(())
+    }
+
+    /// An array: one block of its items, each written by `items`.
+    fn array(&mut self, items: &'a Plan, json: &'a Json) -> Result<(), ConvertError> {
+        let array = json
+            .as_array()
+            .ok_or_else(|| self.error("expected an array"))?;
+        self.block_count(array.len());
+        for (index, item) in array.iter().enumerate() {
+            self.nested(Segment::Index(index), |writer| {
+                writer.value(items, Some(item))
+            })?;
+        }
+        self.end_of_blocks();
+        Ok(())
+    }
+
+    /// A map: one block of key and value pairs, each value written by `values`.
+    fn map(&mut self, values: &'a Plan, json: &'a Json) -> Result<(), ConvertError> {
+        let object = json
+            .as_object()
+            .ok_or_else(|| self.error("expected an object"))?;
+        self.block_count(object.len());
+        for (key, item) in object {
+            write_string(&mut self.out, key);
+            self.nested(Segment::Member(key), |writer| {
+                writer.value(values, Some(item))
+            })?;
+        }
+        self.end_of_blocks();
         Ok(())
     }
 
