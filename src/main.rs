@@ -86,10 +86,10 @@ struct TailArgs {
     idle_exit_secs: Option<u64>,
 }
 
-// glibc's malloc was 17% of the bridge's CPU under load (perf); scripts/bench
-// measured jemalloc at 28% less CPU per delivery, and mimalloc at 18% less but
-// with twice the resident memory (README, "Benchmark"). Its options are built
-// in from .cargo/config.toml.
+// glibc's malloc was the largest user-space cost in the profile under load;
+// jemalloc costs less CPU per delivery than it, and less memory than mimalloc
+// (docs/benchmarks/README.md, "What each change bought"). Its options are
+// built in from .cargo/config.toml.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,5 +1,5 @@
 //! Sockets that never speak, or stop halfway through their headers, must not
-//! take the bridge offline (issue 10, break 2): 2,100 silent connections used
+//! take the bridge offline: 2,100 silent connections used
 //! to hold all 2,048 permits forever, and a real delivery then timed out.
 #![cfg(feature = "e2e")]
 

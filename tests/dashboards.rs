@@ -1,5 +1,5 @@
 //! The chart's Grafana dashboard and PrometheusRule against what the bridge
-//! really exports (issue 12, item 2): every metric a panel or an alert
+//! really exports: every metric a panel or an alert
 //! names must be on a live bridge's /metrics, so a renamed metric cannot
 //! leave a panel empty or an alert silent. (The alerts' logic is tested by
 //! promtool in scripts/check-deploy.)

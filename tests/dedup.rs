@@ -1,7 +1,7 @@
 //! Duplicate suppression against the real bridge and broker: a repeat is
 //! suppressed only when it is identical to the latest event of its entity,
 //! so genuine changes (a lead stage moved back, a reminder firing again after
-//! its task was rescheduled) are all published (issue 10, break 3).
+//! its task was rescheduled) are all published.
 #![cfg(feature = "e2e")]
 
 mod support;

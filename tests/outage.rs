@@ -1,4 +1,4 @@
-//! Outages of the bridge's dependencies (issue 10, breaks 5 and 6): a pod
+//! Outages of the bridge's dependencies: a pod
 //! must make events durable whenever its spool can, whatever Kafka and the
 //! schema registry are doing; readiness says exactly that; and a long
 //! outage must not run it out of memory, before or after a restart.

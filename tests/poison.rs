@@ -1,5 +1,4 @@
-//! One record Kafka cannot take must never block the others (issue 10,
-//! break 1). The largest body the HTTP limit allows must reach its topic,
+//! One record Kafka cannot take must never block the others. The largest body the HTTP limit allows must reach its topic,
 //! and a burst of them must stay within the memory budget; a record Kafka
 //! refuses for good is parked in the spool, reported, and the replay goes on
 //! with everything behind it, in order per lead.

@@ -1,4 +1,4 @@
-//! Scale-down and leftover volumes (issue 12, item 3): events a pod answered
+//! Scale-down and leftover volumes: events a pod answered
 //! 202 must reach Kafka when the pod goes away, not wait on a volume nobody
 //! reads. On SIGTERM with Kafka reachable the bridge sends its spool before
 //! exiting; `spool drain --dir` sends a volume a pod left behind, and is

@@ -1,4 +1,4 @@
-//! HTTPS served by the bridge itself (issue 12, item 1): certificates made in
+//! HTTPS served by the bridge itself: certificates made in
 //! the test (rcgen), curl as the client (OpenSSL, a different TLS stack from
 //! the bridge's rustls), a renewal swapped in under an open connection, bad
 //! files at start-up and on reload, and mutual TLS.

@@ -15,10 +15,9 @@
 //! most `window`. They live in one queue of fixed-size slots, oldest first,
 //! with their group ids in one byte queue beside it and a table of sequence
 //! numbers to find an entity's latest slot: no allocation per event, about
-//! 110 bytes an entry with a 36-byte group id. (scripts/bench at 256 clients
-//! with the window full: one boxed group id per entry, scattered among the
-//! requests' short-lived allocations, kept 36 MiB resident; this layout
-//! less than half of that.)
+//! 110 bytes an entry with a 36-byte group id. (One boxed group id per
+//! entry, scattered among the requests' short-lived allocations, kept pages
+//! resident that this layout does not: docs/benchmarks/README.md.)
 //! Entities and keys are kept as 128-bit fingerprints (SHA-256 prefix).
 
 use crate::durability::delivery::{Durable, RecordRef};
@@ -481,8 +480,8 @@ mod tests {
         );
     }
 
-    /// Issue 10, break 3: lead_stage Interested -> Not interested ->
-    /// Interested was answered `duplicate` the third time.
+    /// lead_stage Interested -> Not interested -> Interested must not be
+    /// answered `duplicate` the third time: the change back is news.
     #[tokio::test]
     async fn a_change_back_is_new_not_a_duplicate() {
         let dedup = Dedup::new(Duration::from_secs(60), 10);

@@ -415,10 +415,10 @@ fn delivery_service(
             Arc::clone(&tracked),
             Arc::clone(&connections),
         );
-        // Boxed so the delivery path's state (about 4 KB) is freed when the
-        // answer is sent: hyper keeps the slot of the service's future for
-        // the connection's life, so inline it stayed with every idle
-        // keep-alive connection (400 connections held ~1.5 MB more).
+        // Boxed so the delivery path's state is freed when the answer is
+        // sent: hyper keeps the slot of the service's future for the
+        // connection's life, so inline it stayed with every idle keep-alive
+        // connection.
         let delivery = Box::pin(async move {
             let response = ingest.handle(request).await;
             tracked
