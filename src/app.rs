@@ -125,7 +125,7 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
     let (spool, recovered) = open_spool(config, None)?;
     let found = recovered.len();
     let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
-    let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    let startup_timeout = config.kafka.startup_timeout_ms;
     publisher.check_broker(startup_timeout).await?;
     create_topics(config, &publisher, startup_timeout).await?;
     let schema_ids = schema_ids(config, &schemas).await?;
@@ -134,7 +134,7 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
         spool,
         schema_ids,
         recovered,
-        Duration::from_millis(config.delivery.ack_deadline_ms),
+        config.delivery.ack_deadline_ms,
         true,
     );
     let left = delivery.drain(timeout).await;
@@ -157,7 +157,7 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
 /// now and `true` is returned; unreachable, the health watcher creates
 /// them once they are back. A broker that answers and refuses is an error.
 async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<bool, StartupError> {
-    let timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    let timeout = config.kafka.startup_timeout_ms;
     if let Err(error) = publisher.check_broker(timeout).await {
         tracing::warn!(%error, "Kafka unreachable at start-up; events go to the spool until it is back");
         return Ok(!config.kafka.create_topics);
@@ -261,12 +261,10 @@ impl App {
             .map(Arc::new);
         // Install the recorder before anything records.
         metrics::handle();
-        let dedup = config.dedup.enabled.then(|| {
-            Dedup::new(
-                Duration::from_secs(config.dedup.window_secs),
-                config.dedup.max_entries,
-            )
-        });
+        let dedup = config
+            .dedup
+            .enabled
+            .then(|| Dedup::new(config.dedup.window_secs, config.dedup.max_entries));
         let (spool, recovered) = open_spool(&config, dedup.as_ref())?;
 
         let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
@@ -279,7 +277,7 @@ impl App {
             spool,
             schema_ids,
             recovered,
-            Duration::from_millis(config.delivery.ack_deadline_ms),
+            config.delivery.ack_deadline_ms,
             topics_ready,
         );
         let body_budget = BodyBudget::new(config.server.max_body_bytes_in_flight, SMALL_BODY_BYTES);
@@ -299,7 +297,7 @@ impl App {
                 .parse()
                 .map_err(|_| StartupError::GroupIdHeader)?,
             dead_letter_topic: config.topics.dead_letter_topic(),
-            body_read_timeout: Duration::from_millis(config.delivery.body_read_timeout_ms),
+            body_read_timeout: config.delivery.body_read_timeout_ms,
         };
         let auth = Arc::new(auth);
         let ingest = Arc::new(Ingest::new(
@@ -327,13 +325,13 @@ impl App {
             publisher,
             delivery,
             limits: server::Limits {
-                drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
-                header_read_timeout: Duration::from_millis(config.delivery.header_read_timeout_ms),
-                idle_timeout: Duration::from_millis(config.delivery.idle_timeout_ms),
+                drain_timeout: config.server.drain_timeout_ms,
+                header_read_timeout: config.delivery.header_read_timeout_ms,
+                idle_timeout: config.delivery.idle_timeout_ms,
                 max_connections: config.delivery.max_connections,
             },
             tls,
-            shutdown_drain: Duration::from_millis(config.spool.shutdown_drain_ms),
+            shutdown_drain: config.spool.shutdown_drain_ms,
         })
     }
 

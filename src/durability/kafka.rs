@@ -197,12 +197,12 @@ impl Publisher {
             .set("bootstrap.servers", &config.brokers)
             .set("client.id", "superfone-bridge")
             .set("compression.type", &config.compression)
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .set("linger.ms", millis(config.linger_ms))
+            .set("message.timeout.ms", millis(config.message_timeout_ms))
             .set("partitioner", &config.partitioner)
             .set(
                 "statistics.interval.ms",
-                config.statistics_interval_ms.to_string(),
+                millis(config.statistics_interval_ms),
             );
         for (key, value) in &config.options {
             client_config.set(key, value);
@@ -492,6 +492,11 @@ impl Publisher {
     }
 }
 
+/// A duration as librdkafka's `*.ms` settings take it: whole milliseconds.
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
 /// A producer with `client_config` whose delivery reports `runtime` serves.
 fn create_producer(
     client_config: &ClientConfig,
@@ -506,14 +511,14 @@ mod tests {
     use super::*;
 
     /// Nothing listens on port 9 of the loopback (discard): records time out.
-    fn unreachable_publisher(message_timeout_ms: u32) -> Publisher {
+    fn unreachable_publisher(message_timeout_ms: u64) -> Publisher {
         publisher("127.0.0.1:9", message_timeout_ms)
     }
 
-    fn publisher(brokers: &str, message_timeout_ms: u32) -> Publisher {
+    fn publisher(brokers: &str, message_timeout_ms: u64) -> Publisher {
         let config = KafkaConfig {
             brokers: brokers.into(),
-            message_timeout_ms,
+            message_timeout_ms: Duration::from_millis(message_timeout_ms),
             ..KafkaConfig::default()
         };
         Publisher::new(&config, 1 << 20).unwrap()

@@ -489,7 +489,10 @@ async fn measure_peer(
                 .args(["--registry-url", &options.registry_url])
                 .args(["--topic-prefix", topic_prefix])
                 .args(["--secret", SECRET])
-                .args(["--linger-ms", &config.kafka.linger_ms.to_string()])
+                .args([
+                    "--linger-ms",
+                    &config.kafka.linger_ms.as_millis().to_string(),
+                ])
                 .args(["--compression", &config.kafka.compression]),
             &out.join(format!("peer{workers}-{worker}.log")),
         )?);
