@@ -365,6 +365,73 @@ const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// 0, sends no statistics, and the queue and RTT metrics would stay empty).
 const DEFAULT_STATISTICS_INTERVAL: Duration = Duration::from_millis(5_000);
 
+/// `compression.type`, as librdkafka names the codecs (CONFIGURATION.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4, the default (`KafkaConfig::compression` says why).
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The value librdkafka's `compression.type` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// librdkafka's `partitioner`: how a record's key picks its partition
+/// (CONFIGURATION.md). Of the hashing ones, the `_random` variants spread
+/// records without a key at random; the others send them all to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// Random distribution, the key ignored.
+    Random,
+    /// CRC32 hash of the key.
+    Consistent,
+    /// CRC32 hash of the key (librdkafka's default).
+    ConsistentRandom,
+    /// Murmur2 hash of the key, compatible with the Java producer.
+    Murmur2,
+    /// Murmur2 hash of the key: the Java producer's default partitioner,
+    /// and the bridge's (`KafkaConfig::partitioner` says why).
+    Murmur2Random,
+    /// FNV-1a hash of the key.
+    Fnv1a,
+    /// FNV-1a hash of the key.
+    Fnv1aRandom,
+}
+
+impl Partitioner {
+    /// The value librdkafka's `partitioner` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Random => "random",
+            Partitioner::Consistent => "consistent",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::Fnv1a => "fnv1a",
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+        }
+    }
+}
+
 /// The rdkafka producer. Idempotence and `acks=all` are not configurable: the
 /// bridge answers 2xx only for records the broker has durably acknowledged.
 #[serde_as]
@@ -376,7 +443,7 @@ pub struct KafkaConfig {
     /// `compression.type`: none, gzip, snappy, lz4 or zstd. lz4 is cheap on
     /// CPU: scripts/bench showed no CPU difference from `none` on these
     /// ~1 KB records, and it saves broker disk and network.
-    pub compression: String,
+    pub compression: Compression,
     /// `linger.ms`: how long a record waits for others to share its batch.
     /// Every delivery waits for its ack before answering, so this is added to
     /// each answer; 1 ms (not librdkafka's 5) measured with scripts/bench:
@@ -390,7 +457,7 @@ pub struct KafkaConfig {
     pub message_timeout_ms: Duration,
     /// `partitioner`: murmur2_random matches the Java client, so a contact key
     /// maps to the same partition whichever client produced it.
-    pub partitioner: String,
+    pub partitioner: Partitioner,
     /// Create the event and dead-letter topics at start-up if they are missing.
     pub create_topics: bool,
     /// Partition count for topics the bridge creates.
@@ -422,10 +489,10 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
-            compression: "lz4".into(),
+            compression: Compression::Lz4,
             linger_ms: DEFAULT_LINGER,
             message_timeout_ms: DEFAULT_MESSAGE_TIMEOUT,
-            partitioner: "murmur2_random".into(),
+            partitioner: Partitioner::Murmur2Random,
             create_topics: true,
             topic_partitions: 6,
             topic_replication_factor: -1,
@@ -655,12 +722,6 @@ impl Config {
                 ));
             }
         }
-        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str()) {
-            return invalid(format!(
-                "kafka.compression `{}` is not one of none, gzip, snappy, lz4, zstd",
-                self.kafka.compression
-            ));
-        }
         if self.delivery.ack_deadline_ms.is_zero() || self.delivery.max_connections == 0 {
             return invalid(
                 "delivery.ack_deadline_ms and delivery.max_connections must be positive".into(),
@@ -788,6 +849,58 @@ mod tests {
             assert!(shown.contains("linger_ms = 1\n"), "{shown}");
             Ok(())
         });
+    }
+
+    /// Invalid values come from files here: a Jail's environment is the
+    /// process's, which the tests loading config outside a Jail would see.
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure signature")]
+    fn an_unknown_codec_or_partitioner_is_refused_naming_the_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        let refused = |toml: &str, words: [&str; 4]| {
+            std::fs::write(&path, toml).unwrap();
+            let error = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(words.iter().all(|word| error.contains(word)), "{error}");
+        };
+        refused(
+            "[kafka]\ncompression = \"brotli\"\n",
+            ["brotli", "kafka.compression", "`none`", "`zstd`"],
+        );
+        refused(
+            "[kafka]\npartitioner = \"java\"\n",
+            ["java", "kafka.partitioner", "`murmur2_random`", "`fnv1a`"],
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SUPERFONE_BRIDGE_KAFKA__PARTITIONER", "consistent_random");
+            jail.set_env("SUPERFONE_BRIDGE_KAFKA__COMPRESSION", "zstd");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.kafka.partitioner, Partitioner::ConsistentRandom);
+            assert_eq!(config.kafka.compression, Compression::Zstd);
+            Ok(())
+        });
+    }
+
+    /// The names librdkafka is given are the ones the config file spells.
+    #[test]
+    fn codec_and_partitioner_names_are_librdkafkas() {
+        use Compression as C;
+        use Partitioner as P;
+        for codec in [C::None, C::Gzip, C::Snappy, C::Lz4, C::Zstd] {
+            assert_eq!(serde_json::json!(codec), codec.as_str());
+        }
+        let partitioners = [
+            P::Random,
+            P::Consistent,
+            P::ConsistentRandom,
+            P::Murmur2,
+            P::Murmur2Random,
+            P::Fnv1a,
+            P::Fnv1aRandom,
+        ];
+        for partitioner in partitioners {
+            assert_eq!(serde_json::json!(partitioner), partitioner.as_str());
+        }
     }
 
     #[test]

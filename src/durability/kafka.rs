@@ -196,10 +196,10 @@ impl Publisher {
         client_config
             .set("bootstrap.servers", &config.brokers)
             .set("client.id", "superfone-bridge")
-            .set("compression.type", &config.compression)
+            .set("compression.type", config.compression.as_str())
             .set("linger.ms", millis(config.linger_ms))
             .set("message.timeout.ms", millis(config.message_timeout_ms))
-            .set("partitioner", &config.partitioner)
+            .set("partitioner", config.partitioner.as_str())
             .set(
                 "statistics.interval.ms",
                 millis(config.statistics_interval_ms),

@@ -493,7 +493,7 @@ async fn measure_peer(
                     "--linger-ms",
                     &config.kafka.linger_ms.as_millis().to_string(),
                 ])
-                .args(["--compression", &config.kafka.compression]),
+                .args(["--compression", config.kafka.compression.as_str()]),
             &out.join(format!("peer{workers}-{worker}.log")),
         )?);
         // Only the first start is seen here: later workers share its port.
