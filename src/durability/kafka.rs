@@ -105,6 +105,17 @@ impl TopicSpec {
     }
 }
 
+/// Whether the bridge's topics are known to exist when delivery starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topics {
+    /// They exist (created at start-up, or not the bridge's to create):
+    /// records may be sent.
+    Ready,
+    /// Kafka was unreachable at start-up: they are created once it is back,
+    /// and records wait in the spool until then.
+    Pending,
+}
+
 /// The brokers' answer about the cluster and the bridge's topics.
 #[derive(Debug, Clone)]
 pub struct ClusterFacts {
