@@ -552,6 +552,19 @@ mod tests {
             .collect()
     }
 
+    /// Durations reach librdkafka as whole milliseconds, the codec and the
+    /// partitioner by their librdkafka names.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_producer_gets_the_config_in_librdkafkas_terms() {
+        let publisher = unreachable_publisher(2_500);
+        let setting = |key| publisher.client_config.get(key);
+        assert_eq!(setting("message.timeout.ms"), Some("2500"));
+        assert_eq!(setting("linger.ms"), Some("1"));
+        assert_eq!(setting("statistics.interval.ms"), Some("5000"));
+        assert_eq!(setting("compression.type"), Some("lz4"));
+        assert_eq!(setting("partitioner"), Some("murmur2_random"));
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_report_completes_its_record_with_no_polling_thread() {
         let publisher = unreachable_publisher(300);
