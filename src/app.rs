@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::durability::dedup::Dedup;
 use crate::durability::delivery::{Delivery, Durable, Recovered};
-use crate::durability::kafka::{PublishError, Publisher, TopicSpec};
+use crate::durability::kafka::{PublishError, Publisher, TopicSpec, Topics};
 use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
 use crate::http::acceptor::Acceptor;
 use crate::http::auth::Authenticator;
@@ -125,7 +125,7 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
     let (spool, recovered) = open_spool(config, None)?;
     let found = recovered.len();
     let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
-    let startup_timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    let startup_timeout = config.kafka.startup_timeout_ms;
     publisher.check_broker(startup_timeout).await?;
     create_topics(config, &publisher, startup_timeout).await?;
     let schema_ids = schema_ids(config, &schemas).await?;
@@ -134,8 +134,8 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
         spool,
         schema_ids,
         recovered,
-        Duration::from_millis(config.delivery.ack_deadline_ms),
-        true,
+        config.delivery.ack_deadline_ms,
+        Topics::Ready,
     );
     let left = delivery.drain(timeout).await;
     if let Some(waiting_for) = delivery.waiting_for() {
@@ -154,16 +154,21 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
 }
 
 /// Gives the brokers one bounded try: reachable, the topics are created
-/// now and `true` is returned; unreachable, the health watcher creates
-/// them once they are back. A broker that answers and refuses is an error.
-async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<bool, StartupError> {
-    let timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+/// now and are `Ready`; unreachable, they are `Pending` (if the bridge
+/// creates them) and the health watcher creates them once the brokers are
+/// back. A broker that answers and refuses is an error.
+async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<Topics, StartupError> {
+    let timeout = config.kafka.startup_timeout_ms;
     if let Err(error) = publisher.check_broker(timeout).await {
         tracing::warn!(%error, "Kafka unreachable at start-up; events go to the spool until it is back");
-        return Ok(!config.kafka.create_topics);
+        return Ok(if config.kafka.create_topics {
+            Topics::Pending
+        } else {
+            Topics::Ready
+        });
     }
     create_topics(config, publisher, timeout).await?;
-    Ok(true)
+    Ok(Topics::Ready)
 }
 
 /// On reachable brokers: creates the missing topics (if
@@ -249,59 +254,35 @@ pub struct App {
 }
 
 impl App {
+    /// Loads what must be right locally (schemas, TLS files, spool), gives
+    /// the brokers and the registry one bounded try each, then binds the
+    /// ingest and admin listeners.
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
         // Fail fast on broken schema files and TLS files.
         let schemas = schema::load_all(&SchemaSource::of(&config.registry))?;
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(tls::Tls::load)
-            .transpose()?
-            .map(Arc::new);
+        let tls = load_tls(&config)?;
         // Install the recorder before anything records.
         metrics::handle();
-        let dedup = config.dedup.enabled.then(|| {
-            Dedup::new(
-                Duration::from_secs(config.dedup.window_secs),
-                config.dedup.max_entries,
-            )
-        });
+        let dedup = Dedup::of(&config.dedup);
         let (spool, recovered) = open_spool(&config, dedup.as_ref())?;
 
         let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
-        let topics_ready = prepare_topics(&config, &publisher).await?;
+        let topics = prepare_topics(&config, &publisher).await?;
         let schema_ids = schema_ids(&config, &schemas).await?;
         let routes = routes(&config, schemas, &schema_ids);
-
         let delivery = Delivery::new(
             Arc::clone(&publisher),
             spool,
             schema_ids,
             recovered,
-            Duration::from_millis(config.delivery.ack_deadline_ms),
-            topics_ready,
+            config.delivery.ack_deadline_ms,
+            topics,
         );
+
         let body_budget = BodyBudget::new(config.server.max_body_bytes_in_flight, SMALL_BODY_BYTES);
-        let health = Arc::new(Health::new(
-            Arc::clone(&delivery),
-            Arc::clone(&publisher),
-            config.max_record_bytes() as u64,
-            config.kafka.create_topics.then(|| TopicSpec::of(&config)),
-            Arc::clone(&body_budget),
-        ));
-        let settings = IngestSettings {
-            ingest_path: config.server.ingest_path.clone(),
-            max_body_bytes: config.server.max_body_bytes,
-            group_id_header: config
-                .server
-                .group_id_header
-                .parse()
-                .map_err(|_| StartupError::GroupIdHeader)?,
-            dead_letter_topic: config.topics.dead_letter_topic(),
-            body_read_timeout: Duration::from_millis(config.delivery.body_read_timeout_ms),
-        };
+        let health = health(&config, &delivery, &publisher, &body_budget);
         let auth = Arc::new(auth);
+        let settings = IngestSettings::of(&config).map_err(|_| StartupError::GroupIdHeader)?;
         let ingest = Arc::new(Ingest::new(
             settings,
             Arc::clone(&auth),
@@ -310,14 +291,7 @@ impl App {
             dedup,
             body_budget,
         ));
-        server::raise_open_file_limit(config.delivery.max_connections);
-        let listener = Acceptor::start(listen(config.server.listen)?).map_err(|source| {
-            StartupError::Bind {
-                addr: config.server.listen,
-                source,
-            }
-        })?;
-        let admin_listener = listen(config.admin.listen)?;
+        let (listener, admin_listener) = bind_listeners(&config)?;
         Ok(App {
             listener,
             auth,
@@ -326,14 +300,9 @@ impl App {
             ingest,
             publisher,
             delivery,
-            limits: server::Limits {
-                drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
-                header_read_timeout: Duration::from_millis(config.delivery.header_read_timeout_ms),
-                idle_timeout: Duration::from_millis(config.delivery.idle_timeout_ms),
-                max_connections: config.delivery.max_connections,
-            },
+            limits: server::Limits::of(&config),
             tls,
-            shutdown_drain: Duration::from_millis(config.spool.shutdown_drain_ms),
+            shutdown_drain: config.spool.shutdown_drain_ms,
         })
     }
 
@@ -394,6 +363,40 @@ impl App {
         stop_background.cancel();
         tracing::info!(left_in_spool = self.delivery.backlog_len(), "stopped");
     }
+}
+
+/// The TLS files of `server.tls`, loaded (none: plain HTTP).
+fn load_tls(config: &Config) -> Result<Option<Arc<tls::Tls>>, StartupError> {
+    let tls = config.server.tls.as_ref().map(tls::Tls::load).transpose()?;
+    Ok(tls.map(Arc::new))
+}
+
+/// What `/healthz`, `/readyz` and `/status` look at; with
+/// `kafka.create_topics`, it creates the topics once Kafka is back.
+fn health(
+    config: &Config,
+    delivery: &Arc<Delivery>,
+    publisher: &Arc<Publisher>,
+    body_budget: &Arc<BodyBudget>,
+) -> Arc<Health> {
+    Arc::new(Health::new(
+        Arc::clone(delivery),
+        Arc::clone(publisher),
+        config.max_record_bytes() as u64,
+        config.kafka.create_topics.then(|| TopicSpec::of(config)),
+        Arc::clone(body_budget),
+    ))
+}
+
+/// Binds the ingest listener (accepting on a thread of its own, with the
+/// open-file limit raised for `delivery.max_connections`) and the admin one.
+fn bind_listeners(config: &Config) -> Result<(Acceptor, TcpListener), StartupError> {
+    server::raise_open_file_limit(config.delivery.max_connections);
+    let addr = config.server.listen;
+    let listener =
+        Acceptor::start(listen(addr)?).map_err(|source| StartupError::Bind { addr, source })?;
+    let admin_listener = listen(config.admin.listen)?;
+    Ok((listener, admin_listener))
 }
 
 /// At shutdown, sends the spool's backlog to Kafka for at most `limit`

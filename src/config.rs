@@ -11,9 +11,11 @@ use crate::vocabulary::{EventKind, RECORD_OVERHEAD_BYTES};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Prefix of the environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SUPERFONE_BRIDGE_";
@@ -30,19 +32,34 @@ pub enum ConfigError {
     OptionsFile(PathBuf, #[source] std::io::Error),
 }
 
+/// The whole configuration, one section per table of the TOML file. Every
+/// duration is a `Duration` kept under its key's unit: `*_ms` keys are whole
+/// milliseconds, `dedup.window_secs` whole seconds, as integers in TOML and
+/// in the environment alike.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: the public ingest listener.
     pub server: ServerConfig,
+    /// `[auth]`: how requests prove they come from Superfone.
     pub auth: AuthConfig,
+    /// `[kafka]`: the producer and the topics it creates.
     pub kafka: KafkaConfig,
+    /// `[topics]`: topic names.
     pub topics: TopicsConfig,
+    /// `[registry]`: the schema registry.
     pub registry: RegistryConfig,
+    /// `[delivery]`: answer deadlines and connection limits.
     pub delivery: DeliveryConfig,
+    /// `[spool]`: the local durable spool.
     pub spool: SpoolConfig,
+    /// `[dedup]`: duplicate suppression.
     pub dedup: DedupConfig,
+    /// `[admin]`: the metrics, health and status listener.
     pub admin: AdminConfig,
+    /// `[tracing]`: OpenTelemetry trace export.
     pub tracing: TracingConfig,
+    /// `[log]`: log format and filter.
     pub log: LogConfig,
 }
 
@@ -71,6 +88,7 @@ pub struct TracingConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Address of the admin listener.
     pub listen: SocketAddr,
 }
 
@@ -82,21 +100,36 @@ impl Default for AdminConfig {
     }
 }
 
+/// Time Kafka gets to acknowledge a record: well under Superfone's ~5 s
+/// guidance for answering a notification.
+const DEFAULT_ACK_DEADLINE: Duration = Duration::from_millis(2_000);
+/// Time a body, and a connection's first request, get to arrive: the
+/// bridge's own choice (docs/delivery-guarantees.md, docs/http-contract.md).
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Time a connection may idle: the bridge's own choice
+/// (docs/delivery-guarantees.md).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(30_000);
+
 /// When to answer, and how much work to take on.
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Time Kafka gets to acknowledge a record before it is spooled instead
     /// (answer 202). Well under Superfone's ~5 s guidance.
-    pub ack_deadline_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub ack_deadline_ms: Duration,
     /// A request body must arrive within this time (slow senders get 408).
-    pub body_read_timeout_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub body_read_timeout_ms: Duration,
     /// A connection's first request, and on HTTP/1 every request's headers,
     /// must arrive within this time (slow-loris and silent-socket guard).
-    pub header_read_timeout_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub header_read_timeout_ms: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/2
     /// too; on HTTP/1 the header-read timeout already bounds keep-alive idling).
-    pub idle_timeout_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub idle_timeout_ms: Duration,
     /// Open connections at most; when all are taken, the connection idle the
     /// longest is closed to make room for a new one.
     pub max_connections: usize,
@@ -105,19 +138,28 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
-            ack_deadline_ms: 2_000,
-            body_read_timeout_ms: 10_000,
-            header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 30_000,
+            ack_deadline_ms: DEFAULT_ACK_DEADLINE,
+            body_read_timeout_ms: DEFAULT_READ_TIMEOUT,
+            header_read_timeout_ms: DEFAULT_READ_TIMEOUT,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT,
             max_connections: 2_048,
         }
     }
 }
 
+/// Time a stopping bridge may spend sending the spool to Kafka: with the
+/// preStop sleep (5 s), the request drain (20 s) and the final flush (10 s)
+/// it stays within the chart's 60 s `terminationGracePeriodSeconds`
+/// (helm/superfone-bridge/values.yaml).
+const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_millis(15_000);
+
 /// The local durable spool (mount a persistent volume here in Kubernetes).
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpoolConfig {
+    /// Directory of the spool's segment files (and the schema ids kept from
+    /// the last run); one bridge at a time may hold it.
     pub dir: PathBuf,
     /// Disk the spool may use; beyond it events are refused with 503.
     pub max_bytes: u64,
@@ -127,7 +169,8 @@ pub struct SpoolConfig {
     /// spool to Kafka (when Kafka is reachable) before it exits, so a pod
     /// scaled in strands no event on its volume; 0 leaves the spool for the
     /// next start.
-    pub shutdown_drain_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub shutdown_drain_ms: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -136,18 +179,27 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("spool"),
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 16 * 1024 * 1024,
-            shutdown_drain_ms: 15_000,
+            shutdown_drain_ms: DEFAULT_SHUTDOWN_DRAIN,
         }
     }
 }
 
+/// How long an entity's latest event is remembered: the bridge's own choice,
+/// ten minutes (docs/delivery-guarantees.md).
+const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(600);
+
 /// Duplicate suppression (Superfone may deliver an event twice).
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
+    /// Answer a repeat of an entity's latest event from its first delivery
+    /// instead of publishing it again.
     pub enabled: bool,
-    /// How long the latest delivered event of an entity is remembered.
-    pub window_secs: u64,
+    /// How long the latest delivered event of an entity is remembered
+    /// (whole seconds).
+    #[serde_as(as = "DurationSeconds<u64>")]
+    pub window_secs: Duration,
     /// Entities (leads, tasks, calls) remembered at most (bounds memory; about 200 bytes each).
     pub max_entries: usize,
 }
@@ -156,13 +208,21 @@ impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig {
             enabled: true,
-            window_secs: 600,
+            window_secs: DEFAULT_DEDUP_WINDOW,
             max_entries: 100_000,
         }
     }
 }
 
+/// How long shutdown waits for requests in flight: the bridge's own choice,
+/// counted into the chart's `terminationGracePeriodSeconds`
+/// (helm/superfone-bridge/values.yaml).
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_millis(20_000);
+/// How often the TLS files are checked for a renewal (docs/operations.md).
+const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_millis(10_000);
+
 /// The public ingest listener.
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -183,7 +243,8 @@ pub struct ServerConfig {
     /// else a generated UUID v7.
     pub group_id_header: String,
     /// How long shutdown waits for in-flight requests before closing them.
-    pub drain_timeout_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub drain_timeout_ms: Duration,
     /// Threads of the async runtime (HTTP, conversion, delivery reports).
     /// 0: one fewer than the CPUs the process may use, at least one, which
     /// leaves a core to librdkafka's broker threads (`runtime_workers`).
@@ -195,6 +256,7 @@ pub struct ServerConfig {
 
 /// HTTPS served by the bridge itself (rustls): HTTP/2 and HTTP/1.1 through
 /// ALPN, the files re-read when they change.
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -209,12 +271,13 @@ pub struct TlsConfig {
     /// How often the files are checked for a renewal; a new connection gets
     /// the new certificate, open ones keep theirs.
     #[serde(default = "TlsConfig::default_reload_interval_ms")]
-    pub reload_interval_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub reload_interval_ms: Duration,
 }
 
 impl TlsConfig {
-    fn default_reload_interval_ms() -> u64 {
-        10_000
+    const fn default_reload_interval_ms() -> Duration {
+        DEFAULT_TLS_RELOAD_INTERVAL
     }
 }
 
@@ -226,7 +289,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_body_bytes_in_flight: 32 * 1024 * 1024,
             group_id_header: "x-superfone-group-id".into(),
-            drain_timeout_ms: 20_000,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT,
             worker_threads: 0,
             tls: None,
         }
@@ -291,8 +354,87 @@ impl AuthConfig {
     }
 }
 
+/// `linger.ms`: 1 ms, not librdkafka's 5, measured with scripts/bench
+/// (`KafkaConfig::linger_ms`).
+const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+/// `message.timeout.ms`: librdkafka's own 300 s is far beyond a webhook.
+const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// How long start-up waits for broker metadata: the bridge's own choice.
+const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// `statistics.interval.ms`: the bridge's own choice (librdkafka's default,
+/// 0, sends no statistics, and the queue and RTT metrics would stay empty).
+const DEFAULT_STATISTICS_INTERVAL: Duration = Duration::from_millis(5_000);
+
+/// `compression.type`, as librdkafka names the codecs (CONFIGURATION.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4, the default (`KafkaConfig::compression` says why).
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The value librdkafka's `compression.type` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// librdkafka's `partitioner`: how a record's key picks its partition
+/// (CONFIGURATION.md). Of the hashing ones, the `_random` variants spread
+/// records without a key at random; the others send them all to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// Random distribution, the key ignored.
+    Random,
+    /// CRC32 hash of the key.
+    Consistent,
+    /// CRC32 hash of the key (librdkafka's default).
+    ConsistentRandom,
+    /// Murmur2 hash of the key, compatible with the Java producer.
+    Murmur2,
+    /// Murmur2 hash of the key: the Java producer's default partitioner,
+    /// and the bridge's (`KafkaConfig::partitioner` says why).
+    Murmur2Random,
+    /// FNV-1a hash of the key.
+    Fnv1a,
+    /// FNV-1a hash of the key.
+    Fnv1aRandom,
+}
+
+impl Partitioner {
+    /// The value librdkafka's `partitioner` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Random => "random",
+            Partitioner::Consistent => "consistent",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::Fnv1a => "fnv1a",
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+        }
+    }
+}
+
 /// The rdkafka producer. Idempotence and `acks=all` are not configurable: the
 /// bridge answers 2xx only for records the broker has durably acknowledged.
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -301,19 +443,21 @@ pub struct KafkaConfig {
     /// `compression.type`: none, gzip, snappy, lz4 or zstd. lz4 is cheap on
     /// CPU: scripts/bench showed no CPU difference from `none` on these
     /// ~1 KB records, and it saves broker disk and network.
-    pub compression: String,
+    pub compression: Compression,
     /// `linger.ms`: how long a record waits for others to share its batch.
     /// Every delivery waits for its ack before answering, so this is added to
     /// each answer; 1 ms (not librdkafka's 5) measured with scripts/bench:
     /// p50 at a quarter of the max rate 3.6 ms instead of 7.4 ms, same
     /// throughput; 20 ms halved throughput (README, "Benchmark").
-    pub linger_ms: u32,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub linger_ms: Duration,
     /// `message.timeout.ms`: how long librdkafka keeps trying one record before
     /// the delivery fails (librdkafka's default of 300 s is far beyond a webhook).
-    pub message_timeout_ms: u32,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub message_timeout_ms: Duration,
     /// `partitioner`: murmur2_random matches the Java client, so a contact key
     /// maps to the same partition whichever client produced it.
-    pub partitioner: String,
+    pub partitioner: Partitioner,
     /// Create the event and dead-letter topics at start-up if they are missing.
     pub create_topics: bool,
     /// Partition count for topics the bridge creates.
@@ -321,10 +465,12 @@ pub struct KafkaConfig {
     /// Replication factor for topics the bridge creates; -1 uses the broker's default.
     pub topic_replication_factor: i32,
     /// How long start-up waits for broker metadata before giving up.
-    pub startup_timeout_ms: u64,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub startup_timeout_ms: Duration,
     /// `statistics.interval.ms`: how often librdkafka's queue depth and broker
     /// RTT are sampled into the metrics.
-    pub statistics_interval_ms: u32,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub statistics_interval_ms: Duration,
     /// Raw librdkafka settings passed through as-is (TLS, SASL, tuning).
     /// Values whose key mentions password/secret are redacted by `check-config`.
     pub options: BTreeMap<String, String>,
@@ -343,15 +489,15 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
-            compression: "lz4".into(),
-            linger_ms: 1,
-            message_timeout_ms: 10_000,
-            partitioner: "murmur2_random".into(),
+            compression: Compression::Lz4,
+            linger_ms: DEFAULT_LINGER,
+            message_timeout_ms: DEFAULT_MESSAGE_TIMEOUT,
+            partitioner: Partitioner::Murmur2Random,
             create_topics: true,
             topic_partitions: 6,
             topic_replication_factor: -1,
-            startup_timeout_ms: 10_000,
-            statistics_interval_ms: 5_000,
+            startup_timeout_ms: DEFAULT_STARTUP_TIMEOUT,
+            statistics_interval_ms: DEFAULT_STATISTICS_INTERVAL,
             options: BTreeMap::new(),
             options_dir: None,
             options_from_dir: Vec::new(),
@@ -395,6 +541,7 @@ impl KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
+    /// Prefix of the default topic names.
     pub prefix: String,
     /// Dead-letter topic; default `<prefix>dead_letter`.
     pub dead_letter: Option<String>,
@@ -436,20 +583,29 @@ pub enum SubjectStrategy {
     Record,
 }
 
+/// How long one registry request may take: the bridge's own choice.
+const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_millis(10_000);
+
 /// The Confluent-compatible schema registry.
+#[serde_as]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// Base URL of the registry.
     pub url: String,
+    /// How a topic's schema subject is named.
     pub subject_strategy: SubjectStrategy,
     /// Register the schemas at start-up. When false, the bridge only looks them
     /// up and refuses to start if one is missing (registries managed by CI).
     pub auto_register: bool,
     /// Directory overriding the schemas compiled into the binary.
     pub schemas_dir: Option<PathBuf>,
-    pub timeout_ms: u64,
+    /// How long one request to the registry may take.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub timeout_ms: Duration,
     /// Basic-auth user; the password comes from the `password_env` variable.
     pub username: Option<String>,
+    /// Environment variable holding the basic-auth password.
     pub password_env: String,
 }
 
@@ -460,7 +616,7 @@ impl Default for RegistryConfig {
             subject_strategy: SubjectStrategy::Topic,
             auto_register: true,
             schemas_dir: None,
-            timeout_ms: 10_000,
+            timeout_ms: DEFAULT_REGISTRY_TIMEOUT,
             username: None,
             password_env: "SUPERFONE_REGISTRY_PASSWORD".into(),
         }
@@ -477,6 +633,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
+    /// `text` for people, `json` for a log pipeline.
     pub format: LogFormat,
     /// `tracing` filter directives; `RUST_LOG` wins when set.
     pub filter: String,
@@ -565,13 +722,7 @@ impl Config {
                 ));
             }
         }
-        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str()) {
-            return invalid(format!(
-                "kafka.compression `{}` is not one of none, gzip, snappy, lz4, zstd",
-                self.kafka.compression
-            ));
-        }
-        if self.delivery.ack_deadline_ms == 0 || self.delivery.max_connections == 0 {
+        if self.delivery.ack_deadline_ms.is_zero() || self.delivery.max_connections == 0 {
             return invalid(
                 "delivery.ack_deadline_ms and delivery.max_connections must be positive".into(),
             );
@@ -637,7 +788,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SUPERFONE_BRIDGE_KAFKA__LINGER_MS", "7");
             let config = Config::load(Some(&path)).unwrap();
-            assert_eq!(config.kafka.linger_ms, 7);
+            assert_eq!(config.kafka.linger_ms, Duration::from_millis(7));
             assert_eq!(config.topics.topic_for(EventKind::AllCalls), "calls");
             assert_eq!(
                 config.topics.topic_for(EventKind::TaskChange),
@@ -681,6 +832,75 @@ mod tests {
         let defaults: toml::Table =
             toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
         assert_eq!(example, defaults);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure signature")]
+    fn durations_keep_the_unit_their_key_names_in_the_environment_and_in_the_dump() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SUPERFONE_BRIDGE_DELIVERY__ACK_DEADLINE_MS", "1500");
+            jail.set_env("SUPERFONE_BRIDGE_DEDUP__WINDOW_SECS", "45");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.delivery.ack_deadline_ms, Duration::from_millis(1500));
+            assert_eq!(config.dedup.window_secs, Duration::from_secs(45));
+            let shown = config.to_redacted_toml();
+            assert!(shown.contains("ack_deadline_ms = 1500\n"), "{shown}");
+            assert!(shown.contains("window_secs = 45\n"), "{shown}");
+            assert!(shown.contains("linger_ms = 1\n"), "{shown}");
+            Ok(())
+        });
+    }
+
+    /// Invalid values come from files here: a Jail's environment is the
+    /// process's, which the tests loading config outside a Jail would see.
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure signature")]
+    fn an_unknown_codec_or_partitioner_is_refused_naming_the_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        let refused = |toml: &str, words: [&str; 4]| {
+            std::fs::write(&path, toml).unwrap();
+            let error = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(words.iter().all(|word| error.contains(word)), "{error}");
+        };
+        refused(
+            "[kafka]\ncompression = \"brotli\"\n",
+            ["brotli", "kafka.compression", "`none`", "`zstd`"],
+        );
+        refused(
+            "[kafka]\npartitioner = \"java\"\n",
+            ["java", "kafka.partitioner", "`murmur2_random`", "`fnv1a`"],
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SUPERFONE_BRIDGE_KAFKA__PARTITIONER", "consistent_random");
+            jail.set_env("SUPERFONE_BRIDGE_KAFKA__COMPRESSION", "zstd");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.kafka.partitioner, Partitioner::ConsistentRandom);
+            assert_eq!(config.kafka.compression, Compression::Zstd);
+            Ok(())
+        });
+    }
+
+    /// The names librdkafka is given are the ones the config file spells.
+    #[test]
+    fn codec_and_partitioner_names_are_librdkafkas() {
+        use Compression as C;
+        use Partitioner as P;
+        for codec in [C::None, C::Gzip, C::Snappy, C::Lz4, C::Zstd] {
+            assert_eq!(serde_json::json!(codec), codec.as_str());
+        }
+        let partitioners = [
+            P::Random,
+            P::Consistent,
+            P::ConsistentRandom,
+            P::Murmur2,
+            P::Murmur2Random,
+            P::Fnv1a,
+            P::Fnv1aRandom,
+        ];
+        for partitioner in partitioners {
+            assert_eq!(serde_json::json!(partitioner), partitioner.as_str());
+        }
     }
 
     #[test]

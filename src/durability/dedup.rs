@@ -20,6 +20,7 @@
 //! resident that this layout does not: docs/benchmarks/README.md.)
 //! Entities and keys are kept as 128-bit fingerprints (SHA-256 prefix).
 
+use crate::config::DedupConfig;
 use crate::durability::delivery::{Durable, RecordRef};
 use crate::durability::kafka::Delivered;
 use hashbrown::HashTable;
@@ -346,6 +347,13 @@ impl Dedup {
             max_entries,
             state: Arc::new(Mutex::new(State::new(capacity))),
         }
+    }
+
+    /// The dedup `config` sets up; `None` when `dedup.enabled` is false.
+    pub fn of(config: &DedupConfig) -> Option<Self> {
+        config
+            .enabled
+            .then(|| Dedup::new(config.window_secs, config.max_entries))
     }
 
     /// Claims the event `key` of `entity`: a duplicate if it equals the

@@ -29,7 +29,7 @@
 //!   the replay goes on with the records behind it. Retrying it would block
 //!   every later record of every lead.
 
-use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher};
+use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Topics};
 use crate::durability::spool::{Location, Spool, SpoolError};
 use crate::pipeline::registry::{SchemaIds, Unstamped};
 use crate::vocabulary::headers::GROUP_ID_HEADER;
@@ -176,14 +176,14 @@ fn key_of(record: &Record) -> u64 {
 
 impl Delivery {
     /// `recovered`: entries the spool held at start-up, replayed first.
-    /// `topics_ready`: whether the topics are known to exist.
+    /// `topics`: whether the topics are known to exist.
     pub fn new(
         publisher: Arc<Publisher>,
         spool: Spool,
         schemas: Arc<SchemaIds>,
         recovered: Vec<Recovered>,
         deadline: Duration,
-        topics_ready: bool,
+        topics: Topics,
     ) -> Arc<Self> {
         let delivery = Delivery {
             publisher,
@@ -193,7 +193,7 @@ impl Delivery {
             backlog: Mutex::new(Backlog::default()),
             wake: Notify::new(),
             kafka_up: AtomicBool::new(true),
-            topics_ready: AtomicBool::new(topics_ready),
+            topics_ready: AtomicBool::new(topics == Topics::Ready),
             started: Instant::now(),
             waiting_for: Mutex::new(None),
             stuck_reported: Mutex::new(None),

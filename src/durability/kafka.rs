@@ -105,6 +105,17 @@ impl TopicSpec {
     }
 }
 
+/// Whether the bridge's topics are known to exist when delivery starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topics {
+    /// They exist (created at start-up, or not the bridge's to create):
+    /// records may be sent.
+    Ready,
+    /// Kafka was unreachable at start-up: they are created once it is back,
+    /// and records wait in the spool until then.
+    Pending,
+}
+
 /// The brokers' answer about the cluster and the bridge's topics.
 #[derive(Debug, Clone)]
 pub struct ClusterFacts {
@@ -196,13 +207,13 @@ impl Publisher {
         client_config
             .set("bootstrap.servers", &config.brokers)
             .set("client.id", "superfone-bridge")
-            .set("compression.type", &config.compression)
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set("partitioner", &config.partitioner)
+            .set("compression.type", config.compression.as_str())
+            .set("linger.ms", millis(config.linger_ms))
+            .set("message.timeout.ms", millis(config.message_timeout_ms))
+            .set("partitioner", config.partitioner.as_str())
             .set(
                 "statistics.interval.ms",
-                config.statistics_interval_ms.to_string(),
+                millis(config.statistics_interval_ms),
             );
         for (key, value) in &config.options {
             client_config.set(key, value);
@@ -492,6 +503,11 @@ impl Publisher {
     }
 }
 
+/// A duration as librdkafka's `*.ms` settings take it: whole milliseconds.
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
 /// A producer with `client_config` whose delivery reports `runtime` serves.
 fn create_producer(
     client_config: &ClientConfig,
@@ -506,14 +522,14 @@ mod tests {
     use super::*;
 
     /// Nothing listens on port 9 of the loopback (discard): records time out.
-    fn unreachable_publisher(message_timeout_ms: u32) -> Publisher {
+    fn unreachable_publisher(message_timeout_ms: u64) -> Publisher {
         publisher("127.0.0.1:9", message_timeout_ms)
     }
 
-    fn publisher(brokers: &str, message_timeout_ms: u32) -> Publisher {
+    fn publisher(brokers: &str, message_timeout_ms: u64) -> Publisher {
         let config = KafkaConfig {
             brokers: brokers.into(),
-            message_timeout_ms,
+            message_timeout_ms: Duration::from_millis(message_timeout_ms),
             ..KafkaConfig::default()
         };
         Publisher::new(&config, 1 << 20).unwrap()
@@ -534,6 +550,19 @@ mod tests {
             .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
             .map(|name| name.trim().to_owned())
             .collect()
+    }
+
+    /// Durations reach librdkafka as whole milliseconds, the codec and the
+    /// partitioner by their librdkafka names.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_producer_gets_the_config_in_librdkafkas_terms() {
+        let publisher = unreachable_publisher(2_500);
+        let setting = |key| publisher.client_config.get(key);
+        assert_eq!(setting("message.timeout.ms"), Some("2500"));
+        assert_eq!(setting("linger.ms"), Some("1"));
+        assert_eq!(setting("statistics.interval.ms"), Some("5000"));
+        assert_eq!(setting("compression.type"), Some("lz4"));
+        assert_eq!(setting("partitioner"), Some("murmur2_random"));
     }
 
     #[tokio::test(flavor = "current_thread")]

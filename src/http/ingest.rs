@@ -3,6 +3,7 @@
 //! publish -> answer. Bad input goes to the dead-letter topic unchanged;
 //! nothing is answered 2xx before the broker acknowledged it.
 
+use crate::config::Config;
 use crate::durability::dedup::{Claim, Dedup};
 use crate::durability::delivery::{Delivery, Durable, RecordRef};
 use crate::durability::spool::SpoolError;
@@ -18,7 +19,7 @@ use crate::vocabulary::{EventKind, Record};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Body;
-use hyper::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderName, InvalidHeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
 use serde_json::Value;
 use std::sync::Arc;
@@ -34,6 +35,21 @@ pub struct IngestSettings {
     pub group_id_header: HeaderName,
     pub dead_letter_topic: String,
     pub body_read_timeout: std::time::Duration,
+}
+
+impl IngestSettings {
+    /// The settings `config` gives (`[server]`, `[delivery]`, `[topics]`).
+    /// Fails on a `server.group_id_header` that is no header name, which
+    /// `Config::validate` refuses first.
+    pub fn of(config: &Config) -> Result<Self, InvalidHeaderName> {
+        Ok(IngestSettings {
+            ingest_path: config.server.ingest_path.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            group_id_header: config.server.group_id_header.parse()?,
+            dead_letter_topic: config.topics.dead_letter_topic(),
+            body_read_timeout: config.delivery.body_read_timeout_ms,
+        })
+    }
 }
 
 pub struct Ingest {

@@ -9,6 +9,7 @@
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, and wait for them for at most the drain timeout.
 
+use crate::config::Config;
 use crate::http::acceptor::{Acceptor, ACCEPT_QUEUE};
 use crate::http::connections::{first_bytes, sweep_until, Connections, Deadlines, Tracked};
 use crate::http::ingest::Ingest;
@@ -110,6 +111,18 @@ pub struct Limits {
     /// is closed for a new one, so a flood cannot exhaust memory or file
     /// descriptors, nor lock real clients out.
     pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits `config` sets (`[server]` and `[delivery]`).
+    pub fn of(config: &Config) -> Limits {
+        Limits {
+            drain_timeout: config.server.drain_timeout_ms,
+            header_read_timeout: config.delivery.header_read_timeout_ms,
+            idle_timeout: config.delivery.idle_timeout_ms,
+            max_connections: config.delivery.max_connections,
+        }
+    }
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

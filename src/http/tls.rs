@@ -90,7 +90,10 @@ impl Tls {
 
     /// Checks the files for a renewal every `reload_interval_ms` until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let interval = Duration::from_millis(self.settings.reload_interval_ms.max(100));
+        let interval = self
+            .settings
+            .reload_interval_ms
+            .max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {},

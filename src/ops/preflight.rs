@@ -14,7 +14,6 @@ use crate::pipeline::schema;
 use secrecy::ExposeSecret;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Entropy below which a secret is reported as weak (it is still accepted
@@ -335,7 +334,7 @@ async fn check_kafka(config: &Config, report: &mut Report) {
         Err(error) => return report.push("kafka", Verdict::Fail, error.to_string()),
     };
     let spec = TopicSpec::of(config);
-    let timeout = Duration::from_millis(config.kafka.startup_timeout_ms);
+    let timeout = config.kafka.startup_timeout_ms;
     let facts = match publisher.describe_topics(&spec.names, timeout).await {
         Ok(facts) => facts,
         Err(error) => return report.push("kafka", Verdict::Fail, error.to_string()),

@@ -68,7 +68,7 @@ pub fn subject_for(strategy: SubjectStrategy, topic: &str, schema: &EventSchema)
 /// Client settings for the configured registry (URL, timeout, basic auth).
 pub fn settings(config: &RegistryConfig) -> Result<SrSettings, RegistryError> {
     let mut builder = SrSettings::new_builder(config.url.clone());
-    builder.set_timeout(Duration::from_millis(config.timeout_ms));
+    builder.set_timeout(config.timeout_ms);
     if let Some(user) = &config.username {
         let password = std::env::var(&config.password_env).ok();
         builder.set_basic_authorization(user, password.as_deref());
@@ -460,7 +460,7 @@ impl Probe {
         let base = reqwest::Url::parse(config.url.trim_end_matches('/'))
             .map_err(|error| RegistryError::Settings(format!("registry.url: {error}")))?;
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
+            .timeout(config.timeout_ms)
             .build()
             .map_err(|error| RegistryError::Settings(error.to_string()))?;
         Ok(Probe {

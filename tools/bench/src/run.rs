@@ -489,8 +489,11 @@ async fn measure_peer(
                 .args(["--registry-url", &options.registry_url])
                 .args(["--topic-prefix", topic_prefix])
                 .args(["--secret", SECRET])
-                .args(["--linger-ms", &config.kafka.linger_ms.to_string()])
-                .args(["--compression", &config.kafka.compression]),
+                .args([
+                    "--linger-ms",
+                    &config.kafka.linger_ms.as_millis().to_string(),
+                ])
+                .args(["--compression", config.kafka.compression.as_str()]),
             &out.join(format!("peer{workers}-{worker}.log")),
         )?);
         // Only the first start is seen here: later workers share its port.
