@@ -298,10 +298,10 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The runtime's worker threads: `worker_threads`, or for 0 one fewer
-    /// than the CPUs available (cgroup quotas included), at least one. On 2
-    /// cores, with delivery reports served on the runtime, one worker cost
-    /// 10-15% less CPU per delivery than two at 8 and 64 clients and reached
-    /// the same rate at 256 (README, "Benchmark"). A single worker holds
+    /// than the CPUs available (cgroup quotas included), at least one: the
+    /// spare core goes to librdkafka's broker thread, and on 2 cores one
+    /// worker cost less CPU per delivery than two at the same rate
+    /// (docs/benchmarks/README.md, "What each change bought"). A single worker holds
     /// against a connection flood (`tests/connections.rs` runs with one)
     /// since connections are accepted on a thread of their own
     /// (`crate::http::acceptor`) and a shed is not searched for again until
@@ -354,8 +354,7 @@ impl AuthConfig {
     }
 }
 
-/// `linger.ms`: 1 ms, not librdkafka's 5, measured with scripts/bench
-/// (`KafkaConfig::linger_ms`).
+/// `linger.ms`: 1 ms, not librdkafka's 5 (`KafkaConfig::linger_ms` says why).
 const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 /// `message.timeout.ms`: librdkafka's own 300 s is far beyond a webhook.
 const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_millis(10_000);
@@ -440,15 +439,15 @@ impl Partitioner {
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// `compression.type`: none, gzip, snappy, lz4 or zstd. lz4 is cheap on
-    /// CPU: scripts/bench showed no CPU difference from `none` on these
-    /// ~1 KB records, and it saves broker disk and network.
+    /// `compression.type`: none, gzip, snappy, lz4 or zstd. lz4 costs no CPU
+    /// measurable against `none` on records this small, and saves broker
+    /// disk and network (docs/benchmarks/README.md, "Producer settings").
     pub compression: Compression,
     /// `linger.ms`: how long a record waits for others to share its batch.
     /// Every delivery waits for its ack before answering, so this is added to
-    /// each answer; 1 ms (not librdkafka's 5) measured with scripts/bench:
-    /// p50 at a quarter of the max rate 3.6 ms instead of 7.4 ms, same
-    /// throughput; 20 ms halved throughput (README, "Benchmark").
+    /// each answer. 1 ms, not librdkafka's 5: half the median answer time at
+    /// moderate load for the same throughput, while a burst still shares a
+    /// produce request (docs/benchmarks/README.md, "Producer settings").
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub linger_ms: Duration,
     /// `message.timeout.ms`: how long librdkafka keeps trying one record before
