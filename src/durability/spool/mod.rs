@@ -29,12 +29,16 @@
 //! fsync'd) already lies past it, and every open starts at that mark. One
 //! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
+mod fs;
+
+pub use fs::{RealFs, SpoolFile, SpoolFs};
+
 use crate::durability::kafka::Record;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -310,12 +314,16 @@ fn scan_bytes(data: &[u8], mut last_id: u64, visit: &mut Visit<'_>) -> LogScan {
 /// held in memory whole; only the rest of a damaged log is, to search past
 /// the damage.
 fn scan_log(path: &Path, visit: &mut Visit<'_>) -> Result<LogScan, SpoolError> {
+    scan_file(path, visit).map_err(io_error(path))
+}
+
+fn scan_file(path: &Path, visit: &mut Visit<'_>) -> std::io::Result<LogScan> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(LogScan::default()),
-        Err(error) => return Err(io_error(path)(error)),
+        Err(error) => return Err(error),
     };
-    let len = file.metadata().map_err(io_error(path))?.len();
+    let len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let (mut at, mut last_id, mut body) = (0, 0, Vec::new());
     while at < len {
@@ -330,8 +338,7 @@ fn scan_log(path: &Path, visit: &mut Visit<'_>) -> Result<LogScan, SpoolError> {
                 let mut rest = Vec::new();
                 reader
                     .seek(SeekFrom::Start(at))
-                    .and_then(|_| reader.read_to_end(&mut rest))
-                    .map_err(io_error(path))?;
+                    .and_then(|_| reader.read_to_end(&mut rest))?;
                 let tail = scan_bytes(&rest, last_id, &mut |entry, offset, frame_len| {
                     visit(entry, at + offset, frame_len)
                 });
@@ -351,10 +358,8 @@ fn scan_log(path: &Path, visit: &mut Visit<'_>) -> Result<LogScan, SpoolError> {
 }
 
 /// Makes created, renamed or deleted directory entries durable.
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error(dir))
+fn sync_dir(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
+    fs.sync_dir(dir).map_err(io_error(dir))
 }
 
 /// A file's bytes; empty when it does not exist (yet).
@@ -367,11 +372,8 @@ fn read_if_present(path: &Path) -> Result<Vec<u8>, SpoolError> {
 }
 
 /// Cuts a file back to its first `len` bytes, durably (a torn tail found at open).
-fn cut_to(path: &Path, len: u64) -> Result<(), SpoolError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_error(path))?;
+fn cut_to(fs: &dyn SpoolFs, path: &Path, len: u64) -> Result<(), SpoolError> {
+    let file = fs.open_append(path).map_err(io_error(path))?;
     file.set_len(len).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }
@@ -379,6 +381,7 @@ fn cut_to(path: &Path, len: u64) -> Result<(), SpoolError> {
 /// Scans a frame log (segment or parked log), cuts a torn tail off it, and
 /// counts what was cut or skipped.
 fn recover_log(
+    fs: &dyn SpoolFs,
     path: &Path,
     recovery: &mut Recovery,
     visit: &mut Visit<'_>,
@@ -387,7 +390,7 @@ fn recover_log(
     recovery.corrupt_bytes += scan.corrupt;
     if scan.valid < scan.len {
         recovery.torn_bytes += scan.len - scan.valid;
-        cut_to(path, scan.valid)?;
+        cut_to(fs, path, scan.valid)?;
     }
     Ok(scan)
 }
@@ -412,17 +415,11 @@ fn read_high_water(dir: &Path) -> Result<u64, SpoolError> {
     Ok(mark.unwrap_or(0))
 }
 
-fn write_high_water(dir: &Path, next_id: u64) -> Result<(), SpoolError> {
+fn write_high_water(fs: &dyn SpoolFs, dir: &Path, next_id: u64) -> Result<(), SpoolError> {
     let path = dir.join(HIGH_WATER_FILE);
-    let temporary = dir.join(format!("{HIGH_WATER_FILE}.tmp"));
-    File::create(&temporary)
-        .and_then(|mut file| {
-            file.write_all(&id_frame(next_id))?;
-            file.sync_all()
-        })
-        .map_err(io_error(&temporary))?;
-    std::fs::rename(&temporary, &path).map_err(io_error(&path))?;
-    sync_dir(dir)
+    fs.replace(&path, &mut |out| out.write_all(&id_frame(next_id)))
+        .map_err(io_error(&path))?;
+    sync_dir(fs, dir)
 }
 
 /// The ids of an acks file (or high-water mark) up to the first damaged
@@ -442,12 +439,12 @@ fn read_acks(data: &[u8]) -> (HashSet<u64>, usize) {
 /// Reads the acks file and cuts a torn tail off it: acks are not fsync'd, so
 /// a crash can leave part of a frame, and acks appended after it would be
 /// misaligned and unreadable (found by tests/spool_model.rs).
-fn recover_acks(path: &Path) -> Result<HashSet<u64>, SpoolError> {
+fn recover_acks(fs: &dyn SpoolFs, path: &Path) -> Result<HashSet<u64>, SpoolError> {
     let data = read_if_present(path)?;
     let (acked, valid) = read_acks(&data);
     if valid < data.len() {
         tracing::warn!(path = %path.display(), torn_bytes = data.len() - valid, "spool acks file had a torn tail; cut it");
-        cut_to(path, valid as u64)?;
+        cut_to(fs, path, valid as u64)?;
     }
     Ok(acked)
 }
@@ -458,16 +455,27 @@ struct Segment {
     live: HashSet<u64>,
 }
 
+impl Segment {
+    fn empty(path: PathBuf) -> Segment {
+        Segment {
+            path,
+            bytes: 0,
+            live: HashSet::new(),
+        }
+    }
+}
+
 /// State owned by the writer thread.
 struct Files {
+    fs: Arc<dyn SpoolFs>,
     settings: SpoolSettings,
     /// Keyed by first id; the last one is appended to.
     segments: BTreeMap<u64, Segment>,
-    current: File,
+    current: Box<dyn SpoolFile>,
     current_first: u64,
-    acks: File,
+    acks: Box<dyn SpoolFile>,
     acks_path: PathBuf,
-    parked: File,
+    parked: Box<dyn SpoolFile>,
     parked_path: PathBuf,
     parked_count: Arc<AtomicU64>,
     next_id: u64,
@@ -476,7 +484,6 @@ struct Files {
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
     health: Arc<Health>,
-    crash: Option<Arc<CrashPlan>>,
 }
 
 enum Command {
@@ -490,73 +497,6 @@ enum Command {
 /// The outcome of the spool's last write to disk: `None` when it succeeded.
 #[derive(Default)]
 struct Health(Mutex<Option<String>>);
-
-/// A test aid (`tests/spool_model.rs`): makes the writer fail every file
-/// operation from a chosen one on, as a crash at that write, fsync, rename
-/// or truncation would, and records how much of each file was fsync'd, so a
-/// test can then tear what a crash may lose. Production opens have none.
-#[derive(Debug, Default)]
-pub struct CrashPlan {
-    /// File operations left before the crash; `None` when not armed.
-    remaining: Mutex<Option<u64>>,
-    crashed: AtomicBool,
-    synced: Mutex<HashMap<PathBuf, u64>>,
-}
-
-impl CrashPlan {
-    /// A plan that takes every file now in `dir` as durable as it is.
-    pub fn new(dir: &Path) -> std::io::Result<Arc<CrashPlan>> {
-        let plan = CrashPlan::default();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            plan.synced
-                .lock()
-                .expect("crash plan lock")
-                .insert(entry.path(), entry.metadata()?.len());
-        }
-        Ok(Arc::new(plan))
-    }
-
-    /// Crashes at the `after`-th file operation from now (0: the next one).
-    pub fn arm(&self, after: u64) {
-        *self.remaining.lock().expect("crash plan lock") = Some(after);
-    }
-
-    pub fn crashed(&self) -> bool {
-        self.crashed.load(Ordering::SeqCst)
-    }
-
-    /// How much of `path` was fsync'd (0 for a file created since the plan).
-    pub fn synced_len(&self, path: &Path) -> u64 {
-        let synced = self.synced.lock().expect("crash plan lock");
-        synced.get(path).copied().unwrap_or(0)
-    }
-
-    /// Called before each file operation: fails it, and all after it, from
-    /// the crash point on.
-    fn point(&self) -> std::io::Result<()> {
-        let mut remaining = self.remaining.lock().expect("crash plan lock");
-        match remaining.as_mut() {
-            _ if self.crashed() => Err(std::io::Error::other("crashed")),
-            Some(0) => {
-                self.crashed.store(true, Ordering::SeqCst);
-                Err(std::io::Error::other("crashed"))
-            }
-            Some(left) => {
-                *left -= 1;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn record_sync(&self, path: &Path, file: &File) {
-        if let Ok(metadata) = file.metadata() {
-            let mut synced = self.synced.lock().expect("crash plan lock");
-            synced.insert(path.to_owned(), metadata.len());
-        }
-    }
-}
 
 impl Health {
     /// Records how the last write ended: an I/O error, or success (a full
@@ -631,7 +571,7 @@ pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
 /// running bridge, which never writes this file.
 pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
     let path = dir.join(RETRIED_FILE);
-    let mut file = open_for_append(&path)?;
+    let mut file = open_for_append(&RealFs, &path)?;
     file.write_all(&id_frame(id))
         .and_then(|()| file.sync_data())
         .map_err(io_error(&path))
@@ -639,37 +579,42 @@ pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
 
 /// Rewrites the parked log without the records re-published since the last
 /// open (temporary file, fsync, rename), then forgets them.
-fn drop_retried(dir: &Path) -> Result<(), SpoolError> {
+fn drop_retried(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
     let retried_path = dir.join(RETRIED_FILE);
     let retried = read_acks(&read_if_present(&retried_path)?).0;
     if retried.is_empty() {
         return Ok(());
     }
     let parked_path = dir.join(PARKED_FILE);
-    let temporary = dir.join(format!("{PARKED_FILE}.tmp"));
     // Streamed, one record at a time: parked records can be large.
-    let mut kept = std::io::BufWriter::new(File::create(&temporary).map_err(io_error(&temporary))?);
-    let mut written = Ok(());
-    scan_log(&parked_path, &mut |entry, _, _| {
-        if written.is_ok() && !retried.contains(&entry.id) {
-            written = kept.write_all(&frame(entry.id, &entry.record));
-        }
-    })?;
-    written
-        .and_then(|()| kept.into_inner().map_err(|error| error.into_error()))
-        .and_then(|file| file.sync_all())
-        .map_err(io_error(&temporary))?;
-    std::fs::rename(&temporary, &parked_path).map_err(io_error(&parked_path))?;
-    std::fs::remove_file(&retried_path).map_err(io_error(&retried_path))?;
-    sync_dir(dir)
+    fs.replace(&parked_path, &mut |kept| {
+        let mut written = Ok(());
+        scan_file(&parked_path, &mut |entry, _, _| {
+            if written.is_ok() && !retried.contains(&entry.id) {
+                written = kept.write_all(&frame(entry.id, &entry.record));
+            }
+        })?;
+        written
+    })
+    .map_err(io_error(&parked_path))?;
+    fs.remove(&retried_path).map_err(io_error(&retried_path))?;
+    sync_dir(fs, dir)
 }
 
-fn open_for_append(path: &Path) -> Result<File, SpoolError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_error(path))
+fn open_for_append(fs: &dyn SpoolFs, path: &Path) -> Result<Box<dyn SpoolFile>, SpoolError> {
+    fs.open_append(path).map_err(io_error(path))
+}
+
+/// Opens a new segment whose first id is `first`, durably.
+fn open_segment(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    first: u64,
+) -> Result<Box<dyn SpoolFile>, SpoolError> {
+    let path = segment_path(dir, first);
+    let file = open_for_append(fs, &path)?;
+    sync_dir(fs, dir)?;
+    Ok(file)
 }
 
 impl Spool {
@@ -680,28 +625,21 @@ impl Spool {
         settings: SpoolSettings,
         visit: impl FnMut(SpoolEntry, Location),
     ) -> Result<(Spool, Recovery), SpoolError> {
-        Spool::open_with(settings, None, visit)
+        Spool::open_in(settings, Arc::new(RealFs), visit)
     }
 
-    /// `open`, with the writer's file operations failing from `crash`'s
-    /// crash point on (tests).
-    pub fn open_with_crash_plan(
+    /// `open`, with every file the spool writes created, written, made
+    /// durable and deleted through `fs` (a test's, that crashes at a chosen
+    /// operation; `open` uses `RealFs`).
+    pub fn open_in(
         settings: SpoolSettings,
-        crash: Arc<CrashPlan>,
-        visit: impl FnMut(SpoolEntry, Location),
-    ) -> Result<(Spool, Recovery), SpoolError> {
-        Spool::open_with(settings, Some(crash), visit)
-    }
-
-    fn open_with(
-        settings: SpoolSettings,
-        crash: Option<Arc<CrashPlan>>,
+        fs: Arc<dyn SpoolFs>,
         mut visit: impl FnMut(SpoolEntry, Location),
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&settings.dir).map_err(io_error(&settings.dir))?;
         let lock = lock_dir(&settings.dir)?;
         let acks_path = settings.dir.join("acks.log");
-        let acked = recover_acks(&acks_path)?;
+        let acked = recover_acks(fs.as_ref(), &acks_path)?;
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         // Past the mark, and past what the files show in case it was lost.
@@ -723,24 +661,29 @@ impl Spool {
         for (number, path) in numbered {
             let mut live = HashSet::new();
             let (mut entries, mut delivered) = (0, 0);
-            let scan = recover_log(&path, &mut recovery, &mut |entry, offset, len| {
-                entries += 1;
-                next_id = next_id.max(entry.id + 1);
-                if acked.contains(&entry.id) {
-                    delivered += 1;
-                } else {
-                    live.insert(entry.id);
-                    let location = Location {
-                        segment: number,
-                        offset,
-                        len,
-                    };
-                    visit(entry, location);
-                }
-            })?;
+            let scan = recover_log(
+                fs.as_ref(),
+                &path,
+                &mut recovery,
+                &mut |entry, offset, len| {
+                    entries += 1;
+                    next_id = next_id.max(entry.id + 1);
+                    if acked.contains(&entry.id) {
+                        delivered += 1;
+                    } else {
+                        live.insert(entry.id);
+                        let location = Location {
+                            segment: number,
+                            offset,
+                            len,
+                        };
+                        visit(entry, location);
+                    }
+                },
+            )?;
             if entries == 0 {
-                std::fs::remove_file(&path).map_err(io_error(&path))?;
-                sync_dir(&settings.dir)?;
+                fs.remove(&path).map_err(io_error(&path))?;
+                sync_dir(fs.as_ref(), &settings.dir)?;
                 continue;
             }
             recovery.pending += live.len();
@@ -754,27 +697,37 @@ impl Spool {
                 },
             );
         }
-        drop_retried(&settings.dir)?;
+        drop_retried(fs.as_ref(), &settings.dir)?;
         let parked_path = settings.dir.join(PARKED_FILE);
         let mut parked_entries = 0;
-        let parked_scan = recover_log(&parked_path, &mut recovery, &mut |entry, _, _| {
-            parked_entries += 1;
-            next_id = next_id.max(entry.id + 1);
-        })?;
-        let parked = open_for_append(&parked_path)?;
+        let parked_scan = recover_log(
+            fs.as_ref(),
+            &parked_path,
+            &mut recovery,
+            &mut |entry, _, _| {
+                parked_entries += 1;
+                next_id = next_id.max(entry.id + 1);
+            },
+        )?;
+        let parked = open_for_append(fs.as_ref(), &parked_path)?;
         recovery.parked = parked_entries;
         let reserved_until = next_id + ID_BLOCK;
-        write_high_water(&settings.dir, reserved_until)?;
+        write_high_water(fs.as_ref(), &settings.dir, reserved_until)?;
         let used = Arc::new(AtomicU64::new(
             segments.values().map(|s| s.bytes).sum::<u64>() + parked_scan.valid,
         ));
         let parked_count = Arc::new(AtomicU64::new(parked_entries as u64));
         let pending_count = Arc::new(AtomicU64::new(recovery.pending as u64));
         let health = Arc::new(Health::default());
-        let acks = open_for_append(&acks_path)?;
+        let acks = open_for_append(fs.as_ref(), &acks_path)?;
+        let current = open_segment(fs.as_ref(), &settings.dir, next_id)?;
+        segments
+            .entry(next_id)
+            .or_insert_with(|| Segment::empty(segment_path(&settings.dir, next_id)));
         let mut files = Files {
-            current: File::open("/dev/null").map_err(io_error(Path::new("/dev/null")))?,
-            current_first: 0,
+            fs,
+            current,
+            current_first: next_id,
             settings: settings.clone(),
             segments,
             acks,
@@ -787,9 +740,7 @@ impl Spool {
             used: Arc::clone(&used),
             pending: Arc::clone(&pending_count),
             health: Arc::clone(&health),
-            crash,
         };
-        files.start_segment()?;
         files.collect_garbage()?;
         let (commands, receiver) = mpsc::unbounded_channel();
         std::thread::Builder::new()
@@ -930,37 +881,18 @@ impl Spool {
 }
 
 impl Files {
-    /// Before every file operation: where a test's crash plan strikes.
-    fn point(&self) -> std::io::Result<()> {
-        self.crash.as_ref().map_or(Ok(()), |plan| plan.point())
-    }
-
-    /// After every fsync that succeeded: what a crash can no longer lose.
-    fn synced(&self, path: &Path, file: &File) {
-        if let Some(plan) = &self.crash {
-            plan.record_sync(path, file);
-        }
-    }
-
-    /// The high-water mark, through the crash point.
     fn write_high_water(&self, next_id: u64) -> Result<(), SpoolError> {
-        self.point()
-            .map_err(io_error(&self.settings.dir.join(HIGH_WATER_FILE)))?;
-        write_high_water(&self.settings.dir, next_id)
+        write_high_water(self.fs.as_ref(), &self.settings.dir, next_id)
     }
 
     fn start_segment(&mut self) -> Result<(), SpoolError> {
         let first = self.next_id;
-        let path = segment_path(&self.settings.dir, first);
-        self.point().map_err(io_error(&path))?;
-        self.current = open_for_append(&path)?;
-        sync_dir(&self.settings.dir)?;
+        self.current = open_segment(self.fs.as_ref(), &self.settings.dir, first)?;
         self.current_first = first;
-        self.segments.entry(first).or_insert(Segment {
-            path,
-            bytes: 0,
-            live: HashSet::new(),
-        });
+        let path = segment_path(&self.settings.dir, first);
+        self.segments
+            .entry(first)
+            .or_insert_with(|| Segment::empty(path));
         Ok(())
     }
 
@@ -1000,10 +932,7 @@ impl Files {
                 self.append_batch(appends);
             }
             for reply in syncs {
-                let synced = self.point().and_then(|()| self.acks.sync_data());
-                if synced.is_ok() {
-                    self.synced(&self.acks_path, &self.acks);
-                }
+                let synced = self.acks.sync_data();
                 let _ = reply.send(synced.map_err(io_error(&self.acks_path)));
             }
             if !probes.is_empty() {
@@ -1014,9 +943,7 @@ impl Files {
                 }
             }
         }
-        if self.point().and_then(|()| self.acks.sync_all()).is_ok() {
-            self.synced(&self.acks_path, &self.acks);
-        }
+        let _ = self.acks.sync_all();
     }
 
     /// Makes sure the durable high-water mark lies past the next `count` ids.
@@ -1050,19 +977,15 @@ impl Files {
                 cap: self.settings.max_bytes,
             });
         }
-        let before = self.parked.metadata().map(|m| m.len()).unwrap_or(0);
+        let before = self.parked.size().unwrap_or(0);
         let written = self
-            .point()
-            .and_then(|()| self.parked.write_all(&framed))
-            .and_then(|()| self.point())
+            .parked
+            .write_all(&framed)
             .and_then(|()| self.parked.sync_data());
         if let Err(source) = written {
-            if self.point().is_ok() {
-                let _ = self.parked.set_len(before);
-            }
+            let _ = self.parked.set_len(before);
             return Err(io_error(&self.parked_path)(source));
         }
-        self.synced(&self.parked_path, &self.parked);
         self.used.fetch_add(framed.len() as u64, Ordering::Relaxed);
         self.parked_count.fetch_add(1, Ordering::Relaxed);
         if spooled {
@@ -1126,15 +1049,12 @@ impl Files {
         let current = &self.segments[&self.current_first];
         let (path, before) = (current.path.clone(), current.bytes);
         let written = self
-            .point()
-            .and_then(|()| self.current.write_all(&buffer))
-            .and_then(|()| self.point())
+            .current
+            .write_all(&buffer)
             .and_then(|()| self.current.sync_data());
         if let Err(source) = written {
-            if self.point().is_ok() {
-                let _ = self.current.set_len(before);
-                let _ = self.current.seek(SeekFrom::End(0));
-            }
+            // Appends continue at the new end: the file is open for appending.
+            let _ = self.current.set_len(before);
             let error = io_error(&path)(source);
             tracing::error!(%error, "spool write failed");
             self.health.record(Some(&error));
@@ -1143,7 +1063,6 @@ impl Files {
             }
             return;
         }
-        self.synced(&path, &self.current);
         let segment = self
             .segments
             .get_mut(&self.current_first)
@@ -1175,8 +1094,8 @@ impl Files {
                 }
             }
         }
-        self.point()
-            .and_then(|()| self.acks.write_all(&frames))
+        self.acks
+            .write_all(&frames)
             .map_err(io_error(&self.acks_path))?;
         self.collect_garbage()
     }
@@ -1195,21 +1114,18 @@ impl Files {
             self.segments.len() == done.len() + 1 && current.live.is_empty() && current.bytes > 0;
         for first in done {
             let segment = self.segments.remove(&first).expect("listed");
-            self.point().map_err(io_error(&segment.path))?;
-            std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+            self.fs
+                .remove(&segment.path)
+                .map_err(io_error(&segment.path))?;
             self.used.fetch_sub(segment.bytes, Ordering::Relaxed);
-            sync_dir(&self.settings.dir)?;
+            sync_dir(self.fs.as_ref(), &self.settings.dir)?;
         }
         if reset {
             // Everything delivered: reset rather than keep an ever-growing acks file.
             let current = &self.segments[&self.current_first];
             let (path, bytes) = (current.path.clone(), current.bytes);
-            self.point()
-                .and_then(|()| self.current.set_len(0))
-                .map_err(io_error(&path))?;
-            self.point()
-                .and_then(|()| self.acks.set_len(0))
-                .map_err(io_error(&self.acks_path))?;
+            self.current.set_len(0).map_err(io_error(&path))?;
+            self.acks.set_len(0).map_err(io_error(&self.acks_path))?;
             self.used.fetch_sub(bytes, Ordering::Relaxed);
             self.segments
                 .get_mut(&self.current_first)
