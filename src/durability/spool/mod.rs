@@ -13,8 +13,6 @@
 //! queue crates looked at either lack checksums/torn-write recovery or bring a
 //! storage engine's worth of machinery.
 //!
-//! Frame: `len: u32 LE | crc32(body): u32 LE | body`, body = `id: u64 LE | record`.
-//!
 //! A record Kafka refuses for good (too large, forbidden topic) is *parked*:
 //! appended to `parked.log` in the same frame format, with its reason and
 //! time as the `superfone-parked-*` headers, fsync'd, and only then
@@ -29,11 +27,13 @@
 //! fsync'd) already lies past it, and every open starts at that mark. One
 //! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
+mod format;
 mod fs;
 
 pub use fs::{RealFs, SpoolFile, SpoolFs};
 
 use crate::durability::kafka::Record;
+use format::{frame, frame_at, id_frame, read_frame, read_ids, FRAME_HEADER, ID_FRAME};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -42,8 +42,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-const FRAME_HEADER: usize = 8;
-const ACK_FRAME: usize = 12;
 const HIGH_WATER_FILE: &str = "high_water";
 /// Locked (`flock`) by the process that has the spool open.
 const LOCK_FILE: &str = "lock";
@@ -57,8 +55,6 @@ pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
 pub const PARKED_AT_HEADER: &str = "superfone-parked-at";
 /// Ids reserved by one write of the high-water mark.
 const ID_BLOCK: u64 = 1 << 20;
-/// Larger frames are treated as corruption (records are at most a few MiB).
-const MAX_FRAME: u32 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -134,77 +130,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-/// The spool's encoding of a record (length-prefixed fields, little-endian).
-trait SpoolCodec: Sized {
-    fn encode(&self, out: &mut Vec<u8>);
-    fn decode(input: &[u8]) -> Option<Self>;
-}
-
-impl SpoolCodec for Record {
-    fn encode(&self, out: &mut Vec<u8>) {
-        fn bytes(out: &mut Vec<u8>, data: &[u8]) {
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out.extend_from_slice(data);
-        }
-        bytes(out, self.topic.as_bytes());
-        match &self.key {
-            Some(key) => {
-                out.push(1);
-                bytes(out, key.as_bytes());
-            }
-            None => out.push(0),
-        }
-        out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
-        for (name, value) in &self.headers {
-            bytes(out, name.as_bytes());
-            bytes(out, value.as_bytes());
-        }
-        bytes(out, &self.payload);
-    }
-
-    fn decode(mut input: &[u8]) -> Option<Record> {
-        fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            let (head, rest) = input.split_at_checked(n)?;
-            *input = rest;
-            Some(head)
-        }
-        fn bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
-            let len = u32::from_le_bytes(take(input, 4)?.try_into().ok()?) as usize;
-            take(input, len)
-        }
-        fn text(input: &mut &[u8]) -> Option<String> {
-            String::from_utf8(bytes(input)?.to_vec()).ok()
-        }
-        let topic = text(&mut input)?;
-        let key = match take(&mut input, 1)?[0] {
-            1 => Some(text(&mut input)?),
-            _ => None,
-        };
-        let count = u32::from_le_bytes(take(&mut input, 4)?.try_into().ok()?);
-        let headers = (0..count)
-            .map(|_| Some((text(&mut input)?, text(&mut input)?)))
-            .collect::<Option<_>>()?;
-        let payload = bytes(&mut input)?.to_vec();
-        Some(Record {
-            topic,
-            key,
-            headers,
-            payload,
-        })
-    }
-}
-
-fn frame(id: u64, record: &Record) -> Vec<u8> {
-    let mut body = Vec::with_capacity(record.payload.len() + 256);
-    body.extend_from_slice(&id.to_le_bytes());
-    record.encode(&mut body);
-    let mut framed = Vec::with_capacity(body.len() + FRAME_HEADER);
-    framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    framed.extend_from_slice(&body);
-    framed
-}
-
 /// Where a frame lies: the segment file (named by `segment`), the offset of
 /// the frame in it and the frame's length. Replay reads records from disk by
 /// location instead of keeping them in memory.
@@ -224,47 +149,6 @@ pub struct Appended {
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
-}
-
-/// The entry of a frame body, if its checksum holds and it decodes.
-fn decode_body(body: &[u8], crc: u32) -> Option<SpoolEntry> {
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
-    let id = u64::from_le_bytes(body.get(..8)?.try_into().expect("8 bytes"));
-    let record = Record::decode(&body[8..])?;
-    Some(SpoolEntry { id, record })
-}
-
-/// A frame header's body length and checksum, if the length is plausible.
-fn parse_header(header: &[u8]) -> Option<(usize, u32)> {
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    (8..=MAX_FRAME)
-        .contains(&len)
-        .then_some((len as usize, crc))
-}
-
-/// The frame starting at `at`, if one is there whole and intact: its entry and end.
-fn frame_at(data: &[u8], at: usize) -> Option<(SpoolEntry, usize)> {
-    let (len, crc) = parse_header(data.get(at..at + FRAME_HEADER)?)?;
-    let end = at + FRAME_HEADER + len;
-    let entry = decode_body(data.get(at + FRAME_HEADER..end)?, crc)?;
-    Some((entry, end))
-}
-
-/// Reads the frame at the reader's position, if it is whole (within
-/// `available` bytes) and intact. `body` is a buffer reused between frames.
-fn read_frame(reader: &mut impl Read, available: u64, body: &mut Vec<u8>) -> Option<SpoolEntry> {
-    let mut header = [0; FRAME_HEADER];
-    reader.read_exact(&mut header).ok()?;
-    let (len, crc) = parse_header(&header)?;
-    if (FRAME_HEADER + len) as u64 > available {
-        return None;
-    }
-    body.resize(len, 0);
-    reader.read_exact(body).ok()?;
-    decode_body(body, crc)
 }
 
 /// Called with each intact frame of a log: its entry, offset and length.
@@ -395,19 +279,11 @@ fn recover_log(
     Ok(scan)
 }
 
-/// An id as the acks file and the high-water mark store it: `id | crc32(id)`.
-fn id_frame(id: u64) -> [u8; ACK_FRAME] {
-    let mut frame = [0; ACK_FRAME];
-    frame[..8].copy_from_slice(&id.to_le_bytes());
-    frame[8..].copy_from_slice(&crc32fast::hash(&id.to_le_bytes()).to_le_bytes());
-    frame
-}
-
 /// The durable high-water mark: no id below it may be issued again.
 fn read_high_water(dir: &Path) -> Result<u64, SpoolError> {
     let path = dir.join(HIGH_WATER_FILE);
     let data = read_if_present(&path)?;
-    let mark = read_acks(&data).0.into_iter().max();
+    let mark = read_ids(&data).0.into_iter().max();
     if mark.is_none() && !data.is_empty() {
         // Written by rename, so never torn: a bad checksum is damage.
         tracing::error!(path = %path.display(), "spool high-water mark is corrupt; ignoring it");
@@ -422,26 +298,12 @@ fn write_high_water(fs: &dyn SpoolFs, dir: &Path, next_id: u64) -> Result<(), Sp
     sync_dir(fs, dir)
 }
 
-/// The ids of an acks file (or high-water mark) up to the first damaged
-/// frame, and the length of that valid prefix.
-fn read_acks(data: &[u8]) -> (HashSet<u64>, usize) {
-    let ids: Vec<u64> = data
-        .chunks_exact(ACK_FRAME)
-        .take_while(|chunk| {
-            crc32fast::hash(&chunk[..8]) == u32::from_le_bytes(chunk[8..].try_into().unwrap())
-        })
-        .map(|chunk| u64::from_le_bytes(chunk[..8].try_into().unwrap()))
-        .collect();
-    let valid = ids.len() * ACK_FRAME;
-    (ids.into_iter().collect(), valid)
-}
-
 /// Reads the acks file and cuts a torn tail off it: acks are not fsync'd, so
 /// a crash can leave part of a frame, and acks appended after it would be
 /// misaligned and unreadable (found by tests/spool_model.rs).
 fn recover_acks(fs: &dyn SpoolFs, path: &Path) -> Result<HashSet<u64>, SpoolError> {
     let data = read_if_present(path)?;
-    let (acked, valid) = read_acks(&data);
+    let (acked, valid) = read_ids(&data);
     if valid < data.len() {
         tracing::warn!(path = %path.display(), torn_bytes = data.len() - valid, "spool acks file had a torn tail; cut it");
         cut_to(fs, path, valid as u64)?;
@@ -556,7 +418,7 @@ fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
 /// yet (also while a bridge runs: frames are checksummed, and a frame still
 /// being written is not yet whole).
 pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
-    let retried = read_acks(&read_if_present(&dir.join(RETRIED_FILE))?).0;
+    let retried = read_ids(&read_if_present(&dir.join(RETRIED_FILE))?).0;
     let mut entries = Vec::new();
     scan_log(&dir.join(PARKED_FILE), &mut |entry, _, _| {
         if !retried.contains(&entry.id) {
@@ -581,7 +443,7 @@ pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
 /// open (temporary file, fsync, rename), then forgets them.
 fn drop_retried(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
     let retried_path = dir.join(RETRIED_FILE);
-    let retried = read_acks(&read_if_present(&retried_path)?).0;
+    let retried = read_ids(&read_if_present(&retried_path)?).0;
     if retried.is_empty() {
         return Ok(());
     }
@@ -1084,7 +946,7 @@ impl Files {
     }
 
     fn record_delivered(&mut self, ids: &[u64]) -> Result<(), SpoolError> {
-        let mut frames = Vec::with_capacity(ids.len() * ACK_FRAME);
+        let mut frames = Vec::with_capacity(ids.len() * ID_FRAME);
         for id in ids {
             frames.extend_from_slice(&id_frame(*id));
             let segment = self.segments.range_mut(..=*id).next_back();
