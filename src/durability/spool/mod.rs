@@ -19,21 +19,16 @@
 //! acknowledged in the spool, so it leaves the replay without ever being
 //! lost. Parked records count towards the byte cap until an operator takes
 //! them out (`superfone-bridge spool parked`).
-//!
-//! Ids are never reused, across any sequence of restarts and crashes: the
-//! acks file may still list ids whose segments are gone, so a reused id would
-//! be taken for delivered. Ids are reserved in blocks: before an id is issued,
-//! `high_water` (written to a temporary file, fsync'd, renamed, directory
-//! fsync'd) already lies past it, and every open starts at that mark. One
-//! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
 mod format;
 mod fs;
+mod ids;
 
 pub use fs::{RealFs, SpoolFile, SpoolFs};
 
 use crate::durability::kafka::Record;
 use format::{frame, frame_at, id_frame, read_frame, read_ids, FRAME_HEADER, ID_FRAME};
+use ids::{read_high_water, Ids};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -42,7 +37,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-const HIGH_WATER_FILE: &str = "high_water";
 /// Locked (`flock`) by the process that has the spool open.
 const LOCK_FILE: &str = "lock";
 pub const PARKED_FILE: &str = "parked.log";
@@ -53,8 +47,6 @@ pub const RETRIED_FILE: &str = "parked.retried";
 pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
 /// When it was parked, RFC 3339 UTC.
 pub const PARKED_AT_HEADER: &str = "superfone-parked-at";
-/// Ids reserved by one write of the high-water mark.
-const ID_BLOCK: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -279,25 +271,6 @@ fn recover_log(
     Ok(scan)
 }
 
-/// The durable high-water mark: no id below it may be issued again.
-fn read_high_water(dir: &Path) -> Result<u64, SpoolError> {
-    let path = dir.join(HIGH_WATER_FILE);
-    let data = read_if_present(&path)?;
-    let mark = read_ids(&data).0.into_iter().max();
-    if mark.is_none() && !data.is_empty() {
-        // Written by rename, so never torn: a bad checksum is damage.
-        tracing::error!(path = %path.display(), "spool high-water mark is corrupt; ignoring it");
-    }
-    Ok(mark.unwrap_or(0))
-}
-
-fn write_high_water(fs: &dyn SpoolFs, dir: &Path, next_id: u64) -> Result<(), SpoolError> {
-    let path = dir.join(HIGH_WATER_FILE);
-    fs.replace(&path, &mut |out| out.write_all(&id_frame(next_id)))
-        .map_err(io_error(&path))?;
-    sync_dir(fs, dir)
-}
-
 /// Reads the acks file and cuts a torn tail off it: acks are not fsync'd, so
 /// a crash can leave part of a frame, and acks appended after it would be
 /// misaligned and unreadable (found by tests/spool_model.rs).
@@ -340,9 +313,7 @@ struct Files {
     parked: Box<dyn SpoolFile>,
     parked_path: PathBuf,
     parked_count: Arc<AtomicU64>,
-    next_id: u64,
-    /// The durable high-water mark: ids below it may be issued.
-    reserved_until: u64,
+    ids: Ids,
     used: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
     health: Arc<Health>,
@@ -573,8 +544,7 @@ impl Spool {
         )?;
         let parked = open_for_append(fs.as_ref(), &parked_path)?;
         recovery.parked = parked_entries;
-        let reserved_until = next_id + ID_BLOCK;
-        write_high_water(fs.as_ref(), &settings.dir, reserved_until)?;
+        let ids = Ids::reserve_from(Arc::clone(&fs), &settings.dir, next_id)?;
         let used = Arc::new(AtomicU64::new(
             segments.values().map(|s| s.bytes).sum::<u64>() + parked_scan.valid,
         ));
@@ -597,8 +567,7 @@ impl Spool {
             parked,
             parked_path,
             parked_count: Arc::clone(&parked_count),
-            next_id,
-            reserved_until,
+            ids,
             used: Arc::clone(&used),
             pending: Arc::clone(&pending_count),
             health: Arc::clone(&health),
@@ -743,12 +712,8 @@ impl Spool {
 }
 
 impl Files {
-    fn write_high_water(&self, next_id: u64) -> Result<(), SpoolError> {
-        write_high_water(self.fs.as_ref(), &self.settings.dir, next_id)
-    }
-
     fn start_segment(&mut self) -> Result<(), SpoolError> {
-        let first = self.next_id;
+        let first = self.ids.next();
         self.current = open_segment(self.fs.as_ref(), &self.settings.dir, first)?;
         self.current_first = first;
         let path = segment_path(&self.settings.dir, first);
@@ -798,7 +763,7 @@ impl Files {
                 let _ = reply.send(synced.map_err(io_error(&self.acks_path)));
             }
             if !probes.is_empty() {
-                let result = self.write_high_water(self.reserved_until);
+                let result = self.ids.rewrite();
                 self.health.record(result.as_ref().err());
                 for reply in probes {
                     let _ = reply.send(result.as_ref().map_err(SpoolError::duplicate).copied());
@@ -808,25 +773,14 @@ impl Files {
         let _ = self.acks.sync_all();
     }
 
-    /// Makes sure the durable high-water mark lies past the next `count` ids.
-    fn reserve_ids(&mut self, count: u64) -> Result<(), SpoolError> {
-        if self.next_id + count >= self.reserved_until {
-            let reserved_until = self.next_id + count + ID_BLOCK;
-            self.write_high_water(reserved_until)?;
-            self.reserved_until = reserved_until;
-        }
-        Ok(())
-    }
-
     /// Appends the record to the parked log and fsyncs it; then, for a spool
     /// entry, acknowledges it so it leaves the replay.
     fn park(&mut self, id: Option<u64>, record: &Record) -> Result<u64, SpoolError> {
         let id = match id {
             Some(id) => id,
             None => {
-                self.reserve_ids(1)?;
-                self.next_id += 1;
-                self.next_id - 1
+                self.ids.reserve(1)?;
+                self.ids.issue()
             }
         };
         let framed = frame(id, record);
@@ -872,7 +826,7 @@ impl Files {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
         let used = self.used.load(Ordering::Relaxed);
-        let reserved = self.reserve_ids(batch.len() as u64);
+        let reserved = self.ids.reserve(batch.len() as u64);
         self.health.record(reserved.as_ref().err());
         if let Err(error) = reserved {
             tracing::error!(%error, "spool: cannot reserve ids");
@@ -882,7 +836,7 @@ impl Files {
             return;
         }
         for (record, reply) in batch {
-            let framed = frame(self.next_id, &record);
+            let framed = frame(self.ids.next(), &record);
             let projected = used + (buffer.len() + framed.len()) as u64;
             if projected > self.settings.max_bytes {
                 let _ = reply.send(Err(SpoolError::Full {
@@ -899,11 +853,10 @@ impl Files {
             };
             buffer.extend_from_slice(&framed);
             let appended = Appended {
-                id: self.next_id,
+                id: self.ids.issue(),
                 location,
             };
             accepted.push((appended, reply));
-            self.next_id += 1;
         }
         if accepted.is_empty() {
             return;
