@@ -23,6 +23,7 @@
 mod format;
 mod fs;
 mod ids;
+mod writer;
 
 pub use fs::{RealFs, SpoolFile, SpoolFs};
 
@@ -30,23 +31,16 @@ use crate::durability::kafka::Record;
 use format::{frame, frame_at, id_frame, read_frame, read_ids, FRAME_HEADER, ID_FRAME};
 use ids::{read_high_water, Ids};
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-
-/// Locked (`flock`) by the process that has the spool open.
-const LOCK_FILE: &str = "lock";
-pub const PARKED_FILE: &str = "parked.log";
-/// Ids of parked records an operator re-published (`spool parked retry`);
-/// they leave `parked.log` when the spool is next opened.
-pub const RETRIED_FILE: &str = "parked.retried";
-/// Why a parked record was refused (the Kafka error).
-pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
-/// When it was parked, RFC 3339 UTC.
-pub const PARKED_AT_HEADER: &str = "superfone-parked-at";
+use writer::{create_segment, segment_path, Command, Park, Segment, Status, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -89,6 +83,13 @@ impl SpoolError {
     }
 }
 
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolEntry {
     pub id: u64,
@@ -115,13 +116,6 @@ pub struct SpoolSettings {
     pub segment_bytes: u64,
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Where a frame lies: the segment file (named by `segment`), the offset of
 /// the frame in it and the frame's length. Replay reads records from disk by
 /// location instead of keeping them in memory.
@@ -139,315 +133,17 @@ pub struct Appended {
     pub location: Location,
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
-    dir.join(format!("{segment:020}.seg"))
-}
-
-/// Called with each intact frame of a log: its entry, offset and length.
-type Visit<'a> = dyn FnMut(SpoolEntry, u64, u32) + 'a;
-
-/// What scanning a frame log found besides its frames.
-#[derive(Default)]
-struct LogScan {
-    /// Length of the prefix that ends with the last valid frame.
-    valid: u64,
-    /// Bytes skipped between valid frames.
-    corrupt: u64,
-    /// The file's length.
-    len: u64,
-}
-
-/// Visits the valid frames of an in-memory log. A damaged frame is skipped
-/// by searching for the next intact frame with an id above `last_id`;
-/// nothing intact after it means a torn tail (the bytes past `valid`).
-fn scan_bytes(data: &[u8], mut last_id: u64, visit: &mut Visit<'_>) -> LogScan {
-    let mut scan = LogScan {
-        len: data.len() as u64,
-        ..LogScan::default()
-    };
-    let mut at = 0;
-    while at < data.len() {
-        let found = frame_at(data, at).map(|found| (at, found)).or_else(|| {
-            (at + 1..data.len()).find_map(|candidate| {
-                frame_at(data, candidate)
-                    .filter(|(entry, _)| entry.id > last_id)
-                    .map(|found| (candidate, found))
-            })
-        });
-        let Some((start, (entry, end))) = found else {
-            break;
-        };
-        scan.corrupt += (start - at) as u64;
-        last_id = entry.id;
-        visit(entry, start as u64, (end - start) as u32);
-        scan.valid = end as u64;
-        at = end;
-    }
-    scan
-}
-
-/// Visits the valid frames of a log file one at a time, so a log is never
-/// held in memory whole; only the rest of a damaged log is, to search past
-/// the damage.
-fn scan_log(path: &Path, visit: &mut Visit<'_>) -> Result<LogScan, SpoolError> {
-    scan_file(path, visit).map_err(io_error(path))
-}
-
-fn scan_file(path: &Path, visit: &mut Visit<'_>) -> std::io::Result<LogScan> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(LogScan::default()),
-        Err(error) => return Err(error),
-    };
-    let len = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    let (mut at, mut last_id, mut body) = (0, 0, Vec::new());
-    while at < len {
-        match read_frame(&mut reader, len - at, &mut body) {
-            Some(entry) => {
-                let frame_len = FRAME_HEADER + body.len();
-                last_id = entry.id;
-                visit(entry, at, frame_len as u32);
-                at += frame_len as u64;
-            }
-            None => {
-                let mut rest = Vec::new();
-                reader
-                    .seek(SeekFrom::Start(at))
-                    .and_then(|_| reader.read_to_end(&mut rest))?;
-                let tail = scan_bytes(&rest, last_id, &mut |entry, offset, frame_len| {
-                    visit(entry, at + offset, frame_len)
-                });
-                return Ok(LogScan {
-                    valid: at + tail.valid,
-                    corrupt: tail.corrupt,
-                    len,
-                });
-            }
-        }
-    }
-    Ok(LogScan {
-        valid: at,
-        corrupt: 0,
-        len,
-    })
-}
-
-/// Makes created, renamed or deleted directory entries durable.
-fn sync_dir(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
-    fs.sync_dir(dir).map_err(io_error(dir))
-}
-
-/// A file's bytes; empty when it does not exist (yet).
-fn read_if_present(path: &Path) -> Result<Vec<u8>, SpoolError> {
-    match std::fs::read(path) {
-        Ok(data) => Ok(data),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(error) => Err(io_error(path)(error)),
-    }
-}
-
-/// Cuts a file back to its first `len` bytes, durably (a torn tail found at open).
-fn cut_to(fs: &dyn SpoolFs, path: &Path, len: u64) -> Result<(), SpoolError> {
-    let file = fs.open_append(path).map_err(io_error(path))?;
-    file.set_len(len).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
-}
-
-/// Scans a frame log (segment or parked log), cuts a torn tail off it, and
-/// counts what was cut or skipped.
-fn recover_log(
-    fs: &dyn SpoolFs,
-    path: &Path,
-    recovery: &mut Recovery,
-    visit: &mut Visit<'_>,
-) -> Result<LogScan, SpoolError> {
-    let scan = scan_log(path, visit)?;
-    recovery.corrupt_bytes += scan.corrupt;
-    if scan.valid < scan.len {
-        recovery.torn_bytes += scan.len - scan.valid;
-        cut_to(fs, path, scan.valid)?;
-    }
-    Ok(scan)
-}
-
-/// Reads the acks file and cuts a torn tail off it: acks are not fsync'd, so
-/// a crash can leave part of a frame, and acks appended after it would be
-/// misaligned and unreadable (found by tests/spool_model.rs).
-fn recover_acks(fs: &dyn SpoolFs, path: &Path) -> Result<HashSet<u64>, SpoolError> {
-    let data = read_if_present(path)?;
-    let (acked, valid) = read_ids(&data);
-    if valid < data.len() {
-        tracing::warn!(path = %path.display(), torn_bytes = data.len() - valid, "spool acks file had a torn tail; cut it");
-        cut_to(fs, path, valid as u64)?;
-    }
-    Ok(acked)
-}
-
-struct Segment {
-    path: PathBuf,
-    bytes: u64,
-    live: HashSet<u64>,
-}
-
-impl Segment {
-    fn empty(path: PathBuf) -> Segment {
-        Segment {
-            path,
-            bytes: 0,
-            live: HashSet::new(),
-        }
-    }
-}
-
-/// State owned by the writer thread.
-struct Files {
-    fs: Arc<dyn SpoolFs>,
-    settings: SpoolSettings,
-    /// Keyed by first id; the last one is appended to.
-    segments: BTreeMap<u64, Segment>,
-    current: Box<dyn SpoolFile>,
-    current_first: u64,
-    acks: Box<dyn SpoolFile>,
-    acks_path: PathBuf,
-    parked: Box<dyn SpoolFile>,
-    parked_path: PathBuf,
-    parked_count: Arc<AtomicU64>,
-    ids: Ids,
-    used: Arc<AtomicU64>,
-    pending: Arc<AtomicU64>,
-    health: Arc<Health>,
-}
-
-enum Command {
-    Append(Record, oneshot::Sender<Result<Appended, SpoolError>>),
-    Delivered(u64),
-    Park(Park),
-    Sync(oneshot::Sender<Result<(), SpoolError>>),
-    Probe(oneshot::Sender<Result<(), SpoolError>>),
-}
-
-/// The outcome of the spool's last write to disk: `None` when it succeeded.
-#[derive(Default)]
-struct Health(Mutex<Option<String>>);
-
-impl Health {
-    /// Records how the last write ended: an I/O error, or success (a full
-    /// spool is not a disk fault).
-    fn record(&self, error: Option<&SpoolError>) {
-        let fault = error
-            .filter(|error| matches!(error, SpoolError::Io { .. }))
-            .map(ToString::to_string);
-        *self.0.lock().expect("spool health lock") = fault;
-    }
-}
-
-/// A record to park: a spool entry (`id`), or a new record not yet spooled.
-struct Park {
-    id: Option<u64>,
-    record: Record,
-    reply: oneshot::Sender<Result<u64, SpoolError>>,
-}
-
 /// Handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     commands: mpsc::UnboundedSender<Command>,
     dir: Arc<Path>,
-    used: Arc<AtomicU64>,
-    pending: Arc<AtomicU64>,
-    parked: Arc<AtomicU64>,
-    health: Arc<Health>,
+    status: Arc<Status>,
     cap: u64,
     /// Holds the directory's exclusive lock while any handle lives: two
     /// processes writing one spool would each replay and delete the other's
     /// entries.
     _lock: Arc<File>,
-}
-
-/// Takes the spool directory's exclusive lock (`flock` on `LOCK_FILE`,
-/// released by the kernel when the process dies, so a crash leaves no
-/// stale lock).
-fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
-            dir: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Io { path, source }),
-    }
-}
-
-/// Reads the parked records of a spool directory that were not re-published
-/// yet (also while a bridge runs: frames are checksummed, and a frame still
-/// being written is not yet whole).
-pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
-    let retried = read_ids(&read_if_present(&dir.join(RETRIED_FILE))?).0;
-    let mut entries = Vec::new();
-    scan_log(&dir.join(PARKED_FILE), &mut |entry, _, _| {
-        if !retried.contains(&entry.id) {
-            entries.push(entry);
-        }
-    })?;
-    Ok(entries)
-}
-
-/// Records that a parked record was re-published (fsync'd): it is no longer
-/// listed, and leaves the parked log at the spool's next open. Safe beside a
-/// running bridge, which never writes this file.
-pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
-    let path = dir.join(RETRIED_FILE);
-    let mut file = open_for_append(&RealFs, &path)?;
-    file.write_all(&id_frame(id))
-        .and_then(|()| file.sync_data())
-        .map_err(io_error(&path))
-}
-
-/// Rewrites the parked log without the records re-published since the last
-/// open (temporary file, fsync, rename), then forgets them.
-fn drop_retried(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
-    let retried_path = dir.join(RETRIED_FILE);
-    let retried = read_ids(&read_if_present(&retried_path)?).0;
-    if retried.is_empty() {
-        return Ok(());
-    }
-    let parked_path = dir.join(PARKED_FILE);
-    // Streamed, one record at a time: parked records can be large.
-    fs.replace(&parked_path, &mut |kept| {
-        let mut written = Ok(());
-        scan_file(&parked_path, &mut |entry, _, _| {
-            if written.is_ok() && !retried.contains(&entry.id) {
-                written = kept.write_all(&frame(entry.id, &entry.record));
-            }
-        })?;
-        written
-    })
-    .map_err(io_error(&parked_path))?;
-    fs.remove(&retried_path).map_err(io_error(&retried_path))?;
-    sync_dir(fs, dir)
-}
-
-fn open_for_append(fs: &dyn SpoolFs, path: &Path) -> Result<Box<dyn SpoolFile>, SpoolError> {
-    fs.open_append(path).map_err(io_error(path))
-}
-
-/// Opens a new segment whose first id is `first`, durably.
-fn open_segment(
-    fs: &dyn SpoolFs,
-    dir: &Path,
-    first: u64,
-) -> Result<Box<dyn SpoolFile>, SpoolError> {
-    let path = segment_path(dir, first);
-    let file = open_for_append(fs, &path)?;
-    sync_dir(fs, dir)?;
-    Ok(file)
 }
 
 impl Spool {
@@ -467,128 +163,9 @@ impl Spool {
     pub fn open_in(
         settings: SpoolSettings,
         fs: Arc<dyn SpoolFs>,
-        mut visit: impl FnMut(SpoolEntry, Location),
+        visit: impl FnMut(SpoolEntry, Location),
     ) -> Result<(Spool, Recovery), SpoolError> {
-        std::fs::create_dir_all(&settings.dir).map_err(io_error(&settings.dir))?;
-        let lock = lock_dir(&settings.dir)?;
-        let acks_path = settings.dir.join("acks.log");
-        let acked = recover_acks(fs.as_ref(), &acks_path)?;
-        let mut recovery = Recovery::default();
-        let mut segments = BTreeMap::new();
-        // Past the mark, and past what the files show in case it was lost.
-        let mut next_id =
-            read_high_water(&settings.dir)?.max(acked.iter().max().map_or(1, |id| id + 1));
-        let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(&settings.dir)
-            .map_err(io_error(&settings.dir))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
-            .filter_map(|path| {
-                let number = path.file_stem()?.to_str()?.parse().ok();
-                if number.is_none() {
-                    tracing::warn!(path = %path.display(), "ignoring a .seg file not named by its first id");
-                }
-                Some((number?, path))
-            })
-            .collect();
-        numbered.sort();
-        for (number, path) in numbered {
-            let mut live = HashSet::new();
-            let (mut entries, mut delivered) = (0, 0);
-            let scan = recover_log(
-                fs.as_ref(),
-                &path,
-                &mut recovery,
-                &mut |entry, offset, len| {
-                    entries += 1;
-                    next_id = next_id.max(entry.id + 1);
-                    if acked.contains(&entry.id) {
-                        delivered += 1;
-                    } else {
-                        live.insert(entry.id);
-                        let location = Location {
-                            segment: number,
-                            offset,
-                            len,
-                        };
-                        visit(entry, location);
-                    }
-                },
-            )?;
-            if entries == 0 {
-                fs.remove(&path).map_err(io_error(&path))?;
-                sync_dir(fs.as_ref(), &settings.dir)?;
-                continue;
-            }
-            recovery.pending += live.len();
-            recovery.delivered += delivered;
-            segments.insert(
-                number,
-                Segment {
-                    path,
-                    bytes: scan.valid,
-                    live,
-                },
-            );
-        }
-        drop_retried(fs.as_ref(), &settings.dir)?;
-        let parked_path = settings.dir.join(PARKED_FILE);
-        let mut parked_entries = 0;
-        let parked_scan = recover_log(
-            fs.as_ref(),
-            &parked_path,
-            &mut recovery,
-            &mut |entry, _, _| {
-                parked_entries += 1;
-                next_id = next_id.max(entry.id + 1);
-            },
-        )?;
-        let parked = open_for_append(fs.as_ref(), &parked_path)?;
-        recovery.parked = parked_entries;
-        let ids = Ids::reserve_from(Arc::clone(&fs), &settings.dir, next_id)?;
-        let used = Arc::new(AtomicU64::new(
-            segments.values().map(|s| s.bytes).sum::<u64>() + parked_scan.valid,
-        ));
-        let parked_count = Arc::new(AtomicU64::new(parked_entries as u64));
-        let pending_count = Arc::new(AtomicU64::new(recovery.pending as u64));
-        let health = Arc::new(Health::default());
-        let acks = open_for_append(fs.as_ref(), &acks_path)?;
-        let current = open_segment(fs.as_ref(), &settings.dir, next_id)?;
-        segments
-            .entry(next_id)
-            .or_insert_with(|| Segment::empty(segment_path(&settings.dir, next_id)));
-        let mut files = Files {
-            fs,
-            current,
-            current_first: next_id,
-            settings: settings.clone(),
-            segments,
-            acks,
-            acks_path,
-            parked,
-            parked_path,
-            parked_count: Arc::clone(&parked_count),
-            ids,
-            used: Arc::clone(&used),
-            pending: Arc::clone(&pending_count),
-            health: Arc::clone(&health),
-        };
-        files.collect_garbage()?;
-        let (commands, receiver) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || files.run(receiver))
-            .map_err(io_error(&settings.dir))?;
-        let spool = Spool {
-            commands,
-            dir: Arc::from(settings.dir.as_path()),
-            used,
-            pending: pending_count,
-            parked: parked_count,
-            health,
-            cap: settings.max_bytes,
-            _lock: Arc::new(lock),
-        };
-        Ok((spool, recovery))
+        open(settings, fs, visit)
     }
 
     /// Appends a record; resolves once it is on disk (fsync'd).
@@ -615,13 +192,7 @@ impl Spool {
         mut record: Record,
         reason: &str,
     ) -> Result<u64, SpoolError> {
-        let parked_at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        record.headers.extend([
-            (PARKED_REASON_HEADER.to_owned(), reason.to_owned()),
-            (PARKED_AT_HEADER.to_owned(), parked_at),
-        ]);
+        stamp(&mut record, reason);
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Park(Park { id, record, reply }))
@@ -631,7 +202,7 @@ impl Spool {
 
     /// Records parked and kept.
     pub fn parked(&self) -> u64 {
-        self.parked.load(Ordering::Relaxed)
+        self.status.parked.load(Ordering::Relaxed)
     }
 
     /// Makes every ack sent so far durable (at shutdown).
@@ -655,7 +226,7 @@ impl Spool {
 
     /// Why the last write to disk failed; `None` when it succeeded.
     pub fn write_error(&self) -> Option<String> {
-        self.health.0.lock().expect("spool health lock").clone()
+        self.status.health.fault()
     }
 
     /// Whether a record of `bytes` (framed) fits under the cap now.
@@ -698,12 +269,12 @@ impl Spool {
 
     /// Entries appended and not yet delivered.
     pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+        self.status.pending.load(Ordering::Relaxed)
     }
 
     /// Bytes of segment files on disk.
     pub fn used_bytes(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.status.used.load(Ordering::Relaxed)
     }
 
     pub fn cap_bytes(&self) -> u64 {
@@ -711,71 +282,79 @@ impl Spool {
     }
 }
 
-impl Files {
-    fn start_segment(&mut self) -> Result<(), SpoolError> {
-        let first = self.ids.next();
-        self.current = open_segment(self.fs.as_ref(), &self.settings.dir, first)?;
-        self.current_first = first;
-        let path = segment_path(&self.settings.dir, first);
-        self.segments
-            .entry(first)
-            .or_insert_with(|| Segment::empty(path));
-        Ok(())
-    }
+pub const PARKED_FILE: &str = "parked.log";
+/// Ids of parked records an operator re-published (`spool parked retry`);
+/// they leave `parked.log` when the spool is next opened.
+pub const RETRIED_FILE: &str = "parked.retried";
+/// Why a parked record was refused (the Kafka error).
+pub const PARKED_REASON_HEADER: &str = "superfone-parked-reason";
+/// When it was parked, RFC 3339 UTC.
+pub const PARKED_AT_HEADER: &str = "superfone-parked-at";
 
-    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Command>) {
-        while let Some(first) = receiver.blocking_recv() {
-            let mut appends = Vec::new();
-            let mut delivered = Vec::new();
-            let mut parks = Vec::new();
-            let mut syncs = Vec::new();
-            let mut probes = Vec::new();
-            let mut command = Some(first);
-            while let Some(next) = command {
-                match next {
-                    Command::Append(record, reply) => appends.push((record, reply)),
-                    Command::Delivered(id) => delivered.push(id),
-                    Command::Park(park) => parks.push(park),
-                    Command::Sync(reply) => syncs.push(reply),
-                    Command::Probe(reply) => probes.push(reply),
-                }
-                command = if appends.len() < 1024 {
-                    receiver.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            // Acks first: they may free the space the appends need.
-            if !delivered.is_empty() {
-                if let Err(error) = self.record_delivered(&delivered) {
-                    tracing::error!(%error, "spool: cannot record deliveries; they may be replayed");
-                }
-            }
-            for park in parks {
-                let result = self.park(park.id, &park.record);
-                let _ = park.reply.send(result);
-            }
-            if !appends.is_empty() {
-                self.append_batch(appends);
-            }
-            for reply in syncs {
-                let synced = self.acks.sync_data();
-                let _ = reply.send(synced.map_err(io_error(&self.acks_path)));
-            }
-            if !probes.is_empty() {
-                let result = self.ids.rewrite();
-                self.health.record(result.as_ref().err());
-                for reply in probes {
-                    let _ = reply.send(result.as_ref().map_err(SpoolError::duplicate).copied());
-                }
-            }
+/// Gives a record about to be parked its reason and the time, as headers.
+pub(super) fn stamp(record: &mut Record, reason: &str) {
+    let parked_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    record.headers.extend([
+        (PARKED_REASON_HEADER.to_owned(), reason.to_owned()),
+        (PARKED_AT_HEADER.to_owned(), parked_at),
+    ]);
+}
+
+/// Reads the parked records of a spool directory that were not re-published
+/// yet (also while a bridge runs: frames are checksummed, and a frame still
+/// being written is not yet whole).
+pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
+    let retried = read_ids(&read_if_present(&dir.join(RETRIED_FILE))?).0;
+    let mut entries = Vec::new();
+    scan_log(&dir.join(PARKED_FILE), &mut |entry, _, _| {
+        if !retried.contains(&entry.id) {
+            entries.push(entry);
         }
-        let _ = self.acks.sync_all();
-    }
+    })?;
+    Ok(entries)
+}
 
+/// Records that a parked record was re-published (fsync'd): it is no longer
+/// listed, and leaves the parked log at the spool's next open. Safe beside a
+/// running bridge, which never writes this file.
+pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
+    let path = dir.join(RETRIED_FILE);
+    let mut file = RealFs.open_append(&path).map_err(io_error(&path))?;
+    file.write_all(&id_frame(id))
+        .and_then(|()| file.sync_data())
+        .map_err(io_error(&path))
+}
+
+/// Rewrites the parked log without the records re-published since the last
+/// open (temporary file, fsync, rename), then forgets them.
+pub(super) fn drop_retried(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
+    let retried_path = dir.join(RETRIED_FILE);
+    let retried = read_ids(&read_if_present(&retried_path)?).0;
+    if retried.is_empty() {
+        return Ok(());
+    }
+    let parked_path = dir.join(PARKED_FILE);
+    // Streamed, one record at a time: parked records can be large.
+    fs.replace(&parked_path, &mut |kept| {
+        let mut written = Ok(());
+        scan_file(&parked_path, &mut |entry, _, _| {
+            if written.is_ok() && !retried.contains(&entry.id) {
+                written = kept.write_all(&frame(entry.id, &entry.record));
+            }
+        })?;
+        written
+    })
+    .map_err(io_error(&parked_path))?;
+    fs.remove(&retried_path).map_err(io_error(&retried_path))?;
+    fs.sync_dir(dir).map_err(io_error(dir))
+}
+
+impl Writer {
     /// Appends the record to the parked log and fsyncs it; then, for a spool
     /// entry, acknowledges it so it leaves the replay.
-    fn park(&mut self, id: Option<u64>, record: &Record) -> Result<u64, SpoolError> {
+    pub(super) fn park(&mut self, id: Option<u64>, record: &Record) -> Result<u64, SpoolError> {
         let id = match id {
             Some(id) => id,
             None => {
@@ -784,7 +363,7 @@ impl Files {
             }
         };
         let framed = frame(id, record);
-        let used = self.used.load(Ordering::Relaxed);
+        let used = self.status.used.load(Ordering::Relaxed);
         // A spooled entry only moves; a new record must fit under the cap.
         let spooled = self.is_spooled(id);
         if used + framed.len() as u64 > self.settings.max_bytes && !spooled {
@@ -802,8 +381,11 @@ impl Files {
             let _ = self.parked.set_len(before);
             return Err(io_error(&self.parked_path)(source));
         }
-        self.used.fetch_add(framed.len() as u64, Ordering::Relaxed);
-        self.parked_count.fetch_add(1, Ordering::Relaxed);
+        let status = &self.status;
+        status
+            .used
+            .fetch_add(framed.len() as u64, Ordering::Relaxed);
+        status.parked.fetch_add(1, Ordering::Relaxed);
         if spooled {
             self.record_delivered(&[id])?;
         }
@@ -816,96 +398,32 @@ impl Files {
             .next_back()
             .is_some_and(|(_, segment)| segment.live.contains(&id))
     }
+}
 
-    /// Writes a batch and fsyncs once (group commit). On any error the batch
-    /// is cut off the file again and every append in it fails.
-    fn append_batch(
-        &mut self,
-        batch: Vec<(Record, oneshot::Sender<Result<Appended, SpoolError>>)>,
-    ) {
-        let mut accepted = Vec::with_capacity(batch.len());
-        let mut buffer = Vec::new();
-        let used = self.used.load(Ordering::Relaxed);
-        let reserved = self.ids.reserve(batch.len() as u64);
-        self.health.record(reserved.as_ref().err());
-        if let Err(error) = reserved {
-            tracing::error!(%error, "spool: cannot reserve ids");
-            for (_, reply) in batch {
-                let _ = reply.send(Err(error.duplicate()));
-            }
-            return;
-        }
-        for (record, reply) in batch {
-            let framed = frame(self.ids.next(), &record);
-            let projected = used + (buffer.len() + framed.len()) as u64;
-            if projected > self.settings.max_bytes {
-                let _ = reply.send(Err(SpoolError::Full {
-                    used,
-                    cap: self.settings.max_bytes,
-                }));
-                continue;
-            }
-            let segment = &self.segments[&self.current_first];
-            let location = Location {
-                segment: self.current_first,
-                offset: segment.bytes + buffer.len() as u64,
-                len: framed.len() as u32,
-            };
-            buffer.extend_from_slice(&framed);
-            let appended = Appended {
-                id: self.ids.issue(),
-                location,
-            };
-            accepted.push((appended, reply));
-        }
-        if accepted.is_empty() {
-            return;
-        }
-        let current = &self.segments[&self.current_first];
-        let (path, before) = (current.path.clone(), current.bytes);
-        let written = self
-            .current
-            .write_all(&buffer)
-            .and_then(|()| self.current.sync_data());
-        if let Err(source) = written {
-            // Appends continue at the new end: the file is open for appending.
-            let _ = self.current.set_len(before);
-            let error = io_error(&path)(source);
-            tracing::error!(%error, "spool write failed");
-            self.health.record(Some(&error));
-            for (_, reply) in accepted {
-                let _ = reply.send(Err(error.duplicate()));
-            }
-            return;
-        }
-        let segment = self
-            .segments
-            .get_mut(&self.current_first)
-            .expect("current segment");
-        segment.bytes += buffer.len() as u64;
-        self.used.fetch_add(buffer.len() as u64, Ordering::Relaxed);
-        self.pending
-            .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        self.health.record(None);
-        for (appended, reply) in accepted {
-            segment.live.insert(appended.id);
-            let _ = reply.send(Ok(appended));
-        }
-        if segment.bytes >= self.settings.segment_bytes {
-            if let Err(error) = self.start_segment() {
-                tracing::error!(%error, "spool: cannot start a new segment; appending to the full one");
-            }
-        }
+pub(super) const ACKS_FILE: &str = "acks.log";
+
+/// Reads the acks file and cuts a torn tail off it: acks are not fsync'd, so
+/// a crash can leave part of a frame, and acks appended after it would be
+/// misaligned and unreadable (found by tests/spool_model.rs).
+pub(super) fn recover_acks(fs: &dyn SpoolFs, path: &Path) -> Result<HashSet<u64>, SpoolError> {
+    let data = read_if_present(path)?;
+    let (acked, valid) = read_ids(&data);
+    if valid < data.len() {
+        tracing::warn!(path = %path.display(), torn_bytes = data.len() - valid, "spool acks file had a torn tail; cut it");
+        cut_to(fs, path, valid as u64)?;
     }
+    Ok(acked)
+}
 
-    fn record_delivered(&mut self, ids: &[u64]) -> Result<(), SpoolError> {
+impl Writer {
+    pub(super) fn record_delivered(&mut self, ids: &[u64]) -> Result<(), SpoolError> {
         let mut frames = Vec::with_capacity(ids.len() * ID_FRAME);
         for id in ids {
             frames.extend_from_slice(&id_frame(*id));
             let segment = self.segments.range_mut(..=*id).next_back();
             if let Some((_, segment)) = segment {
                 if segment.live.remove(id) {
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    self.status.pending.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -917,7 +435,7 @@ impl Files {
 
     /// Deletes fully delivered segments; when nothing is pending at all, starts
     /// over with an empty segment and an empty acks file.
-    fn collect_garbage(&mut self) -> Result<(), SpoolError> {
+    pub(super) fn collect_garbage(&mut self) -> Result<(), SpoolError> {
         let done: Vec<u64> = self
             .segments
             .iter()
@@ -927,13 +445,14 @@ impl Files {
         let current = &self.segments[&self.current_first];
         let reset =
             self.segments.len() == done.len() + 1 && current.live.is_empty() && current.bytes > 0;
+        let dir = &self.settings.dir;
         for first in done {
             let segment = self.segments.remove(&first).expect("listed");
             self.fs
                 .remove(&segment.path)
                 .map_err(io_error(&segment.path))?;
-            self.used.fetch_sub(segment.bytes, Ordering::Relaxed);
-            sync_dir(self.fs.as_ref(), &self.settings.dir)?;
+            self.status.used.fetch_sub(segment.bytes, Ordering::Relaxed);
+            self.fs.sync_dir(dir).map_err(io_error(dir))?;
         }
         if reset {
             // Everything delivered: reset rather than keep an ever-growing acks file.
@@ -941,7 +460,7 @@ impl Files {
             let (path, bytes) = (current.path.clone(), current.bytes);
             self.current.set_len(0).map_err(io_error(&path))?;
             self.acks.set_len(0).map_err(io_error(&self.acks_path))?;
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            self.status.used.fetch_sub(bytes, Ordering::Relaxed);
             self.segments
                 .get_mut(&self.current_first)
                 .expect("current")
@@ -951,25 +470,305 @@ impl Files {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
+/// Locked (`flock`) by the process that has the spool open.
+const LOCK_FILE: &str = "lock";
 
-    fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-        let mut data = Vec::new();
-        File::open(path)?.read_to_end(&mut data)?;
-        Ok(data)
+/// Called with each intact frame of a log: its entry, offset and length.
+pub(super) type Visit<'a> = dyn FnMut(SpoolEntry, u64, u32) + 'a;
+
+/// What scanning a frame log found besides its frames.
+#[derive(Default)]
+pub(super) struct LogScan {
+    /// Length of the prefix that ends with the last valid frame.
+    valid: u64,
+    /// Bytes skipped between valid frames.
+    corrupt: u64,
+    /// The file's length.
+    len: u64,
+}
+
+/// Opens (or creates) the spool in `settings.dir`; see `Spool::open_in`.
+pub(super) fn open(
+    settings: SpoolSettings,
+    fs: Arc<dyn SpoolFs>,
+    mut visit: impl FnMut(SpoolEntry, Location),
+) -> Result<(Spool, Recovery), SpoolError> {
+    let dir = settings.dir.clone();
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let lock = lock_dir(&dir)?;
+    let acks_path = dir.join(ACKS_FILE);
+    let acked = recover_acks(fs.as_ref(), &acks_path)?;
+    let mut recovery = Recovery::default();
+    // Past the mark, and past what the files show in case it was lost.
+    let mut next_id = read_high_water(&dir)?.max(acked.iter().max().map_or(1, |id| id + 1));
+    let mut segments = recover_segments(
+        fs.as_ref(),
+        &dir,
+        &acked,
+        &mut recovery,
+        &mut next_id,
+        &mut visit,
+    )?;
+    drop_retried(fs.as_ref(), &dir)?;
+    let parked_path = dir.join(PARKED_FILE);
+    let mut parked_entries = 0;
+    let parked_scan = recover_log(
+        fs.as_ref(),
+        &parked_path,
+        &mut recovery,
+        &mut |entry, _, _| {
+            parked_entries += 1;
+            next_id = next_id.max(entry.id + 1);
+        },
+    )?;
+    let parked = fs
+        .open_append(&parked_path)
+        .map_err(io_error(&parked_path))?;
+    recovery.parked = parked_entries;
+    let ids = Ids::reserve_from(Arc::clone(&fs), &dir, next_id)?;
+    let status = Arc::new(Status {
+        used: AtomicU64::new(segments.values().map(|s| s.bytes).sum::<u64>() + parked_scan.valid),
+        pending: AtomicU64::new(recovery.pending as u64),
+        parked: AtomicU64::new(parked_entries as u64),
+        health: Default::default(),
+    });
+    let acks = fs.open_append(&acks_path).map_err(io_error(&acks_path))?;
+    let (current, segment) = create_segment(fs.as_ref(), &dir, next_id)?;
+    segments.entry(next_id).or_insert(segment);
+    let mut writer = Writer {
+        fs,
+        settings: settings.clone(),
+        segments,
+        current,
+        current_first: next_id,
+        acks,
+        acks_path,
+        parked,
+        parked_path,
+        ids,
+        status: Arc::clone(&status),
+    };
+    writer.collect_garbage()?;
+    let spool = Spool {
+        commands: writer.spawn()?,
+        dir: Arc::from(dir.as_path()),
+        status,
+        cap: settings.max_bytes,
+        _lock: Arc::new(lock),
+    };
+    Ok((spool, recovery))
+}
+
+/// Takes the spool directory's exclusive lock (`flock` on `LOCK_FILE`,
+/// released by the kernel when the process dies, so a crash leaves no
+/// stale lock).
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Io { path, source }),
     }
+}
+
+/// The segment files in `dir` with the first id each is named by, in order.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .filter_map(|path| {
+            let number = path.file_stem()?.to_str()?.parse().ok();
+            if number.is_none() {
+                tracing::warn!(path = %path.display(), "ignoring a .seg file not named by its first id");
+            }
+            Some((number?, path))
+        })
+        .collect();
+    numbered.sort();
+    Ok(numbered)
+}
+
+/// Recovers every segment in id order, calling `visit` with each entry not
+/// yet delivered and raising `next_id` past every entry; deletes segments
+/// with no intact entry.
+fn recover_segments(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    acked: &HashSet<u64>,
+    recovery: &mut Recovery,
+    next_id: &mut u64,
+    visit: &mut dyn FnMut(SpoolEntry, Location),
+) -> Result<BTreeMap<u64, Segment>, SpoolError> {
+    let mut segments = BTreeMap::new();
+    for (number, path) in list_segments(dir)? {
+        let mut live = HashSet::new();
+        let (mut entries, mut delivered) = (0, 0);
+        let scan = recover_log(fs, &path, recovery, &mut |entry, offset, len| {
+            entries += 1;
+            *next_id = (*next_id).max(entry.id + 1);
+            if acked.contains(&entry.id) {
+                delivered += 1;
+            } else {
+                live.insert(entry.id);
+                let location = Location {
+                    segment: number,
+                    offset,
+                    len,
+                };
+                visit(entry, location);
+            }
+        })?;
+        if entries == 0 {
+            fs.remove(&path).map_err(io_error(&path))?;
+            fs.sync_dir(dir).map_err(io_error(dir))?;
+            continue;
+        }
+        recovery.pending += live.len();
+        recovery.delivered += delivered;
+        let segment = Segment {
+            path,
+            bytes: scan.valid,
+            live,
+        };
+        segments.insert(number, segment);
+    }
+    Ok(segments)
+}
+
+/// Scans a frame log (segment or parked log), cuts a torn tail off it, and
+/// counts what was cut or skipped.
+fn recover_log(
+    fs: &dyn SpoolFs,
+    path: &Path,
+    recovery: &mut Recovery,
+    visit: &mut Visit<'_>,
+) -> Result<LogScan, SpoolError> {
+    let scan = scan_log(path, visit)?;
+    recovery.corrupt_bytes += scan.corrupt;
+    if scan.valid < scan.len {
+        recovery.torn_bytes += scan.len - scan.valid;
+        cut_to(fs, path, scan.valid)?;
+    }
+    Ok(scan)
+}
+
+/// Cuts a file back to its first `len` bytes, durably (a torn tail found at open).
+pub(super) fn cut_to(fs: &dyn SpoolFs, path: &Path, len: u64) -> Result<(), SpoolError> {
+    let file = fs.open_append(path).map_err(io_error(path))?;
+    file.set_len(len).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+/// A file's bytes; empty when it does not exist (yet).
+pub(super) fn read_if_present(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    match std::fs::read(path) {
+        Ok(data) => Ok(data),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(io_error(path)(error)),
+    }
+}
+
+/// Visits the valid frames of a log file one at a time, so a log is never
+/// held in memory whole; only the rest of a damaged log is, to search past
+/// the damage.
+pub(super) fn scan_log(path: &Path, visit: &mut Visit<'_>) -> Result<LogScan, SpoolError> {
+    scan_file(path, visit).map_err(io_error(path))
+}
+
+/// `scan_log`, for a caller that answers in `std::io` errors.
+pub(super) fn scan_file(path: &Path, visit: &mut Visit<'_>) -> std::io::Result<LogScan> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(LogScan::default()),
+        Err(error) => return Err(error),
+    };
+    let len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let (mut at, mut last_id, mut body) = (0, 0, Vec::new());
+    while at < len {
+        match read_frame(&mut reader, len - at, &mut body) {
+            Some(entry) => {
+                let frame_len = FRAME_HEADER + body.len();
+                last_id = entry.id;
+                visit(entry, at, frame_len as u32);
+                at += frame_len as u64;
+            }
+            None => {
+                let mut rest = Vec::new();
+                reader
+                    .seek(SeekFrom::Start(at))
+                    .and_then(|_| reader.read_to_end(&mut rest))?;
+                let tail = scan_bytes(&rest, last_id, &mut |entry, offset, frame_len| {
+                    visit(entry, at + offset, frame_len)
+                });
+                return Ok(LogScan {
+                    valid: at + tail.valid,
+                    corrupt: tail.corrupt,
+                    len,
+                });
+            }
+        }
+    }
+    Ok(LogScan {
+        valid: at,
+        corrupt: 0,
+        len,
+    })
+}
+
+/// Visits the valid frames of an in-memory log. A damaged frame is skipped
+/// by searching for the next intact frame with an id above `last_id`;
+/// nothing intact after it means a torn tail (the bytes past `valid`).
+fn scan_bytes(data: &[u8], mut last_id: u64, visit: &mut Visit<'_>) -> LogScan {
+    let mut scan = LogScan {
+        len: data.len() as u64,
+        ..LogScan::default()
+    };
+    let mut at = 0;
+    while at < data.len() {
+        let found = frame_at(data, at).map(|found| (at, found)).or_else(|| {
+            (at + 1..data.len()).find_map(|candidate| {
+                frame_at(data, candidate)
+                    .filter(|(entry, _)| entry.id > last_id)
+                    .map(|found| (candidate, found))
+            })
+        });
+        let Some((start, (entry, end))) = found else {
+            break;
+        };
+        scan.corrupt += (start - at) as u64;
+        last_id = entry.id;
+        visit(entry, start as u64, (end - start) as u32);
+        scan.valid = end as u64;
+        at = end;
+    }
+    scan
+}
+
+/// What the tests of every part of the spool open it with.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
 
     /// Opens a spool, collecting its pending entries.
-    fn open(settings: SpoolSettings) -> Result<(Spool, Vec<SpoolEntry>, Recovery), SpoolError> {
+    pub(super) fn open(
+        settings: SpoolSettings,
+    ) -> Result<(Spool, Vec<SpoolEntry>, Recovery), SpoolError> {
         let mut pending = Vec::new();
         let (spool, recovery) = Spool::open(settings, |entry, _| pending.push(entry))?;
         Ok((spool, pending, recovery))
     }
 
-    fn settings(dir: &Path) -> SpoolSettings {
+    pub(super) fn settings(dir: &Path) -> SpoolSettings {
         SpoolSettings {
             dir: dir.to_owned(),
             max_bytes: 1 << 20,
@@ -977,7 +776,7 @@ mod tests {
         }
     }
 
-    fn record(n: usize) -> Record {
+    pub(super) fn record(n: usize) -> Record {
         Record {
             topic: "t".into(),
             key: n.is_multiple_of(2).then(|| format!("k{n}")),
@@ -985,33 +784,13 @@ mod tests {
             payload: vec![n as u8; 300],
         }
     }
+}
 
-    #[tokio::test]
-    async fn survives_reopen_and_forgets_delivered_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, pending, _) = open(settings(dir.path())).unwrap();
-        assert!(pending.is_empty());
-        let mut ids = Vec::new();
-        for n in 0..40 {
-            ids.push(spool.append(record(n)).await.unwrap().id);
-        }
-        assert!(
-            dir.path().read_dir().unwrap().count() > 3,
-            "rolled over several segments"
-        );
-        for id in &ids[..25] {
-            spool.mark_delivered(*id);
-        }
-        // Let the writer thread process the acks before "crashing".
-        spool.append(record(99)).await.unwrap();
-        drop(spool);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
-        assert_eq!(recovery.pending, 16);
-        let replayed: Vec<Record> = pending.into_iter().map(|e| e.record).collect();
-        let expected: Vec<Record> = (25..40).map(record).chain([record(99)]).collect();
-        assert_eq!(replayed, expected, "pending entries come back in order");
-    }
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{open, record, settings};
+    use super::*;
+    use std::collections::HashSet;
 
     /// The records at `wanted`, each read back intact.
     fn read_all(spool: &Spool, wanted: &[(u64, Location)]) -> Vec<Record> {
@@ -1077,6 +856,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn survives_reopen_and_forgets_delivered_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, pending, _) = open(settings(dir.path())).unwrap();
+        assert!(pending.is_empty());
+        let mut ids = Vec::new();
+        for n in 0..40 {
+            ids.push(spool.append(record(n)).await.unwrap().id);
+        }
+        assert!(
+            dir.path().read_dir().unwrap().count() > 3,
+            "rolled over several segments"
+        );
+        for id in &ids[..25] {
+            spool.mark_delivered(*id);
+        }
+        // Let the writer thread process the acks before "crashing".
+        spool.append(record(99)).await.unwrap();
+        drop(spool);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
+        assert_eq!(recovery.pending, 16);
+        let replayed: Vec<Record> = pending.into_iter().map(|e| e.record).collect();
+        let expected: Vec<Record> = (25..40).map(record).chain([record(99)]).collect();
+        assert_eq!(replayed, expected, "pending entries come back in order");
+    }
+
+    #[tokio::test]
     async fn a_torn_tail_is_cut_and_the_valid_prefix_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _, _) = open(settings(dir.path())).unwrap();
@@ -1085,7 +891,7 @@ mod tests {
         }
         drop(spool);
         let segment = dir.path().join(format!("{:020}.seg", 1));
-        let mut data = read_file(&segment).unwrap();
+        let mut data = std::fs::read(&segment).unwrap();
         let full = data.len();
         data.truncate(full - 10); // a write torn mid-frame
         std::fs::write(&segment, &data).unwrap();
@@ -1093,7 +899,7 @@ mod tests {
         assert_eq!(pending.len(), 2);
         assert!(recovery.torn_bytes > 0);
         // Flip a byte inside the second frame: its checksum fails, the first survives.
-        let mut data = read_file(&segment).unwrap();
+        let mut data = std::fs::read(&segment).unwrap();
         let last = data.len() - 5;
         data[last] ^= 0xFF;
         std::fs::write(&segment, &data).unwrap();
@@ -1104,6 +910,33 @@ mod tests {
             id > 3,
             "appends continue with ids never issued before, got {id}"
         );
+    }
+
+    /// A frame damaged in the middle of a segment loses only itself: reading
+    /// resynchronises on the next valid frame and counts what it skipped.
+    #[tokio::test]
+    async fn a_corrupt_frame_mid_segment_does_not_discard_the_frames_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
+        for n in 0..5 {
+            spool.append(record(n)).await.unwrap();
+        }
+        drop(spool);
+        let segment = dir.path().join(format!("{:020}.seg", 1));
+        let mut data = std::fs::read(&segment).unwrap();
+        let frame_len = |at: usize| {
+            FRAME_HEADER + u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize
+        };
+        let (first, second) = (frame_len(0), frame_len(frame_len(0)));
+        data[first + FRAME_HEADER + 20] ^= 0xFF; // inside the second frame's body
+        std::fs::write(&segment, &data).unwrap();
+        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
+        assert_eq!(
+            pending.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1, 3, 4, 5]
+        );
+        assert_eq!(recovery.corrupt_bytes, second as u64);
+        assert_eq!(recovery.torn_bytes, 0);
     }
 
     #[tokio::test]
@@ -1164,100 +997,5 @@ mod tests {
         assert_eq!((recovery.parked, spool.parked()), (1, 1));
         assert!(spool.used_bytes() < used);
         assert!(!dir.path().join(RETRIED_FILE).exists());
-    }
-
-    /// A frame damaged in the middle of a segment loses only itself: reading
-    /// resynchronises on the next valid frame and counts what it skipped.
-    #[tokio::test]
-    async fn a_corrupt_frame_mid_segment_does_not_discard_the_frames_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _, _) = open(settings(dir.path())).unwrap();
-        for n in 0..5 {
-            spool.append(record(n)).await.unwrap();
-        }
-        drop(spool);
-        let segment = dir.path().join(format!("{:020}.seg", 1));
-        let mut data = read_file(&segment).unwrap();
-        let frame_len = |at: usize| {
-            FRAME_HEADER + u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize
-        };
-        let (first, second) = (frame_len(0), frame_len(frame_len(0)));
-        data[first + FRAME_HEADER + 20] ^= 0xFF; // inside the second frame's body
-        std::fs::write(&segment, &data).unwrap();
-        let (_, pending, recovery) = open(settings(dir.path())).unwrap();
-        assert_eq!(
-            pending.iter().map(|e| e.id).collect::<Vec<_>>(),
-            vec![1, 3, 4, 5]
-        );
-        assert_eq!(recovery.corrupt_bytes, second as u64);
-        assert_eq!(recovery.torn_bytes, 0);
-    }
-
-    /// Issue 10, break 4: ids were derived from the segments that survive, so
-    /// after a drain and two restarts an old id was handed out again and the
-    /// acks file, still listing it, made a 202-answered entry vanish.
-    #[tokio::test]
-    async fn ids_are_never_reused_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut issued = Vec::new();
-        {
-            let (spool, _, _) = open(settings(dir.path())).unwrap();
-            for n in 0..3 {
-                issued.push(spool.append(record(n)).await.unwrap().id);
-            }
-        }
-        {
-            let (spool, pending, _) = open(settings(dir.path())).unwrap();
-            assert_eq!(pending.len(), 3);
-            for entry in &pending {
-                spool.mark_delivered(entry.id);
-            }
-            spool.sync().await.unwrap();
-        }
-        {
-            let (spool, pending, _) = open(settings(dir.path())).unwrap();
-            assert!(pending.is_empty());
-            let id = spool.append(record(7)).await.unwrap().id;
-            assert!(
-                !issued.contains(&id),
-                "id {id} was issued before: {issued:?}"
-            );
-            issued.push(id);
-        }
-        let (spool, pending, _) = open(settings(dir.path())).unwrap();
-        assert_eq!(
-            pending.iter().map(|e| e.record.clone()).collect::<Vec<_>>(),
-            vec![record(7)],
-            "the entry answered 202 is still pending"
-        );
-        let id = spool.append(record(8)).await.unwrap().id;
-        assert!(
-            !issued.contains(&id),
-            "id {id} was issued before: {issued:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn refuses_appends_over_the_cap_and_recovers_after_delivery() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _, _) = open(SpoolSettings {
-            max_bytes: 1100,
-            ..settings(dir.path())
-        })
-        .unwrap();
-        let first = spool.append(record(0)).await.unwrap().id;
-        spool.append(record(1)).await.unwrap();
-        spool.append(record(2)).await.unwrap();
-        assert!(matches!(
-            spool.append(record(3)).await,
-            Err(SpoolError::Full { .. })
-        ));
-        for id in first..first + 3 {
-            spool.mark_delivered(id);
-        }
-        assert!(
-            spool.append(record(4)).await.is_ok(),
-            "space returns once entries are delivered"
-        );
     }
 }
