@@ -8,7 +8,8 @@
 //! write per `ID_BLOCK` appends; a restart skips the rest of the block.
 
 use super::format::{id_frame, read_ids};
-use super::{io_error, read_if_present, SpoolError, SpoolFs};
+use super::recovery::read_if_present;
+use super::{io_error, SpoolError, SpoolFs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
