@@ -154,8 +154,38 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
             "entry {id} answered durable is lost"
         );
     }
-    let mut last_per_key: BTreeMap<u8, u64> = BTreeMap::new();
+    check_found(model, &found, clean)?;
+    let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
+    for ((entry, _), read) in found.iter().zip(spool.read(&wanted)) {
+        prop_assert_eq!(&read.map_err(fail)?, &entry.record, "read back by location");
+    }
+    for id in model.parked.keys() {
+        prop_assert!(parked.contains(id), "parked entry {id} lost");
+    }
+    prop_assert_eq!(spool.pending(), found.len() as u64);
+    prop_assert!(spool.used_bytes() <= spool.cap_bytes());
     for (entry, _) in &found {
+        let accepted = model
+            .delivered
+            .remove(&entry.id)
+            .or_else(|| model.parked.get(&entry.id).copied());
+        if let Some(accepted) = accepted {
+            model.pending.insert(entry.id, accepted);
+        }
+    }
+    Ok(spool)
+}
+
+/// Checks each entry the spool found against the model: appended, intact,
+/// and in order per key. An append answered with an error at a crash may
+/// come back: it was written, then, and is taken for delivered.
+fn check_found(
+    model: &mut Model,
+    found: &[(SpoolEntry, Location)],
+    clean: bool,
+) -> Result<(), TestCaseError> {
+    let mut last_per_key: BTreeMap<u8, u64> = BTreeMap::new();
+    for (entry, _) in found {
         let accepted = model
             .pending
             .get(&entry.id)
@@ -195,25 +225,7 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
             );
         }
     }
-    let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
-    for ((entry, _), read) in found.iter().zip(spool.read(&wanted)) {
-        prop_assert_eq!(&read.map_err(fail)?, &entry.record, "read back by location");
-    }
-    for id in model.parked.keys() {
-        prop_assert!(parked.contains(id), "parked entry {id} lost");
-    }
-    prop_assert_eq!(spool.pending(), found.len() as u64);
-    prop_assert!(spool.used_bytes() <= spool.cap_bytes());
-    for (entry, _) in &found {
-        let accepted = model
-            .delivered
-            .remove(&entry.id)
-            .or_else(|| model.parked.get(&entry.id).copied());
-        if let Some(accepted) = accepted {
-            model.pending.insert(entry.id, accepted);
-        }
-    }
-    Ok(spool)
+    Ok(())
 }
 
 /// What the power loss after a crash leaves: each file cut back to a
@@ -259,6 +271,62 @@ fn open_planned(
     Ok((spool, plan))
 }
 
+/// Appends a record with the next sequence number of its key.
+async fn append(
+    spool: &Spool,
+    plan: &CrashPlan,
+    model: &mut Model,
+    key: u8,
+    size: u16,
+) -> Result<(), TestCaseError> {
+    let accepted = Accepted {
+        key,
+        sequence: model.next_sequence,
+        size,
+    };
+    model.next_sequence += 1;
+    match spool.append(record(accepted)).await {
+        Ok(appended) => {
+            prop_assert!(
+                model.issued.insert(appended.id),
+                "id {} reused",
+                appended.id
+            );
+            model.pending.insert(appended.id, accepted);
+        }
+        Err(SpoolError::Full { .. }) => {}
+        Err(_) if plan.crashed() => model.unanswered.push(accepted),
+        Err(error) => return Err(fail(error)),
+    }
+    Ok(())
+}
+
+/// Parks a pending entry, as the delivery does when Kafka refuses it for good.
+async fn refuse(
+    spool: &Spool,
+    plan: &CrashPlan,
+    model: &mut Model,
+    pick: u16,
+) -> Result<(), TestCaseError> {
+    let Some(id) = model.pick(pick) else {
+        return Ok(());
+    };
+    let accepted = model.pending[&id];
+    match spool
+        .park(Some(id), record(accepted), "refused for good")
+        .await
+    {
+        Ok(parked) => {
+            prop_assert_eq!(parked, id);
+            model.pending.remove(&id);
+            model.parked.insert(id, accepted);
+        }
+        Err(_) if plan.crashed() => {}
+        Err(error) => return Err(fail(error)),
+    }
+    Ok(())
+}
+
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(fail)?;
     let mut model = Model::default();
@@ -266,27 +334,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut armed: Option<(u64, bool)> = None;
     for op in ops {
         match op {
-            Op::Append { key, size } => {
-                let accepted = Accepted {
-                    key,
-                    sequence: model.next_sequence,
-                    size,
-                };
-                model.next_sequence += 1;
-                match spool.append(record(accepted)).await {
-                    Ok(appended) => {
-                        prop_assert!(
-                            model.issued.insert(appended.id),
-                            "id {} reused",
-                            appended.id
-                        );
-                        model.pending.insert(appended.id, accepted);
-                    }
-                    Err(SpoolError::Full { .. }) => {}
-                    Err(_) if plan.crashed() => model.unanswered.push(accepted),
-                    Err(error) => return Err(fail(error)),
-                }
-            }
+            Op::Append { key, size } => append(&spool, &plan, &mut model, key, size).await?,
             Op::Ack { pick } => {
                 if let Some(id) = model.pick(pick) {
                     spool.mark_delivered(id);
@@ -294,23 +342,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model.delivered.insert(id, accepted);
                 }
             }
-            Op::Refuse { pick } => {
-                if let Some(id) = model.pick(pick) {
-                    let accepted = model.pending[&id];
-                    match spool
-                        .park(Some(id), record(accepted), "refused for good")
-                        .await
-                    {
-                        Ok(parked) => {
-                            prop_assert_eq!(parked, id);
-                            model.pending.remove(&id);
-                            model.parked.insert(id, accepted);
-                        }
-                        Err(_) if plan.crashed() => {}
-                        Err(error) => return Err(fail(error)),
-                    }
-                }
-            }
+            Op::Refuse { pick } => refuse(&spool, &plan, &mut model, pick).await?,
             Op::Restart => {
                 // A barrier: every command so far has reached the writer.
                 let _ = spool.sync().await;

@@ -3,8 +3,11 @@
 //! test can put a crash (or any fault) at any one of them and see what the
 //! spool recovers; tests/spool_model.rs does. Production uses `RealFs`.
 //!
-//! Reads are not behind it: a crash takes nothing from a read, and recovery
-//! must read whatever the crash left.
+//! Each call is one step a crash can fall between. A replacement is one
+//! step, as it is for the spool (the temporary file is renamed only once
+//! fsync'd); a `sync_dir` completes the creation, rename or deletion before
+//! it. Reads are not behind it: a crash takes nothing from a read, and
+//! recovery must read whatever the crash left.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
