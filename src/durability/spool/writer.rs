@@ -64,6 +64,7 @@ impl Health {
     }
 }
 
+/// A segment file as the writer knows it.
 pub(super) struct Segment {
     pub(super) path: PathBuf,
     pub(super) bytes: u64,
@@ -75,9 +76,9 @@ pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
 }
 
-/// Creates the segment whose first id is `first`, to append to; its
-/// directory entry is fsync'd, so the segment is not lost with its frames
-/// fsync'd.
+/// Creates the segment whose first id is `first`, to append to, and fsyncs
+/// the directory at once: fsyncing a new file's frames does not make its
+/// name durable.
 pub(super) fn create_segment(
     fs: &dyn SpoolFs,
     dir: &Path,
