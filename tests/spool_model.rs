@@ -1,4 +1,4 @@
-//! A model-based test of the spool (issue 10): random sequences of appends,
+//! A model-based test of the spool: random sequences of appends,
 //! Kafka acknowledgements, permanent refusals (parking), clean restarts and
 //! crashes, over segments small enough to rotate every few appends. After
 //! every step that reopens the spool, what it holds is checked against a
@@ -11,16 +11,18 @@
 //!   its pending count matches the model, nothing held twice.
 //!
 //! A crash strikes at a chosen file operation of the spool's writer (a
-//! write, fsync, rename, truncation or deletion, through `CrashPlan`): that
-//! operation and every later one fail, as if the process had died there.
+//! write, fsync, rename, truncation or deletion: the spool is opened on
+//! `CrashFs`, a filesystem with a crash point before each): that operation
+//! and every later one fail, as if the process had died there.
 //! Then the machine "loses power": every file is cut back to a random length
 //! between what was fsync'd and what was written (torn writes, lost unsynced
 //! bytes: acks are never fsync'd on the hot path), sometimes with a stray
 //! temporary high-water file, and the spool is opened again.
 //!
 //! Cases: `SUPERFONE_SPOOL_MODEL_CASES` (default 2,000, as scripts/test runs
-//! it); a soak run sets it higher (README, "Tests").
+//! it); a soak run sets it higher (docs/testing.md).
 
+use crash_fs::{CrashFs, CrashPlan};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::{BTreeMap, HashSet};
@@ -31,7 +33,7 @@ use std::sync::Arc;
 /// Crashes simulated over all cases, reported with the case count.
 static CRASHES: AtomicUsize = AtomicUsize::new(0);
 use superfone_bridge::durability::spool::{
-    self, CrashPlan, Location, Spool, SpoolEntry, SpoolError, SpoolSettings,
+    self, Location, Spool, SpoolEntry, SpoolError, SpoolSettings,
 };
 use superfone_bridge::vocabulary::Record;
 
@@ -152,8 +154,38 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
             "entry {id} answered durable is lost"
         );
     }
-    let mut last_per_key: BTreeMap<u8, u64> = BTreeMap::new();
+    check_found(model, &found, clean)?;
+    let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
+    for ((entry, _), read) in found.iter().zip(spool.read(&wanted)) {
+        prop_assert_eq!(&read.map_err(fail)?, &entry.record, "read back by location");
+    }
+    for id in model.parked.keys() {
+        prop_assert!(parked.contains(id), "parked entry {id} lost");
+    }
+    prop_assert_eq!(spool.pending(), found.len() as u64);
+    prop_assert!(spool.used_bytes() <= spool.cap_bytes());
     for (entry, _) in &found {
+        let accepted = model
+            .delivered
+            .remove(&entry.id)
+            .or_else(|| model.parked.get(&entry.id).copied());
+        if let Some(accepted) = accepted {
+            model.pending.insert(entry.id, accepted);
+        }
+    }
+    Ok(spool)
+}
+
+/// Checks each entry the spool found against the model: appended, intact,
+/// and in order per key. An append answered with an error at a crash may
+/// come back: it was written, then, and is taken for delivered.
+fn check_found(
+    model: &mut Model,
+    found: &[(SpoolEntry, Location)],
+    clean: bool,
+) -> Result<(), TestCaseError> {
+    let mut last_per_key: BTreeMap<u8, u64> = BTreeMap::new();
+    for (entry, _) in found {
         let accepted = model
             .pending
             .get(&entry.id)
@@ -193,25 +225,7 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
             );
         }
     }
-    let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
-    for ((entry, _), read) in found.iter().zip(spool.read(&wanted)) {
-        prop_assert_eq!(&read.map_err(fail)?, &entry.record, "read back by location");
-    }
-    for id in model.parked.keys() {
-        prop_assert!(parked.contains(id), "parked entry {id} lost");
-    }
-    prop_assert_eq!(spool.pending(), found.len() as u64);
-    prop_assert!(spool.used_bytes() <= spool.cap_bytes());
-    for (entry, _) in &found {
-        let accepted = model
-            .delivered
-            .remove(&entry.id)
-            .or_else(|| model.parked.get(&entry.id).copied());
-        if let Some(accepted) = accepted {
-            model.pending.insert(entry.id, accepted);
-        }
-    }
-    Ok(spool)
+    Ok(())
 }
 
 /// What the power loss after a crash leaves: each file cut back to a
@@ -252,9 +266,65 @@ fn open_planned(
     let spool = reopen(dir, model, clean)?;
     drop(spool);
     let plan = CrashPlan::new(dir).map_err(fail)?;
-    let (spool, _) =
-        Spool::open_with_crash_plan(settings(dir), Arc::clone(&plan), |_, _| {}).map_err(fail)?;
+    let fs = Arc::new(CrashFs(Arc::clone(&plan)));
+    let (spool, _) = Spool::open_in(settings(dir), fs, |_, _| {}).map_err(fail)?;
     Ok((spool, plan))
+}
+
+/// Appends a record with the next sequence number of its key.
+async fn append(
+    spool: &Spool,
+    plan: &CrashPlan,
+    model: &mut Model,
+    key: u8,
+    size: u16,
+) -> Result<(), TestCaseError> {
+    let accepted = Accepted {
+        key,
+        sequence: model.next_sequence,
+        size,
+    };
+    model.next_sequence += 1;
+    match spool.append(record(accepted)).await {
+        Ok(appended) => {
+            prop_assert!(
+                model.issued.insert(appended.id),
+                "id {} reused",
+                appended.id
+            );
+            model.pending.insert(appended.id, accepted);
+        }
+        Err(SpoolError::Full { .. }) => {}
+        Err(_) if plan.crashed() => model.unanswered.push(accepted),
+        Err(error) => return Err(fail(error)),
+    }
+    Ok(())
+}
+
+/// Parks a pending entry, as the delivery does when Kafka refuses it for good.
+async fn refuse(
+    spool: &Spool,
+    plan: &CrashPlan,
+    model: &mut Model,
+    pick: u16,
+) -> Result<(), TestCaseError> {
+    let Some(id) = model.pick(pick) else {
+        return Ok(());
+    };
+    let accepted = model.pending[&id];
+    match spool
+        .park(Some(id), record(accepted), "refused for good")
+        .await
+    {
+        Ok(parked) => {
+            prop_assert_eq!(parked, id);
+            model.pending.remove(&id);
+            model.parked.insert(id, accepted);
+        }
+        Err(_) if plan.crashed() => {}
+        Err(error) => return Err(fail(error)),
+    }
+    Ok(())
 }
 
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -264,27 +334,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut armed: Option<(u64, bool)> = None;
     for op in ops {
         match op {
-            Op::Append { key, size } => {
-                let accepted = Accepted {
-                    key,
-                    sequence: model.next_sequence,
-                    size,
-                };
-                model.next_sequence += 1;
-                match spool.append(record(accepted)).await {
-                    Ok(appended) => {
-                        prop_assert!(
-                            model.issued.insert(appended.id),
-                            "id {} reused",
-                            appended.id
-                        );
-                        model.pending.insert(appended.id, accepted);
-                    }
-                    Err(SpoolError::Full { .. }) => {}
-                    Err(_) if plan.crashed() => model.unanswered.push(accepted),
-                    Err(error) => return Err(fail(error)),
-                }
-            }
+            Op::Append { key, size } => append(&spool, &plan, &mut model, key, size).await?,
             Op::Ack { pick } => {
                 if let Some(id) = model.pick(pick) {
                     spool.mark_delivered(id);
@@ -292,23 +342,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model.delivered.insert(id, accepted);
                 }
             }
-            Op::Refuse { pick } => {
-                if let Some(id) = model.pick(pick) {
-                    let accepted = model.pending[&id];
-                    match spool
-                        .park(Some(id), record(accepted), "refused for good")
-                        .await
-                    {
-                        Ok(parked) => {
-                            prop_assert_eq!(parked, id);
-                            model.pending.remove(&id);
-                            model.parked.insert(id, accepted);
-                        }
-                        Err(_) if plan.crashed() => {}
-                        Err(error) => return Err(fail(error)),
-                    }
-                }
-            }
+            Op::Refuse { pick } => refuse(&spool, &plan, &mut model, pick).await?,
             Op::Restart => {
                 // A barrier: every command so far has reached the writer.
                 let _ = spool.sync().await;
@@ -371,4 +405,164 @@ fn the_spool_keeps_every_promise_under_random_restarts_and_crashes() {
         "SPOOL-MODEL {{\"cases\": {cases}, \"crashes\": {}}}",
         CRASHES.load(Ordering::Relaxed)
     );
+}
+
+/// The spool's filesystem with a crash point before each operation.
+mod crash_fs {
+    use std::collections::HashMap;
+    use std::io::{self, Write};
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use superfone_bridge::durability::spool::{RealFs, SpoolFile, SpoolFs};
+
+    /// Makes every file operation fail from a chosen one on, as a crash at
+    /// that write, fsync, rename or truncation would, and records how much
+    /// of each file was fsync'd, so that the test can then tear what a crash
+    /// may lose.
+    #[derive(Debug, Default)]
+    pub(crate) struct CrashPlan {
+        /// File operations left before the crash; `None` when not armed.
+        remaining: Mutex<Option<u64>>,
+        crashed: AtomicBool,
+        synced: Mutex<HashMap<PathBuf, u64>>,
+    }
+
+    impl CrashPlan {
+        /// A plan that takes every file now in `dir` as durable as it is.
+        pub(crate) fn new(dir: &Path) -> io::Result<Arc<CrashPlan>> {
+            let plan = CrashPlan::default();
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                plan.record_sync(&entry.path(), entry.metadata()?.len());
+            }
+            Ok(Arc::new(plan))
+        }
+
+        /// Crashes at the `after`-th file operation from now (0: the next one).
+        pub(crate) fn arm(&self, after: u64) {
+            *self.remaining.lock().expect("crash plan lock") = Some(after);
+        }
+
+        pub(crate) fn crashed(&self) -> bool {
+            self.crashed.load(Ordering::SeqCst)
+        }
+
+        /// How much of `path` was fsync'd (0 for a file created since the plan).
+        pub(crate) fn synced_len(&self, path: &Path) -> u64 {
+            let synced = self.synced.lock().expect("crash plan lock");
+            synced.get(path).copied().unwrap_or(0)
+        }
+
+        /// Called before each file operation: fails it, and all after it, from
+        /// the crash point on.
+        fn point(&self) -> io::Result<()> {
+            let mut remaining = self.remaining.lock().expect("crash plan lock");
+            match remaining.as_mut() {
+                _ if self.crashed() => Err(crashed()),
+                Some(0) => {
+                    self.crashed.store(true, Ordering::SeqCst);
+                    Err(crashed())
+                }
+                Some(left) => {
+                    *left -= 1;
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        }
+
+        fn record_sync(&self, path: &Path, len: u64) {
+            let mut synced = self.synced.lock().expect("crash plan lock");
+            synced.insert(path.to_owned(), len);
+        }
+    }
+
+    fn crashed() -> io::Error {
+        io::Error::other("crashed")
+    }
+
+    /// `RealFs` through a `CrashPlan`.
+    pub(crate) struct CrashFs(pub(crate) Arc<CrashPlan>);
+
+    struct CrashFile {
+        plan: Arc<CrashPlan>,
+        path: PathBuf,
+        file: Box<dyn SpoolFile>,
+    }
+
+    impl SpoolFs for CrashFs {
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn SpoolFile>> {
+            self.0.point()?;
+            Ok(Box::new(CrashFile {
+                plan: Arc::clone(&self.0),
+                path: path.to_owned(),
+                file: RealFs.open_append(path)?,
+            }))
+        }
+
+        fn replace(
+            &self,
+            path: &Path,
+            write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+        ) -> io::Result<()> {
+            self.0.point()?;
+            RealFs.replace(path, write)
+        }
+
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.0.point()?;
+            RealFs.remove(path)
+        }
+
+        /// Fails once crashed, but is no crash point of its own: each
+        /// directory fsync follows the creation, rename or deletion it makes
+        /// durable, and lost directory entries are not modelled, so a crash
+        /// here would leave what a crash at the next operation leaves.
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            if self.0.crashed() {
+                return Err(crashed());
+            }
+            RealFs.sync_dir(dir)
+        }
+    }
+
+    impl CrashFile {
+        /// After an fsync that succeeded: what a crash can no longer lose.
+        fn record_sync(&self) {
+            if let Ok(len) = self.file.size() {
+                self.plan.record_sync(&self.path, len);
+            }
+        }
+    }
+
+    impl SpoolFile for CrashFile {
+        fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+            self.plan.point()?;
+            self.file.write_all(data)
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            self.plan.point()?;
+            self.file.sync_data()?;
+            self.record_sync();
+            Ok(())
+        }
+
+        fn sync_all(&self) -> io::Result<()> {
+            self.plan.point()?;
+            self.file.sync_all()?;
+            self.record_sync();
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.plan.point()?;
+            self.file.set_len(len)
+        }
+
+        fn size(&self) -> io::Result<u64> {
+            self.file.size()
+        }
+    }
 }
