@@ -233,24 +233,36 @@ fn read_crate(src: &Path) -> Vec<SourceFile> {
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
-            let module = module_of(src, &path);
             let in_main = path == src.join("main.rs");
-            let uses = crate_paths(&text, &module, in_main)
-                .into_iter()
-                .map(|(line, written, absolute)| Use {
-                    line,
-                    written,
-                    target: resolve(&absolute, &modules),
-                })
-                .filter(|used| used.target != module)
-                .collect();
-            SourceFile {
-                path: path.strip_prefix(src.parent().unwrap()).unwrap().to_owned(),
-                module,
-                uses,
-            }
+            let shown = path.strip_prefix(src.parent().unwrap()).unwrap();
+            source_file(shown, module_of(src, &path), &text, in_main, &modules)
         })
         .collect()
+}
+
+/// A file of module `module` with its text: the crate paths it uses,
+/// resolved, except those naming the module itself.
+fn source_file(
+    path: &Path,
+    module: ModulePath,
+    text: &str,
+    in_main: bool,
+    modules: &BTreeSet<ModulePath>,
+) -> SourceFile {
+    let uses = crate_paths(text, &module, in_main)
+        .into_iter()
+        .map(|(line, written, absolute)| Use {
+            line,
+            written,
+            target: resolve(&absolute, modules),
+        })
+        .filter(|used| used.target != module)
+        .collect();
+    SourceFile {
+        path: path.to_owned(),
+        module,
+        uses,
+    }
 }
 
 fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -574,20 +586,7 @@ fn the_check_finds_an_upward_import_and_a_circle() {
         .collect();
     let file = |path: &str, module: &[&str], text: &str| {
         let module: ModulePath = module.iter().map(|s| s.to_string()).collect();
-        let uses = crate_paths(text, &module, false)
-            .into_iter()
-            .map(|(line, written, absolute)| Use {
-                line,
-                written,
-                target: resolve(&absolute, &modules),
-            })
-            .filter(|used| used.target != module)
-            .collect();
-        SourceFile {
-            path: PathBuf::from(path),
-            module,
-            uses,
-        }
+        source_file(Path::new(path), module, text, false, &modules)
     };
     let files = [
         file(
