@@ -1,0 +1,11 @@
+//! Copying call recordings into the user's own storage before their links
+//! expire (the claim check: the bytes go to object storage, Kafka carries a
+//! pointer). A consumer of the recording events, beside the request path,
+//! never inside it: the webhook answer never waits for a recording.
+//!
+//! `source` downloads a recording from its pre-signed URL, which comes from
+//! a request body and is therefore untrusted (an SSRF surface): https only,
+//! allowed hosts only, public addresses only, redirects checked the same
+//! way, a size cap and timeouts.
+
+pub mod source;
