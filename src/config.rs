@@ -57,6 +57,8 @@ pub struct Config {
     pub dedup: DedupConfig,
     /// `[admin]`: the metrics, health and status listener.
     pub admin: AdminConfig,
+    /// `[recordings]`: copying call recordings to the user's own storage.
+    pub recordings: RecordingsConfig,
     /// `[tracing]`: OpenTelemetry trace export.
     pub tracing: TracingConfig,
     /// `[log]`: log format and filter.
@@ -212,6 +214,92 @@ impl Default for DedupConfig {
             max_entries: 100_000,
         }
     }
+}
+
+/// Copying every call recording into the user's own object storage before
+/// its pre-signed link expires (7 days, payload reference), with a pointer
+/// record on `<prefix>recording_copies`. The link comes from a request body:
+/// only https, only `allowed_hosts`, only public addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// Run the copier inside `serve` (`superfone-bridge recordings run`
+    /// runs it alone).
+    pub enabled: bool,
+    /// Where copies go: `file:///dir`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix` or `az://container/prefix`. Credentials come
+    /// the way each cloud's SDK expects (environment, web identity / IRSA
+    /// token, mounted file), never from this file.
+    pub store_url: Option<String>,
+    /// Hosts a recording may be downloaded from: exact names, or
+    /// `*.domain` for any subdomain. In the environment, separated by commas.
+    #[serde(deserialize_with = "comma_separated")]
+    pub allowed_hosts: Vec<String>,
+    /// Let links resolve to loopback and private addresses: for tests and
+    /// `scripts/dev` only (an SSRF hole anywhere else).
+    pub allow_private_networks: bool,
+    /// Let links use plain http: for tests and `scripts/dev` only.
+    pub allow_plain_http: bool,
+    /// Largest recording copied; a larger one ends `refused`.
+    pub max_bytes: u64,
+    /// Copies running at once.
+    pub concurrency: usize,
+}
+
+/// The vendor's recording links are S3 pre-signed URLs
+/// (`https://recordings.s3.amazonaws.com/…?X-Amz-Signature=…`).
+const DEFAULT_RECORDING_HOSTS: &str = "*.amazonaws.com";
+/// An hour-long call in WAV is about 600 MiB; twice that and more is not a
+/// call recording.
+const DEFAULT_RECORDING_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig {
+            enabled: false,
+            store_url: None,
+            allowed_hosts: vec![DEFAULT_RECORDING_HOSTS.into()],
+            allow_private_networks: false,
+            allow_plain_http: false,
+            max_bytes: DEFAULT_RECORDING_MAX_BYTES,
+            concurrency: 4,
+        }
+    }
+}
+
+impl RecordingsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        if self.enabled && self.store_url.is_none() {
+            return invalid("recordings.enabled needs recordings.store_url");
+        }
+        if self.concurrency == 0 || self.max_bytes == 0 {
+            return invalid("recordings.concurrency and recordings.max_bytes must be positive");
+        }
+        if self.allowed_hosts.is_empty() {
+            return invalid("recordings.allowed_hosts must name at least one host");
+        }
+        Ok(())
+    }
+}
+
+/// A list from TOML (`["a", "b"]`) or from one environment variable (`a,b`).
+fn comma_separated<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Text(String),
+        Items(Vec<String>),
+    }
+    Ok(match List::deserialize(input)? {
+        List::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        List::Items(items) => items,
+    })
 }
 
 /// How long shutdown waits for requests in flight: the bridge's own choice,
@@ -566,6 +654,11 @@ impl TopicsConfig {
             .unwrap_or_else(|| format!("{}{}", self.prefix, kind.slug()))
     }
 
+    /// Where the recording copier's pointer records go.
+    pub fn recording_copies_topic(&self) -> String {
+        format!("{}recording_copies", self.prefix)
+    }
+
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter
             .clone()
@@ -732,7 +825,7 @@ impl Config {
         if self.kafka.topic_partitions < 1 {
             return invalid("kafka.topic_partitions must be at least 1".into());
         }
-        Ok(())
+        self.recordings.validate()
     }
 
     /// The effective configuration as TOML, with pass-through options that look
@@ -795,6 +888,43 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure signature")]
+    fn recording_hosts_come_comma_separated_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "SUPERFONE_BRIDGE_RECORDINGS__ALLOWED_HOSTS",
+                "recordings.example.com, *.amazonaws.com",
+            );
+            // Only harmless variables: other tests load the config meanwhile.
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.recordings.allowed_hosts,
+                ["recordings.example.com", "*.amazonaws.com"]
+            );
+            assert_eq!(
+                config.topics.recording_copies_topic(),
+                "superfone.recording_copies"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn enabled_recordings_need_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, "[recordings]\nenabled = true\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("recordings.store_url"), "{error}");
+        std::fs::write(
+            &path,
+            "[recordings]\nenabled = true\nstore_url = \"file:///tmp/copies\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path)).unwrap().recordings.enabled);
     }
 
     #[test]
