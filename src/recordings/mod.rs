@@ -6,6 +6,9 @@
 //! `source` downloads a recording from its pre-signed URL, which comes from
 //! a request body and is therefore untrusted (an SSRF surface): https only,
 //! allowed hosts only, public addresses only, redirects checked the same
-//! way, a size cap and timeouts.
+//! way, a size cap and timeouts. `store` writes the copy (streamed, hashed,
+//! named by call date and id), `expiry` says when the link dies.
 
+pub mod expiry;
 pub mod source;
+pub mod store;
