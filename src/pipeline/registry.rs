@@ -92,15 +92,32 @@ fn registry_message(error: &SRCError) -> Option<&RawError> {
     error.source()?.downcast_ref::<RawError>()
 }
 
+/// Registers (or, with auto-registration off, looks up) one schema that
+/// is not an event's: its id under `subject`.
+pub async fn register_one(
+    config: &RegistryConfig,
+    subject: &str,
+    full_name: &str,
+    text: &str,
+) -> Result<u32, RegistryError> {
+    let settings = settings(config)?;
+    if config.auto_register {
+        register(&settings, subject, full_name, text).await
+    } else {
+        look_up(&settings, subject, text).await
+    }
+}
+
 async fn register(
     settings: &SrSettings,
     subject: &str,
-    schema: &EventSchema,
+    full_name: &str,
+    text: &str,
 ) -> Result<u32, RegistryError> {
     let supplied = SuppliedSchema::new(
-        Some(schema.full_name.clone()),
+        Some(full_name.to_owned()),
         SchemaType::Avro,
-        schema.text.clone(),
+        text.to_owned(),
     );
     match post_schema(settings, subject.to_owned(), supplied).await {
         Ok(registered) => Ok(registered.id),
@@ -120,12 +137,8 @@ async fn register(
     }
 }
 
-async fn look_up(
-    settings: &SrSettings,
-    subject: &str,
-    schema: &EventSchema,
-) -> Result<u32, RegistryError> {
-    let body = serde_json::json!({ "schema": schema.text, "schemaType": "AVRO" }).to_string();
+async fn look_up(settings: &SrSettings, subject: &str, text: &str) -> Result<u32, RegistryError> {
+    let body = serde_json::json!({ "schema": text, "schemaType": "AVRO" }).to_string();
     match perform_sr_call(settings, SrCall::PostForVersion(subject, &body)).await {
         Ok(raw) => raw.id.ok_or_else(|| RegistryError::Unavailable {
             subject: subject.to_owned(),
@@ -299,9 +312,15 @@ impl SchemaIds {
             .filter(|s| !s.confirmed.load(Ordering::Relaxed));
         for subject in unconfirmed {
             let result = if self.config.auto_register {
-                register(&settings, &subject.name, &subject.schema).await
+                register(
+                    &settings,
+                    &subject.name,
+                    &subject.schema.full_name,
+                    &subject.schema.text,
+                )
+                .await
             } else {
-                look_up(&settings, &subject.name, &subject.schema).await
+                look_up(&settings, &subject.name, &subject.schema.text).await
             };
             match result {
                 Ok(id) => {
