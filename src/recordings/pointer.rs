@@ -156,7 +156,14 @@ mod tests {
         assert_eq!(payload[0], 0, "Confluent magic byte");
         assert_eq!(u32::from_be_bytes(payload[1..5].try_into().unwrap()), 42);
         let schema = apache_avro::Schema::parse_str(RECORDING_COPY_SCHEMA).unwrap();
-        match apache_avro::from_avro_datum(&schema, &mut &payload[5..], None).unwrap() {
+        let mut datum = &payload[5..];
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut datum)
+            .unwrap();
+        assert!(datum.is_empty(), "the record is read whole");
+        match value {
             Avro::Record(fields) => fields,
             other => panic!("not a record: {other:?}"),
         }
