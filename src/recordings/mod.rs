@@ -10,6 +10,7 @@
 //! named by call date and id), `expiry` says when the link dies.
 
 pub mod expiry;
+pub mod job;
 pub mod pointer;
 pub mod source;
 pub mod store;
