@@ -298,6 +298,14 @@ impl TargetRules {
             return Err(SourceError::refused("userinfo in the URL is not allowed"));
         }
         let host = UrlHost::of(url).ok_or_else(|| SourceError::refused("the URL has no host"))?;
+        // The URL parser keeps `.a.com` and `x..a.com`; no real name has an
+        // empty label, and `.a.com` would otherwise be a subdomain of a.com.
+        if host.address.is_none() && host.normalized.split('.').any(str::is_empty) {
+            return Err(SourceError::refused(format!(
+                "host {:?} has an empty label",
+                host.normalized
+            )));
+        }
         if !self.hosts.iter().any(|pattern| pattern.matches(&host)) {
             return Err(SourceError::refused(format!(
                 "host {:?} is not in allowed_hosts",
@@ -384,11 +392,12 @@ impl HostPattern {
     fn matches(&self, host: &UrlHost) -> bool {
         match self {
             HostPattern::Exact(exact) => host.normalized == *exact,
-            HostPattern::AnySubdomainOf(suffix) => {
-                host.address.is_none()
-                    && host.normalized.len() > suffix.len()
-                    && host.normalized.ends_with(suffix.as_str())
-            }
+            // An IP literal never matches: a pattern whose last label is
+            // numeric parses as IPv4 and was refused as a wildcard.
+            HostPattern::AnySubdomainOf(suffix) => host
+                .normalized
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|subdomain| !subdomain.is_empty()),
         }
     }
 }
@@ -1031,6 +1040,16 @@ mod tests {
                 "{pattern:?}"
             );
         }
+        // The matcher alone, without the empty-label rule in front of it.
+        let wildcard = HostPattern::parse("*.blob.core.windows.net").unwrap();
+        let named = |name: &str| UrlHost {
+            normalized: name.to_owned(),
+            address: None,
+        };
+        assert!(wildcard.matches(&named("a.blob.core.windows.net")));
+        assert!(!wildcard.matches(&named("blob.core.windows.net")));
+        assert!(!wildcard.matches(&named(".blob.core.windows.net")));
+        assert!(!wildcard.matches(&named("ablob.core.windows.net")));
         let nothing = RecordingSource::new(&local_policy(&[]));
         assert!(matches!(nothing, Err(SourceError::Setup { .. })));
     }
@@ -1071,6 +1090,9 @@ mod tests {
             // Cyrillic а in "amаzonaws": punycode, a different host.
             "https://recordings.s3.amаzonaws.com/r.mp3",
             "https://blob.core.windows.net/r.mp3",
+            "https://.blob.core.windows.net/r.mp3",
+            "https://..blob.core.windows.net/r.mp3",
+            "https://x..blob.core.windows.net/r.mp3",
             "https://evilblob.core.windows.net/r.mp3",
             "https:///r.mp3",
         ];
