@@ -23,6 +23,7 @@ use crate::pipeline::event;
 use crate::pipeline::registry::{RegistryError, SchemaIds};
 use crate::pipeline::route::routes;
 use crate::pipeline::schema::{self, EventSchema, SchemaError, SchemaSource};
+use crate::recordings::copier::copy_recordings;
 use crate::vocabulary::headers::{DEDUP_KEY_HEADER, GROUP_ID_HEADER};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -153,6 +154,34 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
     })
 }
 
+/// `superfone-bridge recordings run`: the recording copier alone (its own
+/// Deployment), until `shutdown`. Waits for the brokers, creates the topics
+/// (if `kafka.create_topics`), then copies; the producer is flushed at the end.
+pub async fn run_recordings(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
+    metrics::handle();
+    let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
+    let timeout = config.kafka.startup_timeout_ms;
+    publisher.check_broker(timeout).await?;
+    create_topics(&config, &publisher, timeout).await?;
+    let stop = CancellationToken::new();
+    let copier = tokio::spawn(copy_recordings(
+        Arc::new(config),
+        Arc::clone(&publisher),
+        stop.clone(),
+    ));
+    shutdown.await;
+    stop.cancel();
+    let _ = copier.await;
+    publisher
+        .flush(FLUSH_TIMEOUT)
+        .await
+        .map_err(PublishError::Client)?;
+    Ok(())
+}
+
 /// Gives the brokers one bounded try: reachable, the topics are created
 /// now and are `Ready`; unreachable, they are `Pending` (if the bridge
 /// creates them) and the health watcher creates them once the brokers are
@@ -251,6 +280,8 @@ pub struct App {
     limits: server::Limits,
     tls: Option<Arc<tls::Tls>>,
     shutdown_drain: Duration,
+    /// The config, when the recording copier runs inside `serve`.
+    recordings: Option<Arc<Config>>,
 }
 
 impl App {
@@ -303,6 +334,7 @@ impl App {
             limits: server::Limits::of(&config),
             tls,
             shutdown_drain: config.spool.shutdown_drain_ms,
+            recordings: config.recordings.enabled.then(|| Arc::new(config.clone())),
         })
     }
 
@@ -345,7 +377,21 @@ impl App {
         if let Some(tls) = &self.tls {
             tokio::spawn(Arc::clone(tls).watch(stop_background.clone()));
         }
+        let stop_recordings = CancellationToken::new();
+        let recordings = self.recordings.clone().map(|config| {
+            tokio::spawn(copy_recordings(
+                config,
+                Arc::clone(&self.publisher),
+                stop_recordings.clone(),
+            ))
+        });
         server::serve(self.listener, self.ingest, shutdown, self.limits, self.tls).await;
+        // Copies not ended are copied again after the restart: their
+        // offsets were not committed.
+        stop_recordings.cancel();
+        if let Some(recordings) = recordings {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, recordings).await;
+        }
         // The replay finishes the window it sent, so its acknowledgements are recorded.
         stop_replay.cancel();
         if tokio::time::timeout(FLUSH_TIMEOUT, replay).await.is_err() {

@@ -244,6 +244,9 @@ pub struct RecordingsConfig {
     pub max_bytes: u64,
     /// Copies running at once.
     pub concurrency: usize,
+    /// The Kafka consumer group of the copiers: every replica joins it, and
+    /// Kafka spreads the recording topic's partitions over them.
+    pub group_id: String,
 }
 
 /// The vendor's recording links are S3 pre-signed URLs
@@ -263,6 +266,7 @@ impl Default for RecordingsConfig {
             allow_plain_http: false,
             max_bytes: DEFAULT_RECORDING_MAX_BYTES,
             concurrency: 4,
+            group_id: "superfone-bridge-recordings".into(),
         }
     }
 }

@@ -17,4 +17,4 @@ pub mod pipeline;
 pub mod recordings;
 pub mod vocabulary;
 
-pub use app::{drain_spool, App, DrainReport, StartupError};
+pub use app::{drain_spool, run_recordings, App, DrainReport, StartupError};

@@ -40,6 +40,16 @@ enum Command {
     Spool(SpoolCommand),
     /// Print a topic's records as JSON lines, values decoded through the registry.
     Tail(TailArgs),
+    /// Call recordings copied to the store of `[recordings]`.
+    #[command(subcommand)]
+    Recordings(RecordingsCommand),
+}
+
+#[derive(Subcommand)]
+enum RecordingsCommand {
+    /// Run the recording copier alone (not inside `serve`): join the consumer
+    /// group superfone-bridge-recordings and copy recordings until SIGTERM.
+    Run,
 }
 
 #[derive(Args)]
@@ -114,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             list_parked(&config, tools::ParkedFormat::Export)
         }
         Command::Tail(args) => tail(&config, args),
+        Command::Recordings(RecordingsCommand::Run) => run_recordings(config),
     }
 }
 
@@ -320,6 +331,23 @@ fn retry_parked(config: &Config, ids: &[u64]) -> anyhow::Result<()> {
         "{failed} parked record(s) could not be published; they stay parked"
     );
     Ok(())
+}
+
+/// `recordings run`: the copier alone, until SIGTERM or SIGINT.
+fn run_recordings(config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.recordings.store_url.is_some(),
+        "recordings run needs recordings.store_url"
+    );
+    runtime()?.block_on(async move {
+        let telemetry =
+            telemetry::init(&config.log, &config.tracing).context("setting up telemetry")?;
+        superfone_bridge::run_recordings(config, shutdown_signal())
+            .await
+            .context("recording copier")?;
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+        Ok(())
+    })
 }
 
 /// `tail`: a topic's records as JSON lines.

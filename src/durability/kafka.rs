@@ -89,13 +89,15 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// The topics `config` names: one per event and the dead-letter topic.
+    /// The topics `config` names: one per event, the dead-letter topic and
+    /// the recording copier's pointer records.
     pub fn of(config: &Config) -> TopicSpec {
         let mut names: Vec<String> = EventKind::ALL
             .iter()
             .map(|kind| config.topics.topic_for(*kind))
             .collect();
         names.push(config.topics.dead_letter_topic());
+        names.push(config.topics.recording_copies_topic());
         TopicSpec {
             names,
             partitions: config.kafka.topic_partitions,

@@ -32,6 +32,10 @@ pub const CONNECTIONS_TIMED_OUT: &str = "superfone_connections_timed_out_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "superfone_tls_handshake_failures_total";
 pub const TLS_RELOAD_FAILURES: &str = "superfone_tls_reload_failures_total";
 pub const BODY_BUDGET_WAITS: &str = "superfone_body_budget_waits_total";
+pub const RECORDINGS: &str = "superfone_recordings_total";
+pub const RECORDING_BYTES: &str = "superfone_recording_bytes_total";
+pub const RECORDINGS_PENDING: &str = "superfone_recordings_pending";
+pub const RECORDINGS_NEXT_EXPIRY: &str = "superfone_recordings_next_expiry_seconds";
 
 /// Latency buckets (seconds): the ack deadline (2 s) and Superfone's 5 s matter most.
 const BUCKETS: &[f64] = &[
@@ -198,6 +202,30 @@ const DESCRIBED: &[Described] = &[
         kind: Kind::Counter,
         unit: None,
         help: "Requests that waited for room in server.max_body_bytes_in_flight before their body was read",
+    },
+    Described {
+        name: RECORDINGS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Recordings whose copy ended, by status (stored, expired, refused, failed)",
+    },
+    Described {
+        name: RECORDING_BYTES,
+        kind: Kind::Counter,
+        unit: Some(Unit::Bytes),
+        help: "Bytes of recordings copied to the store",
+    },
+    Described {
+        name: RECORDINGS_PENDING,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Recordings read whose copy has not ended (copying, or waiting to retry)",
+    },
+    Described {
+        name: RECORDINGS_NEXT_EXPIRY,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "Time left on the link of the most urgent recording not yet copied (0 when none waits)",
     },
 ];
 

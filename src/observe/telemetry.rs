@@ -214,6 +214,42 @@ where
     (format.with_filter(filter.and(log_spans)), guard)
 }
 
+/// The W3C trace context for a record that follows on from `headers` (an
+/// earlier record's): a new span id in the same trace, or nothing when
+/// `headers` carry no valid `traceparent`.
+pub fn continue_trace(headers: &[(String, String)]) -> Vec<(String, String)> {
+    let incoming = TraceContextPropagator::new().extract(&PairExtractor(headers));
+    let parent = incoming.span().span_context().clone();
+    if !parent.is_valid() {
+        return Vec::new();
+    }
+    let context = Context::new().with_remote_span_context(SpanContext::new(
+        parent.trace_id(),
+        RandomIdGenerator::default().new_span_id(),
+        parent.trace_flags(),
+        false,
+        parent.trace_state().clone(),
+    ));
+    let mut continued = Vec::new();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut continued));
+    continued
+}
+
+struct PairExtractor<'a>(&'a [(String, String)]);
+
+impl Extractor for PairExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(key))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_str()).collect()
+    }
+}
+
 struct HeaderExtractor<'a>(&'a hyper::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {

@@ -84,7 +84,10 @@ impl RecordingJob {
                 .filter(|(name, _)| TRACE_HEADERS.contains(&name.as_str()))
                 .cloned()
                 .collect(),
-            expires_at: expiry::link_expiry(&url, received_at),
+            // Without a signature date or a receipt time (never from this
+            // bridge), the vendor's 7 days count from now.
+            expires_at: expiry::link_expiry(&url, received_at)
+                .or_else(|| Some(OffsetDateTime::now_utc() + expiry::LINK_LIFETIME)),
             url,
             cdr_id,
             cdr_uuid,
@@ -134,7 +137,10 @@ mod tests {
         [
             (GROUP_ID_HEADER, "g-7"),
             (RECEIVED_AT_HEADER, "2026-05-15T10:33:00Z"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
             ("superfone-dedup-key", "k"),
         ]
         .map(|(name, value)| (name.to_owned(), value.to_owned()))

@@ -9,6 +9,8 @@
 //! way, a size cap and timeouts. `store` writes the copy (streamed, hashed,
 //! named by call date and id), `expiry` says when the link dies.
 
+pub mod copier;
+pub mod copy;
 pub mod expiry;
 pub mod job;
 pub mod pointer;

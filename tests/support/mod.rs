@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod faults;
+pub mod source;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
