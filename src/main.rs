@@ -334,7 +334,9 @@ fn retry_parked(config: &Config, ids: &[u64]) -> anyhow::Result<()> {
 }
 
 /// `recordings run`: the copier alone, until SIGTERM or SIGINT.
-fn run_recordings(config: Config) -> anyhow::Result<()> {
+fn run_recordings(mut config: Config) -> anyhow::Result<()> {
+    // Running the copier is enabling it: its topic is then one to create.
+    config.recordings.enabled = true;
     anyhow::ensure!(
         config.recordings.store_url.is_some(),
         "recordings run needs recordings.store_url"

@@ -89,15 +89,17 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// The topics `config` names: one per event, the dead-letter topic and
-    /// the recording copier's pointer records.
+    /// The topics `config` names: one per event, the dead-letter topic and,
+    /// when the recording copier runs, its pointer records'.
     pub fn of(config: &Config) -> TopicSpec {
         let mut names: Vec<String> = EventKind::ALL
             .iter()
             .map(|kind| config.topics.topic_for(*kind))
             .collect();
         names.push(config.topics.dead_letter_topic());
-        names.push(config.topics.recording_copies_topic());
+        if config.recordings.enabled {
+            names.push(config.topics.recording_copies_topic());
+        }
         TopicSpec {
             names,
             partitions: config.kafka.topic_partitions,
