@@ -94,6 +94,10 @@ struct TailArgs {
     /// Stop after this many seconds without a record.
     #[arg(long)]
     idle_exit_secs: Option<u64>,
+    /// Show recording links whole: their query is a credential for 7 days,
+    /// so it is left out unless asked for.
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 // glibc's malloc was the largest user-space cost in the profile under load;
@@ -359,6 +363,7 @@ fn tail(config: &Config, args: TailArgs) -> anyhow::Result<()> {
         from_beginning: args.from_beginning,
         max: args.max,
         idle_exit: args.idle_exit_secs.map(Duration::from_secs),
+        show_secrets: args.show_secrets,
     };
     runtime()?.block_on(tools::tail(config, options, std::io::stdout()))?;
     Ok(())

@@ -13,16 +13,75 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use support::source::{recording_bytes, Source, SIGNATURE};
 use support::{consume, fixture, post, Bridge, BridgeOptions};
+use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
 /// `X-Amz-Date` of a link signed `ago` before now.
 fn signed(ago: time::Duration) -> String {
-    (OffsetDateTime::now_utc() - ago)
-        .format(format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
-        ))
-        .unwrap()
+    amz_date(OffsetDateTime::now_utc() - ago)
+}
+
+fn amz_date(at: OffsetDateTime) -> String {
+    at.format(format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))
+    .unwrap()
+}
+
+fn instant(text: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(text, &Rfc3339).unwrap()
+}
+
+/// Each recording event says when its link expires: a SigV4 link by its
+/// signature date and lifetime, any other 7 days after receipt.
+fn assert_expiry_headers(bridge: &Bridge, fresh_signed: &OffsetDateTime) {
+    let events = consume(&bridge.topic("CDR_RECORDING_AVAILABLE"), 3, false);
+    let header = |cdr_id: i64, name: &str| {
+        let event = events
+            .iter()
+            .find(|e| e["value"]["cdr_id"] == cdr_id)
+            .unwrap_or_else(|| panic!("no event {cdr_id}: {events:#?}"));
+        instant(
+            event["headers"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: {event}")),
+        )
+    };
+    let whole_seconds = fresh_signed.replace_nanosecond(0).unwrap();
+    assert_eq!(
+        header(1001, "superfone-recording-url-expires-at"),
+        whole_seconds + time::Duration::days(7)
+    );
+    assert_eq!(
+        header(1003, "superfone-recording-url-expires-at"),
+        header(1003, "superfone-received-at") + time::Duration::days(7)
+    );
+}
+
+/// `tail` shows recording links without their signature unless asked.
+fn assert_tail_hides_signatures(bridge: &Bridge) {
+    let stack = support::stack();
+    let tail = |extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+        command
+            .env("SUPERFONE_BRIDGE_KAFKA__BROKERS", &stack.brokers)
+            .env("SUPERFONE_BRIDGE_REGISTRY__URL", &stack.registry_url)
+            .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", &bridge.prefix)
+            .env_remove("RUST_LOG")
+            .args(["tail", "CDR_RECORDING_AVAILABLE", "--from-beginning"])
+            .args(["--max", "3", "--idle-exit-secs", "20"])
+            .args(extra);
+        support::stdout_of(&mut command)
+    };
+    let hidden = tail(&[]);
+    assert_eq!(hidden.lines().count(), 3, "{hidden}");
+    assert!(!hidden.contains(SIGNATURE), "{hidden}");
+    assert!(
+        hidden.contains("http://localhost:"),
+        "the link without its query: {hidden}"
+    );
+    assert!(tail(&["--show-secrets"]).contains(SIGNATURE));
 }
 
 fn recording_event(cdr_id: i64, url: &str) -> serde_json::Value {
@@ -57,10 +116,11 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     let bridge = copying_bridge(store.path());
     let client = support::client();
     let size = 3 * 1024 * 1024 + 17;
+    let fresh_signed = OffsetDateTime::now_utc() - time::Duration::minutes(1);
     let fresh = source.link(
         "1001.mp3",
         size,
-        &signed(time::Duration::minutes(1)),
+        &amz_date(fresh_signed),
         604_800,
         "",
     );
@@ -126,6 +186,8 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
         .contains("recordings.evil.example"));
 
     assert_eq!(source.requests(), 2, "the refused link was never fetched");
+    assert_expiry_headers(&bridge, &fresh_signed);
+    assert_tail_hides_signatures(&bridge);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = bridge.log_text();
     assert!(

@@ -338,6 +338,7 @@ impl Ingest {
             key,
             headers: event_headers(
                 kind,
+                object,
                 &group_id,
                 &envelope.received_at,
                 schema_header,

@@ -6,6 +6,7 @@ pub mod avro_json;
 pub mod convert;
 pub mod dead_letter;
 pub mod event;
+pub mod recording_link;
 pub mod registry;
 pub mod route;
 pub mod schema;

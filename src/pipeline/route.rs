@@ -4,11 +4,12 @@
 use crate::config::Config;
 use crate::pipeline::convert::{ConvertError, Converter};
 use crate::pipeline::event;
+use crate::pipeline::recording_link;
 use crate::pipeline::registry::{RegistryError, SchemaIds, Subject};
 use crate::pipeline::schema::{self, EventSchema, SchemaError, SchemaSource};
 use crate::vocabulary::headers::{
     AVRO_CONTENT_TYPE, CONTENT_TYPE_HEADER, DEDUP_KEY_HEADER, EVENT_HEADER, GROUP_ID_HEADER,
-    RECEIVED_AT_HEADER,
+    RECEIVED_AT_HEADER, RECORDING_URL_EXPIRES_AT_HEADER,
 };
 use crate::vocabulary::{EventKind, Record};
 use serde_json::Value;
@@ -50,6 +51,7 @@ impl EventRoute {
             key: event::record_key(object),
             headers: event_headers(
                 self.kind,
+                object,
                 group_id,
                 received_at,
                 schema_header,
@@ -60,22 +62,33 @@ impl EventRoute {
     }
 }
 
-/// The headers of an event record (docs/kafka-contract.md, "Headers").
+/// The headers of an event record (docs/kafka-contract.md, "Headers"); a
+/// recording event's also say when its link expires.
 pub fn event_headers(
     kind: EventKind,
+    object: &serde_json::Map<String, Value>,
     group_id: &str,
     received_at: &str,
     schema_header: (String, String),
     dedup_key: &str,
 ) -> Vec<(String, String)> {
-    vec![
+    let mut headers = vec![
         (EVENT_HEADER.into(), kind.as_str().into()),
         (GROUP_ID_HEADER.into(), group_id.into()),
         (RECEIVED_AT_HEADER.into(), received_at.into()),
         (CONTENT_TYPE_HEADER.into(), AVRO_CONTENT_TYPE.into()),
         schema_header,
         (DEDUP_KEY_HEADER.into(), dedup_key.into()),
-    ]
+    ];
+    let link = object.get("cdr_recording_url").and_then(Value::as_str);
+    let expires_at = link.and_then(|link| recording_link::link_expiry(link, Some(received_at)));
+    if let (EventKind::CdrRecordingAvailable, Some(at)) = (kind, expires_at) {
+        headers.push((
+            RECORDING_URL_EXPIRES_AT_HEADER.into(),
+            recording_link::rfc3339(at),
+        ));
+    }
+    headers
 }
 
 /// One route per event, in `EventKind::ALL` order: its topic, converter and

@@ -2,7 +2,7 @@
 //! its link, its ids, the date its copy is filed under, when its link
 //! expires, and what its pointer record must carry (key, group id, trace).
 
-use crate::recordings::expiry;
+use crate::pipeline::recording_link as expiry;
 use crate::recordings::pointer::{CopyReport, CopyStatus};
 use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
 use serde_json::Value;

@@ -7,11 +7,11 @@
 //! a request body and is therefore untrusted (an SSRF surface): https only,
 //! allowed hosts only, public addresses only, redirects checked the same
 //! way, a size cap and timeouts. `store` writes the copy (streamed, hashed,
-//! named by call date and id), `expiry` says when the link dies.
+//! named by call date and id); `pipeline::recording_link` says when the
+//! link dies.
 
 pub mod copier;
 pub mod copy;
-pub mod expiry;
 pub mod job;
 pub mod pointer;
 pub mod source;

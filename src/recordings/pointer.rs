@@ -126,7 +126,7 @@ impl PointerRecords {
 }
 
 fn fields(report: &CopyReport) -> Map<String, Value> {
-    let at = |at: Option<OffsetDateTime>| at.map(crate::recordings::expiry::rfc3339);
+    let at = |at: Option<OffsetDateTime>| at.map(crate::pipeline::recording_link::rfc3339);
     let value = json!({
         "status": report.status.as_str(),
         "cdr_id": report.cdr_id,

@@ -15,6 +15,9 @@ pub const SCHEMA_ID_HEADER: &str = "superfone-schema-id";
 /// Carried instead of `superfone-schema-id` while the record's schema has no
 /// registry id yet: the schema's fingerprint. Removed when the id is stamped.
 pub const SCHEMA_PENDING_HEADER: &str = "superfone-schema-pending";
+/// On a CDR_RECORDING_AVAILABLE record: when its `cdr_recording_url` stops
+/// working, RFC 3339 UTC (the recording must be copied before).
+pub const RECORDING_URL_EXPIRES_AT_HEADER: &str = "superfone-recording-url-expires-at";
 /// Content type of the event records: Confluent-framed Avro binary.
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 pub const AVRO_CONTENT_TYPE: &str = "application/vnd.confluent.avro";

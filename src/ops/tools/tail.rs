@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::ops::tools::topics::{resolve_topic, topic_consumer};
 use crate::ops::tools::ToolError;
 use crate::pipeline::avro_json;
+use crate::recordings::source;
 use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -22,6 +23,19 @@ pub struct TailOptions {
     pub max: Option<usize>,
     /// Stop after this long without a record.
     pub idle_exit: Option<Duration>,
+    /// Print recording links whole, signature included.
+    pub show_secrets: bool,
+}
+
+/// A recording link is a credential for a week: shown without its query
+/// (the signature) unless asked for.
+fn without_link_secrets(mut value: Value) -> Value {
+    if let Some(link) = value.get_mut("cdr_recording_url") {
+        if let Some(text) = link.as_str() {
+            *link = Value::String(source::redact(text));
+        }
+    }
+    value
 }
 
 /// Prints the records of a topic as JSON lines; returns how many.
@@ -57,6 +71,11 @@ pub async fn tail(
         } else {
             serde_json::from_slice(payload)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+        };
+        let value = if options.show_secrets {
+            value
+        } else {
+            without_link_secrets(value)
         };
         let headers: serde_json::Map<String, Value> = message
             .headers()

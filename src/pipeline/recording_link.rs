@@ -1,4 +1,6 @@
-//! When a recording's link stops working. The vendor promises 7 days from
+//! When a recording's link (`cdr_recording_url`) stops working, stamped on
+//! the recording event as `superfone-recording-url-expires-at` and used by
+//! the recording copier. The vendor promises 7 days from
 //! delivery (payload reference, "Pre-signed URL expiry"); an S3 pre-signed
 //! URL says exactly, in `X-Amz-Date` (when it was signed) plus
 //! `X-Amz-Expires` (for how many seconds), so that wins when present.
