@@ -2,7 +2,9 @@
 //! really exports: every metric a panel or an alert
 //! names must be on a live bridge's /metrics, so a renamed metric cannot
 //! leave a panel empty or an alert silent. (The alerts' logic is tested by
-//! promtool in scripts/check-deploy.)
+//! promtool in scripts/check-deploy.) The bridge runs the recording copier
+//! and copies one recording, since the recording metrics are exported from
+//! the copier's start and its first copy on.
 #![cfg(feature = "e2e")]
 
 mod support;
@@ -10,7 +12,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::source::Source;
 use support::{fixture, post, Bridge, BridgeOptions};
+use time::macros::format_description;
 
 /// Every `superfone_…` metric name in a text (PromQL in JSON or YAML).
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -51,10 +55,16 @@ fn chart_file(path: &str) -> String {
 async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
     let dashboard = chart_file("dashboards/superfone-bridge.json");
     let panels: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
-    let queries: Vec<String> = panels["panels"]
-        .as_array()
-        .unwrap()
+    let panels = panels["panels"].as_array().unwrap();
+    assert!(
+        panels
+            .iter()
+            .any(|panel| panel["type"] == "row" && panel["title"] == "Recordings"),
+        "a Recordings row"
+    );
+    let queries: Vec<String> = panels
         .iter()
+        .filter(|panel| panel["type"] != "row")
         .flat_map(|panel| panel["targets"].as_array().unwrap().clone())
         .map(|target| target["expr"].as_str().unwrap().to_owned())
         .collect();
@@ -65,12 +75,27 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
     let wanted: BTreeSet<String> = from_dashboard.union(&from_rules).cloned().collect();
 
     // librdkafka's statistics (queue, broker RTT) arrive every interval.
-    let bridge = Bridge::start(BridgeOptions::default().with("KAFKA__STATISTICS_INTERVAL_MS", 500));
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(copying(
+        BridgeOptions::default().with("KAFKA__STATISTICS_INTERVAL_MS", 500),
+        store.path(),
+    ));
     let client = support::client();
     let (status, body) = post(&client, &bridge, fixture("ALL_CALLS").to_string()).await;
     assert_eq!(status, 200, "{body}");
+    let signed = time::OffsetDateTime::now_utc()
+        .format(format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap();
+    let mut recording = fixture("cdr_recording_available");
+    recording["cdr_recording_url"] = source.link("1.mp3", 4096, &signed, 604_800, "").into();
+    let (status, body) = post(&client, &bridge, recording.to_string()).await;
+    assert!((200..300).contains(&status), "{body}");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The copier joins its consumer group before its first copy.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let missing = loop {
         let have = exported(&support::metrics_text(&client, &bridge).await);
         let missing: Vec<&String> = wanted.iter().filter(|name| !have.contains(*name)).collect();
@@ -86,6 +111,22 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
         missing.is_empty(),
         "named by the dashboard or the alerts but not exported: {missing:?}"
     );
+}
+
+/// `options` with the recording copier on, writing to `store` and allowed
+/// to fetch from the loopback source.
+fn copying(options: BridgeOptions, store: &Path) -> BridgeOptions {
+    let group = format!("{}recordings", options.prefix);
+    options
+        .with("RECORDINGS__ENABLED", "true")
+        .with(
+            "RECORDINGS__STORE_URL",
+            format!("file://{}", store.display()),
+        )
+        .with("RECORDINGS__ALLOWED_HOSTS", "localhost")
+        .with("RECORDINGS__ALLOW_PRIVATE_NETWORKS", "true")
+        .with("RECORDINGS__ALLOW_PLAIN_HTTP", "true")
+        .with("RECORDINGS__GROUP_ID", group)
 }
 
 #[test]
