@@ -38,3 +38,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "superfone-bridge.workloadKind" -}}
 {{- if .Values.spool.persistence.enabled -}}StatefulSet{{- else -}}Deployment{{- end -}}
 {{- end -}}
+
+{{- /*
+  Where the recordings volume is mounted: the directory of a file:// store
+  when recordings.persistence is on, else "". Refuses a volume for an
+  object store, a file:// store left on the pod's read-only root filesystem
+  (no volume, and no extraVolumeMounts entry holding it), and one created
+  ReadWriteOnce claim for several pods.
+*/ -}}
+{{- define "superfone-bridge.recordingsDir" -}}
+{{- $r := .Values.recordings -}}
+{{- if $r.enabled -}}
+{{- $dir := "" -}}
+{{- if hasPrefix "file://" $r.storeUrl -}}
+{{- $dir = trimSuffix "/" (trimPrefix "file://" $r.storeUrl) -}}
+{{- end -}}
+{{- if $r.persistence.enabled -}}
+{{- if not $dir -}}
+{{- fail "recordings.persistence is for a file:// store; an object store (s3://, gs://, az://) needs no volume" -}}
+{{- end -}}
+{{- $pods := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) -}}
+{{- if and $pods (not $r.persistence.existingClaim) (not (has "ReadWriteMany" $r.persistence.accessModes)) -}}
+{{- fail "recordings.persistence with more than one pod needs accessModes [ReadWriteMany]: every pod mounts the same claim" -}}
+{{- end -}}
+{{- $dir -}}
+{{- else if $dir -}}
+{{- $held := false -}}
+{{- range $.Values.extraVolumeMounts -}}
+{{- if hasPrefix (printf "%s/" (trimSuffix "/" .mountPath)) (printf "%s/" $dir) -}}
+{{- $held = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $held -}}
+{{- fail "a file:// recordings.storeUrl needs recordings.persistence.enabled (or an extraVolumeMounts entry holding it): the root filesystem is read-only, and copies must outlive the pod" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
