@@ -4,30 +4,23 @@
 //! back through Confluent's deserializer), a stored copy is the source's
 //! bytes with their SHA-256, a dead link ends `expired`, a link to a host
 //! not allowed ends `refused` without a request, and no log line carries
-//! a link's signature.
+//! a link's signature. The same against a real S3 API (moto's server, read
+//! back with boto3), and links the default policy forbids (plain http,
+//! loopback) refused before any request.
 #![cfg(feature = "e2e")]
 
 mod support;
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use std::time::Duration;
-use support::source::{recording_bytes, Source, SIGNATURE};
-use support::{consume, fixture, post, Bridge, BridgeOptions};
+use support::source::{
+    amz_date, copying_options, file_of, hex, recording_bytes, recording_event, signed, Source,
+    SIGNATURE,
+};
+use support::store::S3;
+use support::{consume, post, Bridge, BridgeOptions};
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
 use time::OffsetDateTime;
-
-/// `X-Amz-Date` of a link signed `ago` before now.
-fn signed(ago: time::Duration) -> String {
-    amz_date(OffsetDateTime::now_utc() - ago)
-}
-
-fn amz_date(at: OffsetDateTime) -> String {
-    at.format(format_description!(
-        "[year][month][day]T[hour][minute][second]Z"
-    ))
-    .unwrap()
-}
 
 fn instant(text: &str) -> OffsetDateTime {
     OffsetDateTime::parse(text, &Rfc3339).unwrap()
@@ -84,29 +77,12 @@ fn assert_tail_hides_signatures(bridge: &Bridge) {
     assert!(tail(&["--show-secrets"]).contains(SIGNATURE));
 }
 
-fn recording_event(cdr_id: i64, url: &str) -> serde_json::Value {
-    let mut event = fixture("cdr_recording_available");
-    event["cdr_id"] = cdr_id.into();
-    event["cdr_recording_url"] = url.into();
-    event
-}
-
-/// A bridge whose copier writes to `store` and may fetch from loopback.
+/// A bridge whose copier writes to the directory `store`.
 fn copying_bridge(store: &std::path::Path) -> Bridge {
-    let options = BridgeOptions::default();
-    let group = format!("{}recordings", options.prefix);
-    Bridge::start(
-        options
-            .with("RECORDINGS__ENABLED", "true")
-            .with(
-                "RECORDINGS__STORE_URL",
-                format!("file://{}", store.display()),
-            )
-            .with("RECORDINGS__ALLOWED_HOSTS", "localhost")
-            .with("RECORDINGS__ALLOW_PRIVATE_NETWORKS", "true")
-            .with("RECORDINGS__ALLOW_PLAIN_HTTP", "true")
-            .with("RECORDINGS__GROUP_ID", group),
-    )
+    Bridge::start(copying_options(
+        &format!("file://{}", store.display()),
+        None,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,13 +93,7 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     let client = support::client();
     let size = 3 * 1024 * 1024 + 17;
     let fresh_signed = OffsetDateTime::now_utc() - time::Duration::minutes(1);
-    let fresh = source.link(
-        "1001.mp3",
-        size,
-        &amz_date(fresh_signed),
-        604_800,
-        "",
-    );
+    let fresh = source.link("1001.mp3", size, &amz_date(fresh_signed), 604_800, "");
     let dead = source.link(
         "1002.mp3",
         10,
@@ -133,7 +103,12 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     );
     let elsewhere = format!("https://recordings.evil.example/1003.mp3?X-Amz-Signature={SIGNATURE}");
     for (cdr_id, url) in [(1001, &fresh), (1002, &dead), (1003, &elsewhere)] {
-        let (status, body) = post(&client, &bridge, recording_event(cdr_id, url).to_string()).await;
+        let (status, body) = post(
+            &client,
+            &bridge,
+            recording_event(cdr_id, 12345, url).to_string(),
+        )
+        .await;
         assert!((200..300).contains(&status), "{body}");
     }
 
@@ -157,20 +132,17 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     assert_eq!(stored["headers"]["superfone-event"], "RECORDING_COPY");
     let expected = recording_bytes("1001.mp3", size);
     let object = value["object_url"].as_str().unwrap();
-    let path = object.strip_prefix("file://").expect("a file URL");
+    let path = file_of(object);
     assert!(
-        path.ends_with("/2026/05/15/1001.mp3"),
+        path.ends_with("2026/05/15/1001.mp3"),
         "named by call date and cdr_id: {object}"
     );
     assert_eq!(
-        std::fs::read(path).unwrap(),
+        std::fs::read(&path).unwrap(),
         expected,
         "the copy is the recording"
     );
-    let sha256: String = Sha256::digest(&expected)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = hex(&sha2::Sha256::digest(&expected));
     assert_eq!(value["sha256"], sha256);
     assert_eq!(value["bytes"], size as u64);
     assert_eq!(value["content_type"], "audio/mpeg");
@@ -197,4 +169,96 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     for pointer in &pointers {
         assert!(!pointer.to_string().contains(SIGNATURE), "{pointer}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_in_s3_read_back_through_boto3_are_the_recordings() {
+    let source = Source::start().await;
+    let s3 = S3::start("recordings");
+    let mut options = copying_options("s3://recordings/calls", None);
+    options.env.extend(S3::bridge_env(&s3.endpoint()));
+    let bridge = Bridge::start(options);
+    let client = support::client();
+    // Past one 5 MiB part, so the upload is multipart; and a small one.
+    let sizes = [(1101, 12 * 1024 * 1024 + 5), (1102, 1000)];
+    for (cdr_id, size) in sizes {
+        let link = source.link(
+            &format!("{cdr_id}.mp3"),
+            size,
+            &signed(time::Duration::minutes(1)),
+            604_800,
+            "",
+        );
+        let (status, body) = post(
+            &client,
+            &bridge,
+            recording_event(cdr_id, 77, &link).to_string(),
+        )
+        .await;
+        assert!((200..300).contains(&status), "{body}");
+    }
+
+    let pointers = consume(&format!("{}recording_copies", bridge.prefix), 2, false);
+    assert_eq!(pointers.len(), 2, "{pointers:#?}");
+    for (cdr_id, size) in sizes {
+        let pointer = &pointers
+            .iter()
+            .find(|p| p["value"]["cdr_id"] == cdr_id)
+            .unwrap_or_else(|| panic!("no pointer for {cdr_id}: {pointers:#?}"))["value"];
+        assert_eq!(pointer["status"], "stored", "{pointer}");
+        let key = format!("calls/2026/05/15/{cdr_id}.mp3");
+        assert_eq!(pointer["object_url"], format!("s3://recordings/{key}"));
+        let expected = support::source::recording_sha256(&format!("{cdr_id}.mp3"), size);
+        assert_eq!(
+            s3.object(&key),
+            (size as u64, expected.clone()),
+            "boto3 reads back the recording"
+        );
+        assert_eq!(pointer["sha256"], expected);
+    }
+    assert_eq!(s3.keys().len(), 2, "no stray objects: {:?}", s3.keys());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_the_default_policy_forbids_are_refused_before_any_request() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let options = BridgeOptions::default();
+    let group = format!("{}recordings", options.prefix);
+    // The defaults, but for the host list: localhost is allowed by name,
+    // so only the scheme and address rules stand in the way.
+    let bridge = Bridge::start(
+        options
+            .with("RECORDINGS__ENABLED", "true")
+            .with(
+                "RECORDINGS__STORE_URL",
+                format!("file://{}", store.path().display()),
+            )
+            .with("RECORDINGS__ALLOWED_HOSTS", "localhost,127.0.0.1")
+            .with("RECORDINGS__GROUP_ID", group),
+    );
+    let client = support::client();
+    let plain = source.link("1201.mp3", 10, &signed(time::Duration::ZERO), 3600, "");
+    let loopback_name = plain.replacen("http://", "https://", 1);
+    let loopback_ip = loopback_name.replacen("localhost", "127.0.0.1", 1);
+    let links = [(1201, &plain), (1202, &loopback_name), (1203, &loopback_ip)];
+    for (cdr_id, link) in links {
+        let (status, body) = post(
+            &client,
+            &bridge,
+            recording_event(cdr_id, 5, link).to_string(),
+        )
+        .await;
+        assert!((200..300).contains(&status), "{body}");
+    }
+    let pointers = consume(&format!("{}recording_copies", bridge.prefix), 3, false);
+    assert_eq!(pointers.len(), 3, "{pointers:#?}");
+    for pointer in &pointers {
+        let value = &pointer["value"];
+        assert_eq!(value["status"], "refused", "{value}");
+        assert!(value["object_url"].is_null());
+        assert!(!value["error"].as_str().unwrap().contains(SIGNATURE));
+    }
+    assert_eq!(source.requests(), 0, "no request reached the source");
+    assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 0);
 }

@@ -7,6 +7,7 @@
 
 pub mod faults;
 pub mod source;
+pub mod store;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

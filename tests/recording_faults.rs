@@ -1,0 +1,353 @@
+//! The recording copier under faults, against real processes: the store
+//! (moto's S3 server behind a gate) down for 20 s, the bridge killed with
+//! SIGKILL in the middle of a slow 50 MB download, a 500 MB recording
+//! streamed through a fixed buffer (resident memory measured), and a
+//! hundred recordings at once. Each prints its figures (`RECORDING-FIGURES
+//! {...}`; run with `-- --nocapture`).
+#![cfg(feature = "e2e")]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::source::{
+    copying_options, file_of, file_sha256, recording_event, recording_sha256, signed, Source,
+};
+use support::store::{Gate, S3};
+use support::{consume, metrics_text, post, rss_mib, signal, Bridge};
+
+const LINK_LIFE: u64 = 604_800;
+
+fn copies_topic(bridge: &Bridge) -> String {
+    format!("{}recording_copies", bridge.prefix)
+}
+
+/// The pointer record of `cdr_id` with `status`, if there is one.
+fn pointer<'a>(pointers: &'a [Value], cdr_id: i64, status: &str) -> Option<&'a Value> {
+    pointers
+        .iter()
+        .map(|pointer| &pointer["value"])
+        .find(|value| value["cdr_id"] == cdr_id && value["status"] == status)
+}
+
+/// A metric's value on the bridge's /metrics (0 when absent).
+async fn metric(client: &reqwest::Client, bridge: &Bridge, series: &str) -> f64 {
+    let text = metrics_text(client, bridge).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Each pointer record as `cdr_id status`.
+fn summary(pointers: &[Value]) -> Vec<String> {
+    pointers
+        .iter()
+        .map(|p| format!("{} {}", p["value"]["cdr_id"], p["value"]["status"]))
+        .collect()
+}
+
+fn report(figures: Value) {
+    println!("RECORDING-FIGURES {figures}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_down_for_20_s_delays_copies_and_loses_none() {
+    let source = Source::start().await;
+    let s3 = S3::start("outage");
+    let gate = Gate::start(s3.port);
+    let mut options = copying_options("s3://outage/calls", None);
+    options.env.extend(S3::bridge_env(&gate.endpoint()));
+    let bridge = Bridge::start(options);
+    let client = support::client();
+
+    let post_recording = |cdr_id: i64| {
+        let link = source.link(
+            &format!("{cdr_id}.mp3"),
+            256 * 1024,
+            &signed(time::Duration::minutes(1)),
+            LINK_LIFE,
+            "",
+        );
+        let (client, bridge) = (&client, &bridge);
+        async move {
+            let started = Instant::now();
+            let event = recording_event(cdr_id, cdr_id, &link).to_string();
+            let (status, body) = post(client, bridge, event).await;
+            assert_eq!(
+                status, 200,
+                "the webhook does not wait for the store: {body}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5), "{body}");
+        }
+    };
+    // One copy before the outage: the copier has joined its group.
+    post_recording(4000).await;
+    consume(&copies_topic(&bridge), 1, false);
+
+    gate.shut();
+    let outage = Instant::now();
+    let ids: Vec<i64> = (4001..=4005).collect();
+    for &cdr_id in &ids {
+        post_recording(cdr_id).await;
+    }
+    while metric(&client, &bridge, "superfone_recordings_pending").await < 5.0 {
+        assert!(
+            outage.elapsed() < Duration::from_secs(15),
+            "the copies never started"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = metric(&client, &bridge, "superfone_recordings_next_expiry_seconds").await;
+    assert!(left > 600_000.0, "the most urgent link has ~7 days: {left}");
+    let (ready, _) = support::admin_get(&client, &bridge, "/readyz").await;
+    assert_eq!(ready, 200, "the store is not what readiness means");
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
+    let during = consume(&copies_topic(&bridge), 1, false);
+    assert!(
+        during.len() == 1,
+        "nothing gives up on a store that is down: {during:#?}"
+    );
+
+    gate.open();
+    let reopened = Instant::now();
+    let pointers = consume(&copies_topic(&bridge), 1 + ids.len(), false);
+    let catch_up = reopened.elapsed();
+    for &cdr_id in &ids {
+        let stored = pointer(&pointers, cdr_id, "stored")
+            .unwrap_or_else(|| panic!("{cdr_id} not stored: {pointers:#?}"));
+        let key = format!("calls/2026/05/15/{cdr_id}.mp3");
+        let expected = recording_sha256(&format!("{cdr_id}.mp3"), 256 * 1024);
+        assert_eq!(s3.object(&key), (256 * 1024, expected.clone()));
+        assert_eq!(stored["sha256"], expected);
+    }
+    assert_eq!(
+        pointers.len(),
+        1 + ids.len(),
+        "one record each: {pointers:#?}"
+    );
+    report(json!({
+        "test": "store_down_20s",
+        "recordings": ids.len(),
+        "stored_after_reopen_s": catch_up.as_secs_f64(),
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_copy_holds_back_no_other_and_survives_sigkill() {
+    const SLOW: usize = 50 * 1024 * 1024;
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let store_url = format!("file://{}", store.path().display());
+    let bridge = Bridge::start(copying_options(&store_url, None));
+    let prefix = bridge.prefix.clone();
+    let client = support::client();
+    let at = signed(time::Duration::minutes(1));
+    // One lead, so one partition: the slow one first, two quick ones behind it.
+    let slow = source.link("2001.mp3", SLOW, &at, LINK_LIFE, "&rate=8000000");
+    let quick = |name: &str| source.link(name, 4096, &at, LINK_LIFE, "");
+    for (cdr_id, link) in [
+        (2001, slow),
+        (2002, quick("2002.mp3")),
+        (2003, quick("2003.mp3")),
+    ] {
+        let (status, body) = post(
+            &client,
+            &bridge,
+            recording_event(cdr_id, 9, &link).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let first = consume(&copies_topic(&bridge), 2, false);
+    assert!(
+        pointer(&first, 2002, "stored").is_some() && pointer(&first, 2003, "stored").is_some(),
+        "the quick ones finish behind the slow one: {first:#?}"
+    );
+    assert!(pointer(&first, 2001, "stored").is_none(), "{first:#?}");
+    assert_eq!(
+        source.requests_for("2001.mp3"),
+        1,
+        "the slow one is downloading"
+    );
+    // Past the auto-commit interval (5 s): what the group commits now is
+    // all a restart has.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal(bridge.pid(), "-KILL");
+    drop(bridge);
+
+    let restarted = Bridge::start(copying_options(&store_url, Some(prefix)));
+    let killed_at = Instant::now();
+    // The three again (the offset never passed the slow one), after the two.
+    let all = support::consume_from(&support::stack().brokers, &copies_topic(&restarted), 5);
+    let stored = pointer(&all, 2001, "stored").unwrap_or_else(|| {
+        panic!(
+            "the slow copy was lost: {:?}\n{}",
+            summary(&all),
+            restarted.log_text()
+        )
+    });
+    let expected = recording_sha256("2001.mp3", SLOW);
+    assert_eq!(stored["sha256"], expected);
+    assert_eq!(stored["bytes"], SLOW as u64);
+    let path = file_of(stored["object_url"].as_str().unwrap());
+    assert_eq!(file_sha256(&path), expected, "the copy is whole");
+    assert_eq!(source.requests_for("2001.mp3"), 2);
+    report(json!({
+        "test": "sigkill_mid_50mb",
+        "stored_after_restart_s": killed_at.elapsed().as_secs_f64(),
+        "pointer_records": all.len(),
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_mb_recording_streams_through_a_fixed_buffer() {
+    const SIZE: usize = 500 * 1000 * 1000;
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(copying_options(
+        &format!("file://{}", store.path().display()),
+        None,
+    ));
+    let client = support::client();
+    // Let the copier join its group and settle before the baseline.
+    let warm = source.link(
+        "3000.mp3",
+        1024,
+        &signed(time::Duration::ZERO),
+        LINK_LIFE,
+        "",
+    );
+    post(
+        &client,
+        &bridge,
+        recording_event(3000, 1, &warm).to_string(),
+    )
+    .await;
+    consume(&copies_topic(&bridge), 1, false);
+    let before = rss_mib(bridge.pid());
+
+    let link = source.link(
+        "3001.mp3",
+        SIZE,
+        &signed(time::Duration::ZERO),
+        LINK_LIFE,
+        "",
+    );
+    let started = Instant::now();
+    post(
+        &client,
+        &bridge,
+        recording_event(3001, 1, &link).to_string(),
+    )
+    .await;
+    let pid = bridge.pid();
+    let copying = Arc::new(AtomicBool::new(true));
+    let sampling = Arc::clone(&copying);
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while sampling.load(Ordering::SeqCst) {
+            peak = peak.max(rss_mib(pid));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    let pointers = consume(&copies_topic(&bridge), 2, false);
+    let elapsed = started.elapsed();
+    copying.store(false, Ordering::SeqCst);
+    let peak = sampler.join().unwrap();
+    let stored = pointer(&pointers, 3001, "stored").expect("stored");
+    assert_eq!(stored["bytes"], SIZE as u64);
+    assert_eq!(stored["sha256"], recording_sha256("3001.mp3", SIZE));
+    let growth = peak.saturating_sub(before);
+    report(json!({
+        "test": "streamed_500mb",
+        "rss_before_mib": before,
+        "rss_peak_mib": peak,
+        "rss_growth_mib": growth,
+        "mb_per_s": SIZE as f64 / 1e6 / elapsed.as_secs_f64(),
+    }));
+    assert!(growth <= 32, "RSS grew {growth} MiB copying 500 MB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_recordings_at_once_end_in_a_hundred_terminal_records() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(copying_options(
+        &format!("file://{}", store.path().display()),
+        None,
+    ));
+    let client = support::client();
+    let fresh = signed(time::Duration::minutes(1));
+    let dead = signed(time::Duration::days(8));
+    // Every tenth link is dead.
+    let posts = (5000..5100).map(|cdr_id: i64| {
+        let (at, extra) = if cdr_id % 10 == 0 {
+            (&dead, "&status=403")
+        } else {
+            (&fresh, "")
+        };
+        let link = source.link(&format!("{cdr_id}.mp3"), 64 * 1024, at, LINK_LIFE, extra);
+        let (client, bridge) = (&client, &bridge);
+        async move {
+            post(
+                client,
+                bridge,
+                recording_event(cdr_id, cdr_id % 7, &link).to_string(),
+            )
+            .await
+        }
+    });
+    let started = Instant::now();
+    let answers = futures::future::join_all(posts).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+
+    let pointers = consume(&copies_topic(&bridge), 100, false);
+    let elapsed = started.elapsed();
+    let ids: BTreeSet<i64> = pointers
+        .iter()
+        .map(|p| p["value"]["cdr_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (5000..5100).collect(), "none missing");
+    assert_eq!(pointers.len(), 100, "one each");
+    for cdr_id in 5000..5100 {
+        let status = if cdr_id % 10 == 0 {
+            "expired"
+        } else {
+            "stored"
+        };
+        assert!(
+            pointer(&pointers, cdr_id, status).is_some(),
+            "{cdr_id}: {pointers:#?}"
+        );
+    }
+    let files = walk(store.path());
+    assert_eq!(files, 90, "one object per stored copy");
+    report(json!({
+        "test": "hundred_at_once",
+        "seconds": elapsed.as_secs_f64(),
+        "copies_per_s": 90.0 / elapsed.as_secs_f64(),
+    }));
+}
+
+/// Files under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
