@@ -100,7 +100,12 @@ async fn the_store_down_for_20_s_delays_copies_and_loses_none() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let left = metric(&client, &bridge, "superfone_recordings_next_expiry_seconds").await;
+    // The gauge is refreshed every 5 s.
+    let mut left = 0.0;
+    while left == 0.0 && outage.elapsed() < Duration::from_secs(18) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = metric(&client, &bridge, "superfone_recordings_next_expiry_seconds").await;
+    }
     assert!(left > 600_000.0, "the most urgent link has ~7 days: {left}");
     let (ready, _) = support::admin_get(&client, &bridge, "/readyz").await;
     assert_eq!(ready, 200, "the store is not what readiness means");
