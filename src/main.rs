@@ -52,7 +52,7 @@ enum RecordingsCommand {
     Run,
     /// Print recordings not copied yet, or whose copy did not end stored, as
     /// JSON lines (links without their signature). Reads the recording events
-    /// and the pointer records to their end as of the start, then exits 0.
+    /// and the pointer records to their end (no idle wait), then exits 0.
     List(RecordingsListArgs),
     /// Copy recordings again while their links live (after raising
     /// recordings.max_bytes, allowing a host, mending the store), and publish

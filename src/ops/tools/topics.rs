@@ -9,14 +9,18 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
+use time::OffsetDateTime;
 
 /// How long the brokers may leave a reader to its end without a record
 /// before it gives up: an outage, not a quiet topic (the end is known).
 const STALLED: Duration = Duration::from_secs(30);
-/// How long the metadata and the watermarks may take.
+/// How long the metadata may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A record stamped this long after a reader started was written after it
+/// (whatever the skew between clocks): `read_to_end` stops there.
+const LATE: Duration = Duration::from_secs(60);
 
 pub fn resolve_topic(config: &Config, target: &str) -> String {
     if let Some(kind) = EventKind::from_name(&target.to_ascii_uppercase()) {
@@ -80,55 +84,52 @@ fn assign_all(
     Ok(partitions)
 }
 
-/// Every record of `topic`, from the oldest to its end as of the call:
-/// each partition is read up to its high watermark then, and what is
-/// produced meanwhile is left out, so the reading ends when it has read
+/// Every record of `topic`, from the oldest to its end: a partition is
+/// read until the consumer reaches the high watermark its fetch reports
+/// (librdkafka's partition EOF), so the reading ends when it has read
 /// everything, not after a quiet spell. `NoSuchTopic` if it does not exist.
+///
+/// Not the high watermark asked for up front (ListOffsets): a broker may
+/// answer it per record batch (tansu answers a 3-record batch's end as 1),
+/// and records past it would be missed. On a partition written faster than
+/// it is read, the first record written `LATE` after the start ends it.
 pub(super) async fn read_to_end(
     config: &Config,
     topic: &str,
 ) -> Result<Vec<OwnedMessage>, ToolError> {
+    let started = OffsetDateTime::now_utc();
+    let late = (started + LATE).unix_timestamp() * 1000;
     let group_id = format!("superfone-bridge-read-{}", uuid::Uuid::now_v7());
     let consumer: StreamConsumer = consumer_config(config, &group_id)
-        // The end of a partition is announced, so gaps before the high
-        // watermark (transaction markers) cannot keep the reading waiting.
         .set("enable.partition.eof", "true")
         .create()?;
-    let partitions = assign_all(&consumer, topic, Offset::Beginning)?;
-    let mut ends = BTreeMap::new();
-    for partition in partitions {
-        let (low, high) = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-        })?;
-        if high > low {
-            ends.insert(partition, high);
-        }
-    }
+    let mut reading: BTreeSet<i32> = assign_all(&consumer, topic, Offset::Beginning)?
+        .into_iter()
+        .collect();
     let mut records = Vec::new();
-    while !ends.is_empty() {
+    while !reading.is_empty() {
         let message = match tokio::time::timeout(STALLED, consumer.recv()).await {
             Err(_) => {
                 return Err(ToolError::Stalled {
                     topic: topic.to_owned(),
-                    partitions: ends.len(),
+                    partitions: reading.len(),
                     seconds: STALLED.as_secs(),
                 })
             }
             Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                ends.remove(&partition);
+                reading.remove(&partition);
                 continue;
             }
             Ok(message) => message?,
         };
-        let Some(&end) = ends.get(&message.partition()) else {
+        if !reading.contains(&message.partition()) {
             continue;
-        };
-        if message.offset() < end {
-            records.push(message.detach());
         }
-        if message.offset() + 1 >= end {
-            ends.remove(&message.partition());
+        if message.timestamp().to_millis().is_some_and(|at| at > late) {
+            reading.remove(&message.partition());
+            continue;
         }
+        records.push(message.detach());
     }
     Ok(records)
 }

@@ -1,7 +1,7 @@
 //! What became of each recording, as the topics tell it: the recording
 //! events and the pointer records, each topic read from its oldest record
-//! to its end as of the start, joined by recording (`cdr_id` + `cdr_uuid`,
-//! the ids a pointer record carries from its event).
+//! to its end (the high watermark its fetch reports), joined by recording
+//! (`cdr_id` + `cdr_uuid`, the ids a pointer record carries from its event).
 
 use crate::config::Config;
 use crate::ops::tools::topics::read_to_end;
