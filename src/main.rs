@@ -50,6 +50,43 @@ enum RecordingsCommand {
     /// Run the recording copier alone (not inside `serve`): join the consumer
     /// group superfone-bridge-recordings and copy recordings until SIGTERM.
     Run,
+    /// Print recordings not copied yet, or whose copy did not end stored, as
+    /// JSON lines (links without their signature). Reads the recording events
+    /// and the pointer records to their end (no idle wait), then exits 0.
+    List(RecordingsListArgs),
+    /// Copy recordings again while their links live (after raising
+    /// recordings.max_bytes, allowing a host, mending the store), and publish
+    /// a new pointer record for each. One JSON line each; exit 1 unless every
+    /// one ended stored.
+    Retry(RecordingsRetryArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RecordingsListArgs {
+    /// Recording events with no pointer record yet (copying, or waiting to try
+    /// again): ids, group id, the link's expiry and the seconds left on it.
+    #[arg(long)]
+    pending: bool,
+    /// Recordings whose latest pointer record is expired, refused or failed:
+    /// status, error, and whether `recordings retry` can act on it.
+    #[arg(long)]
+    failed: bool,
+}
+
+#[derive(Args)]
+struct RecordingsRetryArgs {
+    /// The cdr_id (or cdr_uuid) of each recording to copy again.
+    #[arg(value_name = "CDR_ID", required_unless_present = "failed")]
+    ids: Vec<String>,
+    /// Also every recording whose latest pointer record is not stored and
+    /// whose link still lives.
+    #[arg(long)]
+    failed: bool,
+    /// How long one recording's transient failures (the source's 5xx, the
+    /// store down) are tried again before its pointer record says failed.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -129,6 +166,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Tail(args) => tail(&config, args),
         Command::Recordings(RecordingsCommand::Run) => run_recordings(config),
+        Command::Recordings(RecordingsCommand::List(args)) => list_recordings(&config, &args),
+        Command::Recordings(RecordingsCommand::Retry(args)) => retry_recordings(&config, args),
     }
 }
 
@@ -354,6 +393,62 @@ fn run_recordings(mut config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
         Ok(())
     })
+}
+
+/// `recordings list`: one JSON line per recording; exit 0 once both topics
+/// were read, whatever was found.
+fn list_recordings(config: &Config, args: &RecordingsListArgs) -> anyhow::Result<()> {
+    let (which, what) = if args.pending {
+        (tools::RecordingsList::Pending, "pending")
+    } else {
+        (tools::RecordingsList::Failed, "failed")
+    };
+    let listed = runtime()?
+        .block_on(tools::list_recordings(config, which, std::io::stdout()))
+        .context("reading the recording events and pointer records")?;
+    eprintln!("{} {what} recording(s)", listed.listed);
+    if listed.unreadable > 0 {
+        eprintln!(
+            "{} record(s) could not be read as recordings",
+            listed.unreadable
+        );
+    }
+    Ok(())
+}
+
+/// `recordings retry`: fails unless every recording ended stored.
+fn retry_recordings(config: &Config, args: RecordingsRetryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.recordings.store_url.is_some(),
+        "recordings retry needs recordings.store_url"
+    );
+    // A copy's retries are logged (links without their signature).
+    let _telemetry =
+        telemetry::init(&config.log, &Default::default()).context("setting up logging")?;
+    let options = tools::RetryOptions {
+        ids: args.ids,
+        failed: args.failed,
+        give_up_after: Duration::from_secs(args.timeout_secs),
+    };
+    let retried = runtime()?
+        .block_on(tools::retry_recordings(config, &options, std::io::stdout()))
+        .context("recordings retry")?;
+    eprintln!(
+        "stored {}, not stored {}",
+        retried.stored, retried.not_stored
+    );
+    if retried.left_alone > 0 {
+        eprintln!(
+            "{} failed recording(s) left alone: their links have expired",
+            retried.left_alone
+        );
+    }
+    anyhow::ensure!(
+        retried.not_stored == 0,
+        "{} recording(s) not stored",
+        retried.not_stored
+    );
+    Ok(())
 }
 
 /// `tail`: a topic's records as JSON lines.

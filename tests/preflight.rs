@@ -3,7 +3,8 @@
 //! cannot work (an unreachable broker or registry, a spool directory nobody
 //! can write, a short secret, an expired certificate, a topic too small for
 //! the largest record, an absent topic it may not create, an incompatible or
-//! unregistered subject) is one FAIL line with its reason and exit 1.
+//! unregistered subject, a recording store that cannot be written) is one
+//! FAIL line with its reason and exit 1.
 #![cfg(feature = "e2e")]
 
 mod support;
@@ -116,6 +117,66 @@ fn a_deployment_a_bridge_has_set_up_passes_every_check() {
     }
     assert!(checked.line("spool").contains("writable"));
     assert!(checked.line("tls").contains("off"));
+    assert!(
+        !checked.stdout.contains("recordings.store"),
+        "no store to probe with the copier off:\n{}",
+        checked.stdout
+    );
+}
+
+#[test]
+fn a_recording_store_that_cannot_be_written_fails_its_check_with_the_reason() {
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix();
+    let check_store = |store_url: &str| {
+        check_online(
+            &prefix,
+            spool.path(),
+            &[
+                ("SUPERFONE_AUTH_SECRETS", STRONG_SECRET),
+                ("SUPERFONE_BRIDGE_RECORDINGS__ENABLED", "true"),
+                ("SUPERFONE_BRIDGE_RECORDINGS__STORE_URL", store_url),
+            ],
+        )
+    };
+    // Its directory would be under a regular file: no one can create it,
+    // root included.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let under_a_file = format!("file://{}/copies", file.path().display());
+    let checked = check_store(&under_a_file);
+    assert!(!checked.passed);
+    let line = checked.line("recordings.store");
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains(&under_a_file)
+            && line.contains("Not a directory"),
+        "{line}"
+    );
+    assert!(
+        checked.stderr.contains("Error: 1 check(s) failed"),
+        "the store alone fails:\n{}{}",
+        checked.stdout,
+        checked.stderr
+    );
+    assert_eq!(
+        checked.verdict(&format!("topic {prefix}recording_copies")),
+        "ok",
+        "the pointer topic is checked with the copier on"
+    );
+
+    let store = tempfile::tempdir().unwrap();
+    let writable = format!("file://{}/copies", store.path().display());
+    let checked = check_store(&writable);
+    assert!(checked.passed, "{}{}", checked.stdout, checked.stderr);
+    let line = checked.line("recordings.store");
+    assert!(
+        line.starts_with("ok") && line.contains("takes a write, a read back and a delete"),
+        "{line}"
+    );
+    let left: Vec<_> = std::fs::read_dir(store.path().join("copies"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "the probe object is deleted: {left:?}");
 }
 
 #[test]

@@ -1,16 +1,18 @@
 //! `check-config --online`: before the first real delivery, asks everything
 //! this deployment depends on whether it can work as configured — the auth
 //! secrets, the TLS files, the spool directory, the brokers and each topic,
-//! the registry and each subject — and gives one line per check: `ok`,
-//! `warn` (it works, but look at it) or `FAIL` (it will not work), with the
-//! reason. Nothing is created or registered; the only write is a probe file
-//! in the spool directory, removed at once.
+//! the registry and each subject, the recording store when the copier is
+//! on — and gives one line per check: `ok`, `warn` (it works, but look at
+//! it) or `FAIL` (it will not work), with the reason. Nothing is created or
+//! registered; the only writes are a probe file in the spool directory and
+//! a probe object in the recording store, each removed at once.
 
 use crate::config::Config;
 use crate::durability::kafka::{Publisher, TopicFacts, TopicSpec};
 use crate::http::auth::{self, MIN_SECRET_BYTES};
 use crate::pipeline::registry::{self, Probe, Standing};
 use crate::pipeline::schema;
+use crate::recordings::store::{RecordingStore, StoreError};
 use secrecy::ExposeSecret;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ use time::OffsetDateTime;
 const STRONG_SECRET_BITS: f64 = 128.0;
 /// A certificate expiring sooner than this is reported.
 const EXPIRY_WARNING: time::Duration = time::Duration::days(14);
+/// How long the recording store's probe may take (its SDK retries inside).
+const STORE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -82,6 +86,7 @@ pub async fn run(config: &Config) -> Report {
     check_spool(config, &mut report);
     check_kafka(config, &mut report).await;
     check_registry(config, &mut report).await;
+    check_recording_store(config, &mut report).await;
     report
 }
 
@@ -432,6 +437,38 @@ async fn check_registry(config: &Config, report: &mut Report) {
             Err(error) => (Verdict::Fail, error.to_string()),
         };
         report.push(format!("subject {subject}"), verdict, detail);
+    }
+}
+
+/// With the recording copier on: a small object written to the store,
+/// read back and deleted (`RecordingStore::probe`). A `file://` directory
+/// is created, as the copier would create it.
+async fn check_recording_store(config: &Config, report: &mut Report) {
+    const NAME: &str = "recordings.store";
+    if !config.recordings.enabled {
+        return;
+    }
+    let url = config.recordings.store_url.as_deref().unwrap_or_default();
+    let probed = match RecordingStore::open(url) {
+        Ok(store) => tokio::time::timeout(STORE_PROBE_TIMEOUT, store.probe())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Url {
+                    url: url.to_owned(),
+                    reason: format!("no answer within {} s", STORE_PROBE_TIMEOUT.as_secs()),
+                })
+            }),
+        Err(error) => Err(error),
+    };
+    match probed {
+        Ok(()) => report.push(
+            NAME,
+            Verdict::Ok,
+            format!("{url} takes a write, a read back and a delete"),
+        ),
+        // It names the URL itself.
+        Err(error @ StoreError::Url { .. }) => report.push(NAME, Verdict::Fail, error.to_string()),
+        Err(error) => report.push(NAME, Verdict::Fail, format!("{url}: {error}")),
     }
 }
 

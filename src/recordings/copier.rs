@@ -3,17 +3,16 @@
 //! the partitions over replicas; nothing else coordinates them). Each
 //! record becomes a job that runs on its own task, so a slow or retrying
 //! copy never holds back the ones behind it; each job ends in a pointer
-//! record acknowledged by Kafka, and only then may the partition's
-//! committed offset pass it (`OffsetTracker`).
+//! record acknowledged by Kafka (`Finisher`), and only then may the
+//! partition's committed offset pass it (`OffsetTracker`).
 
 use crate::config::Config;
 use crate::durability::kafka::Publisher;
-use crate::observe::telemetry;
 use crate::pipeline::avro_json;
-use crate::pipeline::registry::{self, RegistryError};
-use crate::recordings::copy::{Copies, CopiesError};
+use crate::pipeline::registry;
+pub use crate::recordings::finish::CopierError;
+use crate::recordings::finish::{Finished, Finisher};
 use crate::recordings::job::{Position, RecordingJob};
-use crate::recordings::pointer::{CopyReport, CopyStatus, PointerRecords};
 use crate::recordings::tracker::OffsetTracker;
 use crate::vocabulary::headers::GROUP_ID_HEADER;
 use crate::vocabulary::EventKind;
@@ -31,8 +30,6 @@ use tokio_util::task::TaskTracker;
 /// reading until one finishes (a long outage of the store must not fill
 /// memory with jobs).
 const MAX_UNFINISHED: usize = 1024;
-/// How long a pointer record's publish waits before trying again.
-const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 /// How long a copier that could not start waits before trying again.
 const START_RETRY: Duration = Duration::from_secs(5);
 /// How often the time left on the most urgent link is exported.
@@ -61,35 +58,17 @@ pub async fn copy_recordings(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CopierError {
-    #[error("recordings: {0}")]
-    Copies(#[from] CopiesError),
-    #[error("recordings: the pointer record's schema: {0}")]
-    Registry(#[from] RegistryError),
-    #[error("recordings: Kafka consumer: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
-
-/// Everything one job needs, shared by all of them.
-struct Shared {
-    copies: Copies,
-    pointers: PointerRecords,
-    publisher: Arc<Publisher>,
-}
-
 pub struct Copier {
     consumer: StreamConsumer,
     topic: String,
     decoder: AvroDecoder,
-    shared: Arc<Shared>,
+    finisher: Arc<Finisher>,
 }
 
 impl Copier {
     /// Opens the store, registers the pointer schema and joins the group.
     pub async fn start(config: &Config, publisher: Arc<Publisher>) -> Result<Copier, CopierError> {
-        let copies = Copies::open(&config.recordings)?;
-        let pointers = PointerRecords::register(config).await?;
+        let finisher = Finisher::open(config, publisher).await?;
         let topic = config.topics.topic_for(EventKind::CdrRecordingAvailable);
         let consumer = group_consumer(config)?;
         consumer.subscribe(&[&topic])?;
@@ -97,11 +76,7 @@ impl Copier {
             consumer,
             topic,
             decoder: AvroDecoder::new(registry::settings(&config.registry)?),
-            shared: Arc::new(Shared {
-                copies,
-                pointers,
-                publisher,
-            }),
+            finisher: Arc::new(finisher),
         })
     }
 
@@ -119,7 +94,7 @@ impl Copier {
                 () = stop.cancelled() => break,
                 _ = gauges.tick() => {
                     metrics::gauge!(crate::observe::metrics::RECORDINGS_NEXT_EXPIRY)
-                        .set(self.shared.copies.next_expiry_seconds());
+                        .set(self.finisher.copies().next_expiry_seconds());
                 }
                 Some(position) = finishing.recv() => self.commit_past(&mut tracker, position),
                 message = self.consumer.recv(), if tracker.unfinished() < MAX_UNFINISHED => {
@@ -134,11 +109,17 @@ impl Copier {
                     tracker.started(position.partition, position.offset);
                     metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING)
                         .set(tracker.unfinished() as f64);
-                    let shared = Arc::clone(&self.shared);
+                    let finisher = Arc::clone(&self.finisher);
                     let (finished, stop_job) = (finished.clone(), stop_jobs.clone());
                     jobs.spawn(async move {
+                        let end = async {
+                            match job {
+                                Ok(job) => { finisher.finish(&job, None).await; }
+                                Err(unreadable) => { finisher.publish(&unreadable).await; }
+                            }
+                        };
                         tokio::select! {
-                            () = shared.finish(job) => { let _ = finished.send(position); }
+                            () = end => { let _ = finished.send(position); }
                             () = stop_job.cancelled() => {}
                         }
                     });
@@ -178,12 +159,8 @@ impl Copier {
             }
             Err(error) => Err(format!("the record does not decode: {error}")),
         };
-        let job = job.map_err(|error| Finished {
-            key,
-            group_id: header(&headers, GROUP_ID_HEADER),
-            trace_headers: Vec::new(),
-            report: failed(error),
-        });
+        let job =
+            job.map_err(|error| Finished::failed(key, header(&headers, GROUP_ID_HEADER), error));
         (position, job)
     }
 
@@ -202,77 +179,6 @@ impl Copier {
         if let Err(error) = stored {
             // A partition lost in a rebalance: its new owner copies again.
             tracing::debug!(%error, partition = position.partition, "recordings: offset not stored");
-        }
-    }
-}
-
-/// A recording's end: its pointer report, and what its record must carry.
-struct Finished {
-    key: Option<String>,
-    group_id: String,
-    trace_headers: Vec<(String, String)>,
-    report: CopyReport,
-}
-
-fn failed(error: String) -> CopyReport {
-    CopyReport {
-        status: CopyStatus::Failed,
-        cdr_id: None,
-        cdr_uuid: None,
-        contact_id: None,
-        object_url: None,
-        bytes: None,
-        sha256: None,
-        content_type: None,
-        source_url_expires_at: None,
-        stored_at: None,
-        error: Some(error),
-    }
-}
-
-impl Shared {
-    /// Copies (or gives up on) one recording and publishes its pointer
-    /// record; returns once Kafka acknowledged it.
-    async fn finish(&self, job: Result<RecordingJob, Finished>) {
-        let done = match job {
-            Ok(job) => {
-                let report = self.copies.copy(&job).await;
-                Finished {
-                    key: job.key,
-                    group_id: job.group_id,
-                    trace_headers: job.trace_headers,
-                    report,
-                }
-            }
-            Err(unreadable) => unreadable,
-        };
-        metrics::counter!(crate::observe::metrics::RECORDINGS, "status" => done.report.status.as_str())
-            .increment(1);
-        self.publish(done).await;
-    }
-
-    /// Publishes a pointer record, trying again until Kafka acknowledges it.
-    async fn publish(&self, done: Finished) {
-        let trace = telemetry::continue_trace(&done.trace_headers);
-        let record = match self
-            .pointers
-            .record(&done.report, done.key, &done.group_id, trace)
-        {
-            Ok(record) => record,
-            Err(error) => {
-                tracing::error!(%error, "recordings: pointer record does not fit its schema");
-                return;
-            }
-        };
-        loop {
-            match self.publisher.publish(&record).await {
-                Ok(_) => return,
-                Err(error) => {
-                    self.publisher.recover(&error);
-                    tracing::warn!(%error, topic = self.pointers.topic(), "recordings: pointer record not published; trying again");
-                    tokio::time::sleep(PUBLISH_RETRY).await;
-                }
-            }
         }
     }
 }

@@ -75,12 +75,13 @@ impl Copies {
         &self.store
     }
 
-    /// Copies `job`'s recording, trying again until its link expires;
-    /// returns the terminal outcome.
-    pub async fn copy(&self, job: &RecordingJob) -> CopyReport {
+    /// Copies `job`'s recording, trying again until its link expires, or
+    /// until `give_up_at` if that comes first (`recordings retry` does not
+    /// wait days); returns the terminal outcome.
+    pub async fn copy(&self, job: &RecordingJob, give_up_at: Option<OffsetDateTime>) -> CopyReport {
         let expires_at = job.expires_at;
         self.wait_on(expires_at, 1);
-        let report = self.copy_until_terminal(job).await;
+        let report = self.copy_until_terminal(job, give_up_at).await;
         self.wait_on(expires_at, -1);
         if let Some(bytes) = report.bytes {
             metrics::counter!(crate::observe::metrics::RECORDING_BYTES).increment(bytes);
@@ -88,7 +89,11 @@ impl Copies {
         report
     }
 
-    async fn copy_until_terminal(&self, job: &RecordingJob) -> CopyReport {
+    async fn copy_until_terminal(
+        &self,
+        job: &RecordingJob,
+        give_up_at: Option<OffsetDateTime>,
+    ) -> CopyReport {
         let mut backoff = FIRST_RETRY;
         loop {
             let attempt = {
@@ -102,10 +107,12 @@ impl Copies {
                 }
                 Err(Setback::Retry { error, link_gone }) => (error, link_gone),
             };
-            let now = OffsetDateTime::now_utc();
-            let expired = job.expires_at.is_some_and(|at| now + backoff >= at);
-            if expired {
-                let status = if link_gone {
+            let next_try = OffsetDateTime::now_utc() + backoff;
+            let expired = job.expires_at.is_some_and(|at| next_try >= at);
+            if expired || give_up_at.is_some_and(|at| next_try >= at) {
+                // A dead link's 403 before its expiry (a retry giving up
+                // early) is no proof it expired: `failed`.
+                let status = if link_gone && expired {
                     CopyStatus::Expired
                 } else {
                     CopyStatus::Failed

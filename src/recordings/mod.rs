@@ -12,6 +12,7 @@
 
 pub mod copier;
 pub mod copy;
+pub mod finish;
 pub mod job;
 pub mod pointer;
 pub mod source;

@@ -3,16 +3,22 @@
 //! topic decoded through the registry (`tail.rs`); `dead-letter replay`
 //! re-submits dead letters after a schema fix (`dead_letter.rs`); `spool
 //! parked` lists, exports and retries the records Kafka refused for good
-//! (`parked.rs`). `topics.rs` holds what the Kafka readers share.
+//! (`parked.rs`); `recordings list` and `recordings retry` show and mend
+//! the copies of call recordings (`recordings/`). `topics.rs` holds what
+//! the Kafka readers share.
 
 mod dead_letter;
 mod parked;
+mod recordings;
 mod send;
 mod tail;
 mod topics;
 
 pub use dead_letter::{replay_dead_letters, ReplayOptions, REPLAY_GROUP};
 pub use parked::{parked, retry_parked, ParkedFormat};
+pub use recordings::{
+    list_recordings, retry_recordings, Listed, RecordingsList, Retried, RetryOptions,
+};
 pub use send::{healthcheck, local_ingest_url, send};
 pub use tail::{tail, TailOptions};
 pub use topics::resolve_topic;
@@ -38,6 +44,12 @@ pub enum ToolError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("topic {0} does not exist")]
     NoSuchTopic(String),
+    #[error("reading {topic} stopped short of its end: {partitions} partition(s) sent nothing for {seconds} s")]
+    Stalled {
+        topic: String,
+        partitions: usize,
+        seconds: u64,
+    },
     #[error(transparent)]
     Registry(#[from] crate::pipeline::registry::RegistryError),
     #[error("cannot write output: {0}")]
@@ -50,4 +62,6 @@ pub enum ToolError {
     Publish(#[from] crate::durability::kafka::PublishError),
     #[error(transparent)]
     Spool(#[from] crate::durability::spool::SpoolError),
+    #[error(transparent)]
+    Recordings(#[from] crate::recordings::finish::CopierError),
 }
