@@ -244,6 +244,10 @@ pub struct RecordingsConfig {
     pub max_bytes: u64,
     /// Copies running at once.
     pub concurrency: usize,
+    /// Recordings read and not yet finished (copying or waiting to retry),
+    /// at most: past it the copier pauses its partitions until one ends, so
+    /// a long outage of the store cannot fill memory with jobs.
+    pub max_pending: usize,
     /// The Kafka consumer group of the copiers: every replica joins it, and
     /// Kafka spreads the recording topic's partitions over them.
     pub group_id: String,
@@ -266,6 +270,7 @@ impl Default for RecordingsConfig {
             allow_plain_http: false,
             max_bytes: DEFAULT_RECORDING_MAX_BYTES,
             concurrency: 4,
+            max_pending: 1024,
             group_id: "superfone-bridge-recordings".into(),
         }
     }
@@ -277,8 +282,10 @@ impl RecordingsConfig {
         if self.enabled && self.store_url.is_none() {
             return invalid("recordings.enabled needs recordings.store_url");
         }
-        if self.concurrency == 0 || self.max_bytes == 0 {
-            return invalid("recordings.concurrency and recordings.max_bytes must be positive");
+        if self.concurrency == 0 || self.max_bytes == 0 || self.max_pending == 0 {
+            return invalid(
+                "recordings.concurrency, recordings.max_bytes and recordings.max_pending must be positive",
+            );
         }
         if self.allowed_hosts.is_empty() {
             return invalid("recordings.allowed_hosts must name at least one host");

@@ -58,7 +58,9 @@ async fn the_store_down_for_20_s_delays_copies_and_loses_none() {
     let source = Source::start().await;
     let s3 = S3::start("outage");
     let gate = Gate::start(s3.port);
-    let mut options = copying_options("s3://outage/calls", None);
+    // Three unfinished at most: the other two wait, unread, on the topic.
+    let mut options =
+        copying_options("s3://outage/calls", None).with("RECORDINGS__MAX_PENDING", "3");
     options.env.extend(S3::bridge_env(&gate.endpoint()));
     let bridge = Bridge::start(options);
     let client = support::client();
@@ -86,6 +88,13 @@ async fn the_store_down_for_20_s_delays_copies_and_loses_none() {
     // One copy before the outage: the copier has joined its group.
     post_recording(4000).await;
     consume(&copies_topic(&bridge), 1, false);
+    // Every status has a series from the start, so the first loss is an
+    // increase an alert can see.
+    let text = metrics_text(&client, &bridge).await;
+    for status in ["expired", "refused", "failed"] {
+        let series = format!("superfone_recordings_total{{status=\"{status}\"}} 0");
+        assert!(text.contains(&series), "{series} missing:\n{text}");
+    }
 
     gate.shut();
     let outage = Instant::now();
@@ -93,7 +102,7 @@ async fn the_store_down_for_20_s_delays_copies_and_loses_none() {
     for &cdr_id in &ids {
         post_recording(cdr_id).await;
     }
-    while metric(&client, &bridge, "superfone_recordings_pending").await < 5.0 {
+    while metric(&client, &bridge, "superfone_recordings_pending").await < 3.0 {
         assert!(
             outage.elapsed() < Duration::from_secs(15),
             "the copies never started"
@@ -115,6 +124,8 @@ async fn the_store_down_for_20_s_delays_copies_and_loses_none() {
         during.len() == 1,
         "nothing gives up on a store that is down: {during:#?}"
     );
+    let pending = metric(&client, &bridge, "superfone_recordings_pending").await;
+    assert_eq!(pending, 3.0, "reading pauses at recordings.max_pending");
 
     gate.open();
     let reopened = Instant::now();

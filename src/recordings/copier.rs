@@ -13,6 +13,7 @@ use crate::pipeline::registry;
 pub use crate::recordings::finish::CopierError;
 use crate::recordings::finish::{Finished, Finisher};
 use crate::recordings::job::{Position, RecordingJob};
+use crate::recordings::pointer::CopyStatus;
 use crate::recordings::tracker::OffsetTracker;
 use crate::vocabulary::headers::GROUP_ID_HEADER;
 use crate::vocabulary::EventKind;
@@ -26,10 +27,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Recordings read but not finished, at most: past it the copier stops
-/// reading until one finishes (a long outage of the store must not fill
-/// memory with jobs).
-const MAX_UNFINISHED: usize = 1024;
 /// How long a copier that could not start waits before trying again.
 const START_RETRY: Duration = Duration::from_secs(5);
 /// How often the time left on the most urgent link is exported.
@@ -63,6 +60,19 @@ pub struct Copier {
     topic: String,
     decoder: AvroDecoder,
     finisher: Arc<Finisher>,
+    /// Recordings read and not finished, at most (`recordings.max_pending`).
+    max_pending: usize,
+}
+
+/// Whether the copier's partitions are paused for `max_pending`: it keeps
+/// polling while paused (a consumer that stops polling for
+/// `max.poll.interval.ms` is thrown out of its group, and its partitions
+/// read again elsewhere), it just receives nothing.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum Reading {
+    #[default]
+    On,
+    Paused,
 }
 
 impl Copier {
@@ -77,6 +87,7 @@ impl Copier {
             topic,
             decoder: AvroDecoder::new(registry::settings(&config.registry)?),
             finisher: Arc::new(finisher),
+            max_pending: config.recordings.max_pending,
         })
     }
 
@@ -84,8 +95,10 @@ impl Copier {
     /// dropped unfinished: their offsets were not committed, so the group
     /// copies them again (into the same objects) after the restart.
     pub async fn run(self, stop: CancellationToken) {
+        preset_metrics();
         let (finished, mut finishing) = mpsc::unbounded_channel::<Position>();
         let mut tracker = OffsetTracker::default();
+        let mut reading = Reading::On;
         let jobs = TaskTracker::new();
         let stop_jobs = stop.child_token();
         let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
@@ -96,8 +109,11 @@ impl Copier {
                     metrics::gauge!(crate::observe::metrics::RECORDINGS_NEXT_EXPIRY)
                         .set(self.finisher.copies().next_expiry_seconds());
                 }
-                Some(position) = finishing.recv() => self.commit_past(&mut tracker, position),
-                message = self.consumer.recv(), if tracker.unfinished() < MAX_UNFINISHED => {
+                Some(position) = finishing.recv() => {
+                    self.commit_past(&mut tracker, position);
+                    self.resume_if_room(&tracker, &mut reading);
+                }
+                message = self.consumer.recv() => {
                     let message = match message {
                         Ok(message) => message,
                         Err(error) => {
@@ -107,8 +123,8 @@ impl Copier {
                     };
                     let (position, job) = self.read(&message).await;
                     tracker.started(position.partition, position.offset);
-                    metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING)
-                        .set(tracker.unfinished() as f64);
+                    report_pending(&tracker);
+                    self.pause_if_full(&tracker, &mut reading);
                     let finisher = Arc::clone(&self.finisher);
                     let (finished, stop_job) = (finished.clone(), stop_jobs.clone());
                     jobs.spawn(async move {
@@ -134,6 +150,52 @@ impl Copier {
         }
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "recordings: final commit");
+        }
+    }
+
+    /// Pauses every assigned partition once `max_pending` recordings are
+    /// unfinished. Called after each read, so a partition assigned while
+    /// paused is paused by its first record.
+    fn pause_if_full(&self, tracker: &OffsetTracker, reading: &mut Reading) {
+        if tracker.unfinished() < self.max_pending {
+            return;
+        }
+        let paused = self
+            .consumer
+            .assignment()
+            .and_then(|partitions| self.consumer.pause(&partitions));
+        match paused {
+            Ok(()) if *reading == Reading::On => {
+                tracing::info!(
+                    unfinished = tracker.unfinished(),
+                    "recordings: max_pending reached; reading paused"
+                );
+                *reading = Reading::Paused;
+            }
+            Ok(()) => {}
+            Err(error) => tracing::warn!(%error, "recordings: pausing the partitions failed"),
+        }
+    }
+
+    /// Resumes reading once a quarter of `max_pending` has ended.
+    fn resume_if_room(&self, tracker: &OffsetTracker, reading: &mut Reading) {
+        let room = self.max_pending - self.max_pending.div_ceil(4);
+        if *reading == Reading::On || tracker.unfinished() > room {
+            return;
+        }
+        let resumed = self
+            .consumer
+            .assignment()
+            .and_then(|partitions| self.consumer.resume(&partitions));
+        match resumed {
+            Ok(()) => {
+                tracing::info!(
+                    unfinished = tracker.unfinished(),
+                    "recordings: reading resumed"
+                );
+                *reading = Reading::On;
+            }
+            Err(error) => tracing::warn!(%error, "recordings: resuming the partitions failed"),
         }
     }
 
@@ -167,8 +229,7 @@ impl Copier {
     /// Stores the offset a partition may commit after `position` finished.
     fn commit_past(&self, tracker: &mut OffsetTracker, position: Position) {
         let next = tracker.finished(position.partition, position.offset);
-        metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING)
-            .set(tracker.unfinished() as f64);
+        report_pending(tracker);
         let Some(next) = next else {
             return;
         };
@@ -183,10 +244,32 @@ impl Copier {
     }
 }
 
+fn report_pending(tracker: &OffsetTracker) {
+    metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING).set(tracker.unfinished() as f64);
+}
+
+/// Every status and the gauges shown from the start, so an alert on the
+/// first `failed` sees an increase from 0 (a series born at 1 has none).
+fn preset_metrics() {
+    for status in CopyStatus::ALL {
+        metrics::counter!(crate::observe::metrics::RECORDINGS, "status" => status.as_str())
+            .increment(0);
+    }
+    metrics::counter!(crate::observe::metrics::RECORDING_BYTES).increment(0);
+    metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING).set(0.0);
+    metrics::gauge!(crate::observe::metrics::RECORDINGS_NEXT_EXPIRY).set(0.0);
+}
+
 /// The consumer of the group: offsets committed only as `store_offsets`
 /// allows (never past an unfinished copy), the bridge's Kafka options.
 fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
     let mut client_config = ClientConfig::new();
+    // A copier killed without leaving its group holds its partitions until
+    // its session times out (librdkafka's default is 45 s); a restarted pod
+    // waits that long for them. Overridable through kafka.options.
+    client_config
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000");
     for (key, value) in &config.kafka.options {
         client_config.set(key, value);
     }

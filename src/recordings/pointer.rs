@@ -32,6 +32,13 @@ pub enum CopyStatus {
 }
 
 impl CopyStatus {
+    pub const ALL: [CopyStatus; 4] = [
+        CopyStatus::Stored,
+        CopyStatus::Expired,
+        CopyStatus::Refused,
+        CopyStatus::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CopyStatus::Stored => "stored",
