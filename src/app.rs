@@ -18,12 +18,12 @@ use crate::http::ingest::{Ingest, IngestSettings};
 use crate::http::{server, tls};
 use crate::observe::metrics;
 use crate::ops::admin;
-use crate::ops::health::Health;
+use crate::ops::health::{CopierHealth, Health};
 use crate::pipeline::event;
 use crate::pipeline::registry::{RegistryError, SchemaIds};
 use crate::pipeline::route::routes;
 use crate::pipeline::schema::{self, EventSchema, SchemaError, SchemaSource};
-use crate::recordings::copier::copy_recordings;
+use crate::recordings::copier::{copy_recordings, CopierState};
 use crate::vocabulary::headers::{DEDUP_KEY_HEADER, GROUP_ID_HEADER};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -155,21 +155,41 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
 }
 
 /// `superfone-bridge recordings run`: the recording copier alone (its own
-/// Deployment), until `shutdown`. Waits for the brokers, creates the topics
-/// (if `kafka.create_topics`), then copies; the producer is flushed at the end.
+/// Deployment), until `shutdown`. Serves the admin endpoints (ready once the
+/// copier has started), waits for the brokers, creates the topics (if
+/// `kafka.create_topics`), then copies; the producer is flushed at the end.
 pub async fn run_recordings(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    metrics::handle();
+    let admin_listener = listen(config.admin.listen)?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+    let state = Arc::new(CopierState::default());
+    let stop = CancellationToken::new();
+    let probe = CopierHealth {
+        state: Arc::clone(&state),
+        group_id: config.recordings.group_id.clone(),
+    };
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(probe),
+        metrics::handle(),
+        stop.clone(),
+    ));
     let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
     let timeout = config.kafka.startup_timeout_ms;
     publisher.check_broker(timeout).await?;
     create_topics(&config, &publisher, timeout).await?;
-    let stop = CancellationToken::new();
+    tracing::info!(%admin_addr, group = %config.recordings.group_id, "ready");
     let copier = tokio::spawn(copy_recordings(
         Arc::new(config),
         Arc::clone(&publisher),
+        state,
         stop.clone(),
     ));
     shutdown.await;
@@ -370,7 +390,7 @@ impl App {
         );
         tokio::spawn(admin::serve(
             self.admin_listener,
-            Arc::clone(&self.health),
+            Arc::clone(&self.health) as Arc<dyn admin::Probe>,
             metrics::handle(),
             stop_background.clone(),
         ));
@@ -382,6 +402,7 @@ impl App {
             tokio::spawn(copy_recordings(
                 config,
                 Arc::clone(&self.publisher),
+                Arc::new(CopierState::default()),
                 stop_recordings.clone(),
             ))
         });

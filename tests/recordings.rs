@@ -6,7 +6,8 @@
 //! not allowed ends `refused` without a request, and no log line carries
 //! a link's signature. The same against a real S3 API (moto's server, read
 //! back with boto3), and links the default policy forbids (plain http,
-//! loopback) refused before any request.
+//! loopback) refused before any request; and `recordings run` alone, with
+//! its admin listener.
 #![cfg(feature = "e2e")]
 
 mod support;
@@ -261,4 +262,72 @@ async fn links_the_default_policy_forbids_are_refused_before_any_request() {
     }
     assert_eq!(source.requests(), 0, "no request reached the source");
     assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 0);
+}
+
+/// `recordings run` alone, beside a `serve` that does not copy: its admin
+/// listener says whether its copier runs (not while the registry is
+/// unreachable), its metrics count the copies, and SIGTERM ends it cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copier_alone_serves_its_readiness_and_metrics() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let store_url = format!("file://{}", store.path().display());
+    let client = support::client();
+    let alone = |options: BridgeOptions| BridgeOptions {
+        command: vec!["recordings".into(), "run".into()],
+        ..options
+    };
+
+    let mut no_registry = alone(copying_options(&store_url, None));
+    no_registry.registry_url = Some("http://127.0.0.1:9".into());
+    let stranded = Bridge::start(no_registry);
+    let (alive, _) = support::admin_get(&client, &stranded, "/healthz").await;
+    assert_eq!(alive, 200);
+    let (ready, body) = support::admin_get(&client, &stranded, "/readyz").await;
+    assert_eq!(ready, 503, "no copier without its pointer schema: {body}");
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("recording copier not running"),
+        "{body}"
+    );
+    drop(stranded);
+
+    let mut copier = Bridge::start(alone(copying_options(&store_url, None)));
+    let prefix = copier.prefix.clone();
+    let serving = Bridge::start(BridgeOptions {
+        prefix,
+        ..BridgeOptions::default()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while support::admin_get(&client, &copier, "/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the copier never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let link = source.link("1301.mp3", 4096, &signed(time::Duration::ZERO), 3600, "");
+    let (status, body) = post(
+        &client,
+        &serving,
+        recording_event(1301, 7, &link).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let pointers = consume(&format!("{}recording_copies", copier.prefix), 1, false);
+    assert_eq!(pointers[0]["value"]["status"], "stored", "{pointers:#?}");
+    let metrics = support::metrics_text(&client, &copier).await;
+    for series in [
+        "superfone_recordings_total{status=\"stored\"} 1",
+        "superfone_recordings_total{status=\"failed\"} 0",
+        "superfone_recording_bytes_total 4096",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    let (_, status) = support::admin_get(&client, &copier, "/status").await;
+    assert_eq!(status["recordings"]["running"], true, "{status}");
+    assert_eq!(status["recordings"]["pending"], 0, "{status}");
+
+    copier.terminate();
+    let exit = copier.wait_exit(Duration::from_secs(30));
+    assert!(exit.is_some_and(|status| status.success()), "{exit:?}");
 }

@@ -1,9 +1,9 @@
 //! The admin listener, separate from the public ingest port: `/metrics`
-//! (Prometheus), `/healthz` (the process is alive), `/readyz` (this pod can
-//! make an event durable now, with the reasons when not) and `/status` (the
-//! state of Kafka, the registry and the spool; see `health`).
+//! (Prometheus), `/healthz` (the process is alive), `/readyz` and `/status`
+//! (what the process's `Probe` reports: for `serve`, whether this pod can
+//! make an event durable now and the state of Kafka, the registry and the
+//! spool; for `recordings run`, the copier's; see `health`).
 
-use crate::ops::health::Health;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -20,6 +20,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What a process reports on `/readyz` and `/status`.
+pub trait Probe: Send + Sync + 'static {
+    /// `Ok` when ready, else the reasons.
+    fn readiness(&self) -> Result<(), Vec<String>>;
+    /// The `/status` report.
+    fn status(&self) -> serde_json::Value;
+}
+
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
@@ -31,7 +39,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
 
 fn answer(
     request: &Request<Incoming>,
-    health: &Health,
+    probe: &dyn Probe,
     metrics: &PrometheusHandle,
 ) -> Response<Full<Bytes>> {
     match request.uri().path() {
@@ -44,8 +52,8 @@ fn answer(
             response
         }
         "/healthz" => json_response(StatusCode::OK, json!({"status": "alive"})),
-        "/status" => json_response(StatusCode::OK, health.status()),
-        "/readyz" => match health.readiness() {
+        "/status" => json_response(StatusCode::OK, probe.status()),
+        "/readyz" => match probe.readiness() {
             Ok(()) => json_response(StatusCode::OK, json!({"status": "ready"})),
             Err(reasons) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -62,7 +70,7 @@ fn answer(
 /// Serves the admin endpoints until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    health: Arc<Health>,
+    probe: Arc<dyn Probe>,
     metrics: PrometheusHandle,
     stop: CancellationToken,
 ) {
@@ -79,9 +87,9 @@ pub async fn serve(
             },
             () = stop.cancelled() => return,
         };
-        let (health, metrics) = (Arc::clone(&health), metrics.clone());
+        let (probe, metrics) = (Arc::clone(&probe), metrics.clone());
         let service = service_fn(move |request| {
-            let response = answer(&request, &health, &metrics);
+            let response = answer(&request, probe.as_ref(), &metrics);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder

@@ -11,10 +11,15 @@
 //!   spool's backlog and what its replay waits for.
 //! - The watcher also finishes what start-up could not: topics are created
 //!   once Kafka is reachable.
+//! - A copier alone (`recordings run`, `CopierHealth`) is ready once its
+//!   copier has started: store opened, pointer schema registered, consumer
+//!   subscribed.
 
 use crate::durability::delivery::Delivery;
 use crate::durability::kafka::{Publisher, TopicSpec};
 use crate::http::body::BodyBudget;
+use crate::ops::admin::Probe;
+use crate::recordings::copier::CopierState;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -187,5 +192,47 @@ impl Health {
         }
         tracing::info!("topics ready: sending what was spooled");
         self.delivery.set_topics_ready();
+    }
+}
+
+impl Probe for Health {
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        Health::readiness(self)
+    }
+
+    fn status(&self) -> Value {
+        Health::status(self)
+    }
+}
+
+/// What `recordings run` reports: its copier's state.
+pub struct CopierHealth {
+    pub state: Arc<CopierState>,
+    pub group_id: String,
+}
+
+impl Probe for CopierHealth {
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        if self.state.running() {
+            return Ok(());
+        }
+        let why = self
+            .state
+            .start_error()
+            .unwrap_or_else(|| "starting".into());
+        Err(vec![format!("recording copier not running: {why}")])
+    }
+
+    fn status(&self) -> Value {
+        let readiness = self.readiness();
+        json!({
+            "ready": readiness.is_ok(),
+            "reasons": readiness.err().unwrap_or_default(),
+            "recordings": {
+                "group_id": self.group_id,
+                "running": self.state.running(),
+                "pending": self.state.pending(),
+            },
+        })
     }
 }

@@ -21,7 +21,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,21 +33,58 @@ const START_RETRY: Duration = Duration::from_secs(5);
 /// How often the time left on the most urgent link is exported.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What the copier's process reports about it (`/readyz`, `/status` of
+/// `recordings run`): started or not, why not, and how many copies wait.
+#[derive(Debug, Default)]
+pub struct CopierState {
+    running: AtomicBool,
+    start_error: Mutex<Option<String>>,
+    pending: AtomicUsize,
+}
+
+impl CopierState {
+    /// The copier has its store, its schema and its consumer.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Why the last try to start failed, while it has not started.
+    pub fn start_error(&self) -> Option<String> {
+        self.start_error.lock().expect("copier state lock").clone()
+    }
+
+    /// Recordings read whose copy has not ended.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn set_start(&self, result: Result<(), String>) {
+        self.running.store(result.is_ok(), Ordering::Relaxed);
+        *self.start_error.lock().expect("copier state lock") = result.err();
+    }
+}
+
 /// Runs a copier until `stop`, starting it again until it starts: the
 /// registry or the brokers may be down when the bridge starts, and the
 /// webhooks must not wait for them.
 pub async fn copy_recordings(
     config: Arc<Config>,
     publisher: Arc<Publisher>,
+    state: Arc<CopierState>,
     stop: CancellationToken,
 ) {
     loop {
-        match Copier::start(&config, Arc::clone(&publisher)).await {
+        match Copier::start(&config, Arc::clone(&publisher), Arc::clone(&state)).await {
             Ok(copier) => {
                 tracing::info!(group = %config.recordings.group_id, "recording copier started");
-                return copier.run(stop).await;
+                state.set_start(Ok(()));
+                copier.run(stop).await;
+                return state.set_start(Err("stopped".into()));
             }
-            Err(error) => tracing::warn!(%error, "recording copier cannot start yet; trying again"),
+            Err(error) => {
+                tracing::warn!(%error, "recording copier cannot start yet; trying again");
+                state.set_start(Err(error.to_string()));
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(START_RETRY) => {}
@@ -62,6 +100,7 @@ pub struct Copier {
     finisher: Arc<Finisher>,
     /// Recordings read and not finished, at most (`recordings.max_pending`).
     max_pending: usize,
+    state: Arc<CopierState>,
 }
 
 /// Whether the copier's partitions are paused for `max_pending`: it keeps
@@ -77,7 +116,11 @@ enum Reading {
 
 impl Copier {
     /// Opens the store, registers the pointer schema and joins the group.
-    pub async fn start(config: &Config, publisher: Arc<Publisher>) -> Result<Copier, CopierError> {
+    pub async fn start(
+        config: &Config,
+        publisher: Arc<Publisher>,
+        state: Arc<CopierState>,
+    ) -> Result<Copier, CopierError> {
         let finisher = Finisher::open(config, publisher).await?;
         let topic = config.topics.topic_for(EventKind::CdrRecordingAvailable);
         let consumer = group_consumer(config)?;
@@ -88,6 +131,7 @@ impl Copier {
             decoder: AvroDecoder::new(registry::settings(&config.registry)?),
             finisher: Arc::new(finisher),
             max_pending: config.recordings.max_pending,
+            state,
         })
     }
 
@@ -123,7 +167,7 @@ impl Copier {
                     };
                     let (position, job) = self.read(&message).await;
                     tracker.started(position.partition, position.offset);
-                    report_pending(&tracker);
+                    self.report_pending(&tracker);
                     self.pause_if_full(&tracker, &mut reading);
                     let finisher = Arc::clone(&self.finisher);
                     let (finished, stop_job) = (finished.clone(), stop_jobs.clone());
@@ -226,10 +270,16 @@ impl Copier {
         (position, job)
     }
 
+    fn report_pending(&self, tracker: &OffsetTracker) {
+        let pending = tracker.unfinished();
+        self.state.pending.store(pending, Ordering::Relaxed);
+        metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING).set(pending as f64);
+    }
+
     /// Stores the offset a partition may commit after `position` finished.
     fn commit_past(&self, tracker: &mut OffsetTracker, position: Position) {
         let next = tracker.finished(position.partition, position.offset);
-        report_pending(tracker);
+        self.report_pending(tracker);
         let Some(next) = next else {
             return;
         };
@@ -242,10 +292,6 @@ impl Copier {
             tracing::debug!(%error, partition = position.partition, "recordings: offset not stored");
         }
     }
-}
-
-fn report_pending(tracker: &OffsetTracker) {
-    metrics::gauge!(crate::observe::metrics::RECORDINGS_PENDING).set(tracker.unfinished() as f64);
 }
 
 /// Every status and the gauges shown from the start, so an alert on the

@@ -59,6 +59,8 @@ pub struct BridgeOptions {
     pub brokers: Option<String>,
     /// Schema registry URL; the shared test registry unless set.
     pub registry_url: Option<String>,
+    /// The subcommand: `serve` unless set (e.g. `recordings run`).
+    pub command: Vec<String>,
 }
 
 impl Default for BridgeOptions {
@@ -69,6 +71,7 @@ impl Default for BridgeOptions {
             spool_dir: None,
             brokers: None,
             registry_url: None,
+            command: vec!["serve".into()],
         }
     }
 }
@@ -117,7 +120,8 @@ fn spawn(options: &BridgeOptions, dir: &Path) -> (Child, Logs, ReadyAddrs) {
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
     command
-        .args(["--config", config.to_str().unwrap(), "serve"])
+        .args(["--config", config.to_str().unwrap()])
+        .args(&options.command)
         .env_remove("RUST_LOG")
         .env_remove("SUPERFONE_AUTH_SECRETS")
         .stdout(Stdio::null())
