@@ -39,7 +39,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 bridge \
  && useradd --system --uid 10001 --gid bridge --home-dir /var/lib/superfone-bridge bridge \
- && mkdir -p /var/lib/superfone-bridge/spool /etc/superfone-bridge \
+ && mkdir -p /var/lib/superfone-bridge/spool /var/lib/superfone-bridge/recordings /etc/superfone-bridge \
  && chown -R bridge:bridge /var/lib/superfone-bridge
 COPY --from=build /usr/local/bin/superfone-bridge /usr/local/bin/superfone-bridge
 # The schemas are compiled into the binary; shipped too for reference and for
