@@ -2,7 +2,8 @@
 //! (moto's S3 server behind a gate) down for 20 s, the bridge killed with
 //! SIGKILL in the middle of a slow 50 MB download, a 500 MB recording
 //! streamed through a fixed buffer (resident memory measured), and a
-//! hundred recordings at once. Each prints its figures (`RECORDING-FIGURES
+//! hundred recordings at once, the registry unreachable while a recording
+//! waits to be decoded, hostile expiry numbers in links. Each prints its figures (`RECORDING-FIGURES
 //! {...}`; run with `-- --nocapture`).
 #![cfg(feature = "e2e")]
 
@@ -17,7 +18,7 @@ use support::source::{
     copying_options, file_of, file_sha256, recording_event, recording_sha256, signed, Source,
 };
 use support::store::{Gate, S3};
-use support::{consume, metrics_text, post, rss_mib, signal, Bridge};
+use support::{consume, metrics_text, post, rss_mib, signal, Bridge, BridgeOptions};
 
 const LINK_LIFE: u64 = 604_800;
 
@@ -366,4 +367,127 @@ fn walk(dir: &std::path::Path) -> usize {
             }
         })
         .sum()
+}
+
+/// The copier alone (`recordings run`) reaches the registry through a gate;
+/// a `serve` that does not copy takes the events. A recording read while
+/// the registry is unreachable waits to be decoded, and is stored once the
+/// registry is back: never `failed` for an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_outage_delays_a_recording_and_fails_none() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let registry_port: u16 = support::stack()
+        .registry_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gate = Gate::start(registry_port);
+    let mut alone = copying_options(&format!("file://{}", store.path().display()), None);
+    alone.command = vec!["recordings".into(), "run".into()];
+    alone.registry_url = Some(gate.endpoint());
+    let copier = Bridge::start(alone);
+    let serving = Bridge::start(BridgeOptions {
+        prefix: copier.prefix.clone(),
+        ..BridgeOptions::default()
+    });
+    let client = support::client();
+    let started = Instant::now();
+    while support::admin_get(&client, &copier, "/readyz").await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the copier never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    gate.shut();
+    let link = source.link(
+        "4201.mp3",
+        8192,
+        &signed(time::Duration::ZERO),
+        LINK_LIFE,
+        "",
+    );
+    let (status, body) = post(
+        &client,
+        &serving,
+        recording_event(4201, 42, &link).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let outage = Instant::now();
+    while metric(&client, &copier, "superfone_recordings_pending").await < 1.0 {
+        assert!(outage.elapsed() < Duration::from_secs(15), "never read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = consume(&copies_topic(&copier), 0, false);
+    assert!(
+        during.is_empty(),
+        "nothing ends while the registry is away: {during:#?}"
+    );
+    assert_eq!(source.requests(), 0, "not decoded, not fetched");
+
+    gate.open();
+    let reopened = Instant::now();
+    let pointers = consume(&copies_topic(&copier), 1, false);
+    assert_eq!(summary(&pointers), ["4201 \"stored\""], "{pointers:#?}");
+    report(json!({
+        "test": "registry_outage",
+        "stored_after_reopen_s": reopened.elapsed().as_secs_f64(),
+    }));
+}
+
+/// Links are request input: a lifetime past SigV4's 7 days, a signature
+/// date in year 9999 or before year 0 neither break the webhook (a panic
+/// answered nothing) nor keep a copy retrying past the vendor's 7 days.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_expiry_numbers_neither_fail_the_webhook_nor_outlive_seven_days() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(copying_options(
+        &format!("file://{}", store.path().display()),
+        None,
+    ));
+    let client = support::client();
+    let links = [
+        (4301, signed(time::Duration::ZERO), "9223372036854775807"),
+        (4302, "99991231T235959Z".to_owned(), "2"),
+        (4303, "-00010101T000000Z".to_owned(), "60"),
+        (4304, signed(time::Duration::ZERO), "31536000000"),
+    ];
+    for (cdr_id, date, expires) in &links {
+        let link = source
+            .link(&format!("{cdr_id}.mp3"), 1024, date, 0, "")
+            .replace("X-Amz-Expires=0", &format!("X-Amz-Expires={expires}"));
+        let (status, body) = post(
+            &client,
+            &bridge,
+            recording_event(*cdr_id, 43, &link).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{cdr_id}: {body}");
+    }
+    let events = consume(&bridge.topic("CDR_RECORDING_AVAILABLE"), links.len(), false);
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    for event in &events {
+        let at = |name: &str| {
+            time::OffsetDateTime::parse(event["headers"][name].as_str().unwrap(), rfc3339).unwrap()
+        };
+        assert!(
+            at("superfone-recording-url-expires-at")
+                <= at("superfone-received-at") + time::Duration::days(7),
+            "{event}"
+        );
+    }
+    let pointers = consume(&copies_topic(&bridge), links.len(), false);
+    let ended: BTreeSet<String> = summary(&pointers).into_iter().collect();
+    let expected: BTreeSet<String> = links
+        .iter()
+        .map(|(cdr_id, _, _)| format!("{cdr_id} \"stored\""))
+        .collect();
+    assert_eq!(ended, expected, "{pointers:#?}");
 }

@@ -4,6 +4,11 @@
 //! delivery (payload reference, "Pre-signed URL expiry"); an S3 pre-signed
 //! URL says exactly, in `X-Amz-Date` (when it was signed) plus
 //! `X-Amz-Expires` (for how many seconds), so that wins when present.
+//!
+//! Both come from a request body: a link never counts as living longer than
+//! SigV4 allows (7 days from signing) nor past the vendor's 7 days from
+//! delivery, and no value overflows a date (a copy retried "until expiry"
+//! must end, and a request must never panic).
 
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -16,11 +21,18 @@ pub const LINK_LIFETIME: Duration = Duration::days(7);
 /// else `received_at` (the event's `superfone-received-at`, RFC 3339) plus
 /// `LINK_LIFETIME`. `None` only when neither can be read.
 pub fn link_expiry(url: &str, received_at: Option<&str>) -> Option<OffsetDateTime> {
-    sigv4_expiry(url).or_else(|| {
-        let received = OffsetDateTime::parse(received_at?, &Rfc3339).ok()?;
-        Some(received + LINK_LIFETIME)
-    })
+    let promised = received_at
+        .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
+        .and_then(|received| received.checked_add(LINK_LIFETIME));
+    let expiry = match (sigv4_expiry(url), promised) {
+        (Some(signed), Some(promised)) => signed.min(promised),
+        (signed, promised) => signed.or(promised)?,
+    };
+    PLAUSIBLE_YEARS.contains(&expiry.year()).then_some(expiry)
 }
+
+/// Years an expiry can render in RFC 3339 (and a real link can have).
+const PLAUSIBLE_YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
 
 /// `X-Amz-Date` (`20260515T103000Z`) plus `X-Amz-Expires` (seconds).
 fn sigv4_expiry(url: &str) -> Option<OffsetDateTime> {
@@ -38,8 +50,13 @@ fn sigv4_expiry(url: &str) -> Option<OffsetDateTime> {
     )
     .ok()?
     .assume_utc();
+    // SigV4 refuses more than 7 days; a larger value is not S3's.
     let seconds: i64 = parameter("X-Amz-Expires")?.parse().ok()?;
-    (seconds >= 0).then(|| signed + Duration::seconds(seconds))
+    let lifetime = Duration::seconds(seconds).min(LINK_LIFETIME);
+    if seconds < 0 || !PLAUSIBLE_YEARS.contains(&signed.year()) {
+        return None;
+    }
+    signed.checked_add(lifetime)
 }
 
 /// `at` as RFC 3339 UTC, for records and headers.
@@ -84,6 +101,46 @@ mod tests {
         }
         assert_eq!(link_expiry("https://h/a.mp3", None), None);
         assert_eq!(link_expiry("https://h/a.mp3", Some("yesterday")), None);
+    }
+
+    #[test]
+    fn hostile_numbers_neither_overflow_nor_outlive_seven_days() {
+        let received = "2026-05-15T10:30:00Z";
+        let week_after = datetime!(2026-05-22 10:30:00 UTC);
+        for (query, expected) in [
+            (
+                "X-Amz-Date=20260515T103000Z&X-Amz-Expires=9223372036854775807",
+                week_after,
+            ),
+            (
+                "X-Amz-Date=20260515T103000Z&X-Amz-Expires=31536000000",
+                week_after,
+            ),
+            ("X-Amz-Date=99991231T235959Z&X-Amz-Expires=2", week_after),
+            ("X-Amz-Date=-00010101T000000Z&X-Amz-Expires=60", week_after),
+            ("X-Amz-Date=+999991231T235959Z&X-Amz-Expires=60", week_after),
+            (
+                "X-Amz-Date=20260515T100000Z&X-Amz-Expires=700000",
+                datetime!(2026-05-22 10:00:00 UTC),
+            ),
+        ] {
+            let url = format!("https://h/a.mp3?{query}");
+            let expiry = link_expiry(&url, Some(received));
+            assert_eq!(expiry, Some(expected), "{query}");
+            rfc3339(expiry.unwrap());
+        }
+        assert_eq!(
+            link_expiry(
+                "https://h/a?X-Amz-Date=99991231T235959Z&X-Amz-Expires=604800",
+                None
+            ),
+            None,
+            "past year 9999: no expiry rather than a panic"
+        );
+        assert_eq!(
+            link_expiry("https://h/a", Some("9999-12-31T23:59:59Z")),
+            None
+        );
     }
 
     #[test]

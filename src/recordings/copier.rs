@@ -21,6 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::error::SRCError;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,7 +97,7 @@ pub async fn copy_recordings(
 pub struct Copier {
     consumer: StreamConsumer,
     topic: String,
-    decoder: AvroDecoder,
+    decoder: Arc<AvroDecoder>,
     finisher: Arc<Finisher>,
     /// Recordings read and not finished, at most (`recordings.max_pending`).
     max_pending: usize,
@@ -128,7 +129,7 @@ impl Copier {
         Ok(Copier {
             consumer,
             topic,
-            decoder: AvroDecoder::new(registry::settings(&config.registry)?),
+            decoder: Arc::new(AvroDecoder::new(registry::settings(&config.registry)?)),
             finisher: Arc::new(finisher),
             max_pending: config.recordings.max_pending,
             state,
@@ -165,21 +166,18 @@ impl Copier {
                             continue;
                         }
                     };
-                    let (position, job) = self.read(&message).await;
+                    let record = TakenRecord::of(&message);
+                    let position = record.position;
                     tracker.started(position.partition, position.offset);
                     self.report_pending(&tracker);
                     self.pause_if_full(&tracker, &mut reading);
-                    let finisher = Arc::clone(&self.finisher);
+                    let (finisher, decoder) = (Arc::clone(&self.finisher), Arc::clone(&self.decoder));
                     let (finished, stop_job) = (finished.clone(), stop_jobs.clone());
                     jobs.spawn(async move {
-                        let end = async {
-                            match job {
-                                Ok(job) => { finisher.finish(&job, None).await; }
-                                Err(unreadable) => { finisher.publish(&unreadable).await; }
-                            }
-                        };
                         tokio::select! {
-                            () = end => { let _ = finished.send(position); }
+                            ended = settle(&finisher, &decoder, record) => {
+                                if ended { let _ = finished.send(position); }
+                            }
                             () = stop_job.cancelled() => {}
                         }
                     });
@@ -243,33 +241,6 @@ impl Copier {
         }
     }
 
-    /// Reads a record into a job, or into the pointer report that says why
-    /// it cannot be one (undecodable, no link, no id: `failed`).
-    async fn read(
-        &self,
-        message: &BorrowedMessage<'_>,
-    ) -> (Position, Result<RecordingJob, Finished>) {
-        let position = Position {
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        let headers = record_headers(message);
-        let key = message
-            .key()
-            .map(|key| String::from_utf8_lossy(key).into_owned());
-        let job = match self.decoder.decode(message.payload()).await {
-            Ok(decoded) => {
-                let value = avro_json::to_json(&decoded.value);
-                RecordingJob::from_event(position, key.clone(), &value, &headers)
-                    .map_err(|error| error.to_string())
-            }
-            Err(error) => Err(format!("the record does not decode: {error}")),
-        };
-        let job =
-            job.map_err(|error| Finished::failed(key, header(&headers, GROUP_ID_HEADER), error));
-        (position, job)
-    }
-
     fn report_pending(&self, tracker: &OffsetTracker) {
         let pending = tracker.unfinished();
         self.state.pending.store(pending, Ordering::Relaxed);
@@ -326,6 +297,89 @@ fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error::Kaf
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create()
+}
+
+/// A record read from the recording topic, owned, for its job's task.
+struct TakenRecord {
+    position: Position,
+    key: Option<String>,
+    headers: Vec<(String, String)>,
+    payload: Option<Vec<u8>>,
+}
+
+impl TakenRecord {
+    fn of(message: &BorrowedMessage<'_>) -> TakenRecord {
+        TakenRecord {
+            position: Position {
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            headers: record_headers(message),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Brings one record to its end: decoded (waiting out the registry),
+/// copied, and its pointer record acknowledged. `false` when no pointer
+/// record could be made: the offset must then stay uncommitted.
+async fn settle(finisher: &Finisher, decoder: &AvroDecoder, record: TakenRecord) -> bool {
+    let job = match decode_patiently(decoder, record.payload.as_deref()).await {
+        Ok(value) => {
+            RecordingJob::from_event(record.position, record.key.clone(), &value, &record.headers)
+                .map_err(|error| error.to_string())
+        }
+        Err(error) => Err(format!("the record does not decode: {error}")),
+    };
+    let delivered = match job {
+        Ok(job) => finisher.finish(&job, None).await.1,
+        Err(error) => {
+            let group_id = header(&record.headers, GROUP_ID_HEADER);
+            finisher
+                .publish(&Finished::failed(record.key, group_id, error))
+                .await
+        }
+    };
+    delivered.is_some()
+}
+
+/// How often a record whose schema the registry did not give is decoded
+/// again before it ends `failed`; between tries the wait doubles from
+/// `DECODE_RETRY` to `DECODE_RETRY_MAX`.
+const DECODE_ATTEMPTS: u32 = 6;
+const DECODE_RETRY: Duration = Duration::from_secs(1);
+const DECODE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Decodes a record, waiting out the registry: a transient failure (the
+/// registry unreachable, a 5xx) is tried again for as long as it lasts; any
+/// other (a schema id it does not know, as during a failover, or bytes that
+/// are no Avro) `DECODE_ATTEMPTS` times, the decoder's cached error cleared
+/// before each, and then it is the record's `failed`.
+async fn decode_patiently(
+    decoder: &AvroDecoder,
+    payload: Option<&[u8]>,
+) -> Result<serde_json::Value, SRCError> {
+    let mut wait = DECODE_RETRY;
+    let mut final_failures = 0;
+    loop {
+        let error = match decoder.decode(payload).await {
+            Ok(decoded) => return Ok(avro_json::to_json(&decoded.value)),
+            Err(error) => error,
+        };
+        if !error.retriable {
+            final_failures += 1;
+            if final_failures >= DECODE_ATTEMPTS {
+                return Err(error);
+            }
+            decoder.remove_errors_from_cache();
+        }
+        tracing::warn!(%error, wait_secs = wait.as_secs(), "recordings: a record does not decode yet; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(DECODE_RETRY_MAX);
+    }
 }
 
 fn record_headers(message: &BorrowedMessage<'_>) -> Vec<(String, String)> {
