@@ -491,3 +491,45 @@ async fn hostile_expiry_numbers_neither_fail_the_webhook_nor_outlive_seven_days(
         .collect();
     assert_eq!(ended, expected, "{pointers:#?}");
 }
+
+/// A link answering 404 days before its expiry is tried a few times, not
+/// for days: it ends `failed` (which `recordings retry` can mend) and the
+/// partition's offset moves on; a recording behind it is stored meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_answering_404_before_its_expiry_ends_failed_in_a_minute() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(copying_options(
+        &format!("file://{}", store.path().display()),
+        None,
+    ));
+    let client = support::client();
+    let fresh = signed(time::Duration::ZERO);
+    let missing = source.link("4401.mp3", 10, &fresh, LINK_LIFE, "&status=404");
+    let behind = source.link("4402.mp3", 2048, &fresh, LINK_LIFE, "");
+    let started = Instant::now();
+    for (cdr_id, link) in [(4401, &missing), (4402, &behind)] {
+        let (status, body) = post(
+            &client,
+            &bridge,
+            recording_event(cdr_id, 44, link).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let pointers = consume(&copies_topic(&bridge), 2, false);
+    let took = started.elapsed();
+    let failed = pointer(&pointers, 4401, "failed")
+        .unwrap_or_else(|| panic!("4401 not failed: {pointers:#?}"));
+    assert!(
+        failed["error"].as_str().unwrap().contains("404"),
+        "{failed}"
+    );
+    assert!(
+        pointer(&pointers, 4402, "stored").is_some(),
+        "{pointers:#?}"
+    );
+    assert!(took < Duration::from_secs(90), "{took:?}");
+    assert_eq!(source.requests_for("4401.mp3"), 6, "six attempts");
+    report(json!({"test": "lasting_404", "failed_after_s": took.as_secs_f64()}));
+}

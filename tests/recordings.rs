@@ -227,7 +227,7 @@ async fn links_the_default_policy_forbids_are_refused_before_any_request() {
     let options = BridgeOptions::default();
     let group = format!("{}recordings", options.prefix);
     // The defaults, but for the host list: localhost is allowed by name,
-    // so only the scheme and address rules stand in the way.
+    // so only the scheme, address and port rules stand in the way.
     let bridge = Bridge::start(
         options
             .with("RECORDINGS__ENABLED", "true")
@@ -254,11 +254,22 @@ async fn links_the_default_policy_forbids_are_refused_before_any_request() {
     }
     let pointers = consume(&format!("{}recording_copies", bridge.prefix), 3, false);
     assert_eq!(pointers.len(), 3, "{pointers:#?}");
-    for pointer in &pointers {
-        let value = &pointer["value"];
+    // The name's address is checked when it resolves (unit-tested in
+    // recordings::source); here its ephemeral port is refused first.
+    for (cdr_id, why) in [
+        (1201, "(https only)"),
+        (1202, "port"),
+        (1203, "not a public address"),
+    ] {
+        let value = &pointers
+            .iter()
+            .find(|p| p["value"]["cdr_id"] == cdr_id)
+            .unwrap_or_else(|| panic!("{cdr_id}: {pointers:#?}"))["value"];
         assert_eq!(value["status"], "refused", "{value}");
         assert!(value["object_url"].is_null());
-        assert!(!value["error"].as_str().unwrap().contains(SIGNATURE));
+        let error = value["error"].as_str().unwrap();
+        assert!(error.contains(why), "{cdr_id}: {error}");
+        assert!(!error.contains(SIGNATURE));
     }
     assert_eq!(source.requests(), 0, "no request reached the source");
     assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 0);

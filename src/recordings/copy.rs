@@ -1,13 +1,14 @@
 //! One recording from its link to its terminal outcome: download through
 //! the guarded source, stream into the store, and on a transient failure
 //! (the source's 5xx or timeout, the store down) try again with backoff
-//! until the link expires. At most `concurrency` copies run at once; a copy
+//! until the link expires; a lasting status (a 404 before expiry) a few
+//! times only. At most `concurrency` copies run at once; a copy
 //! waiting to retry holds no slot, so it holds back nobody.
 
 use crate::config::RecordingsConfig;
 use crate::recordings::job::RecordingJob;
 use crate::recordings::pointer::{CopyReport, CopyStatus};
-use crate::recordings::source::{self, RecordingSource, SourceError, SourcePolicy};
+use crate::recordings::source::{self, LowSpeedLimit, RecordingSource, SourceError, SourcePolicy};
 use crate::recordings::store::{self, CopyError, RecordingStore, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,6 +23,13 @@ const LAST_RETRY: Duration = Duration::from_secs(300);
 /// How long the source may take to connect, and to send the next bytes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest download kept going: 64 KiB a minute (about 1 KiB/s; an
+/// object store sends megabytes a second). Slower, the attempt fails and
+/// frees its slot for the copies behind it.
+const LOW_SPEED: LowSpeedLimit = LowSpeedLimit {
+    bytes: 64 * 1024,
+    window: Duration::from_secs(60),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopiesError {
@@ -36,9 +44,21 @@ enum Setback {
     /// Never as it is: scheme, host, address or size.
     Refused(String),
     /// Perhaps next time. `link_gone`: the source said 403 or 404, which is
-    /// what a dead link says.
-    Retry { error: String, link_gone: bool },
+    /// what a dead link says. `lasting`: a status that is no "not now"
+    /// (a 4xx but 408 and 429), which trying again rarely mends.
+    Retry {
+        error: String,
+        link_gone: bool,
+        lasting: bool,
+    },
 }
+
+/// How many attempts a lasting status (a 404 or 403 before the link's
+/// expiry, a 400) gets before the copy ends `failed`: about 30 s, for
+/// an object still being written, rather than days that would hold the
+/// partition's committed offset behind it. `recordings retry` can mend it
+/// while the link lives.
+const LASTING_ATTEMPTS: u32 = 6;
 
 /// The copier's means of copying: source, store, limits.
 pub struct Copies {
@@ -61,6 +81,7 @@ impl Copies {
             max_bytes: config.max_bytes,
             connect_timeout: CONNECT_TIMEOUT,
             read_timeout: READ_TIMEOUT,
+            low_speed: LOW_SPEED,
         };
         Ok(Copies {
             source: RecordingSource::new(&policy)?,
@@ -95,20 +116,30 @@ impl Copies {
         give_up_at: Option<OffsetDateTime>,
     ) -> CopyReport {
         let mut backoff = FIRST_RETRY;
+        let mut lasting_failures = 0;
         loop {
             let attempt = {
                 let _slot = self.slots.acquire().await.expect("never closed");
                 self.attempt(job).await
             };
-            let (error, link_gone) = match attempt {
+            let (error, link_gone, lasting) = match attempt {
                 Ok(report) => return report,
                 Err(Setback::Refused(reason)) => {
                     return with_error(job.report(CopyStatus::Refused), reason)
                 }
-                Err(Setback::Retry { error, link_gone }) => (error, link_gone),
+                Err(Setback::Retry {
+                    error,
+                    link_gone,
+                    lasting,
+                }) => (error, link_gone, lasting),
             };
+            lasting_failures += u32::from(lasting);
             let next_try = OffsetDateTime::now_utc() + backoff;
             let expired = job.expires_at.is_some_and(|at| next_try >= at);
+            if lasting_failures >= LASTING_ATTEMPTS && !expired {
+                let error = format!("{error}, {lasting_failures} times: not a transient status");
+                return with_error(job.report(CopyStatus::Failed), error);
+            }
             if expired || give_up_at.is_some_and(|at| next_try >= at) {
                 // A dead link's 403 before its expiry (a retry giving up
                 // early) is no proof it expired: `failed`.
@@ -148,6 +179,7 @@ impl Copies {
                 CopyError::Store(_) => Setback::Retry {
                     error: error.to_string(),
                     link_gone: false,
+                    lasting: false,
                 },
             })?;
         let mut report = job.report(CopyStatus::Stored);
@@ -186,11 +218,13 @@ fn setback(error: SourceError) -> Setback {
         SourceError::Refused { reason } => Setback::Refused(reason.clone()),
         SourceError::Status { status } => Setback::Retry {
             link_gone: matches!(status.as_u16(), 403 | 404),
+            lasting: !error.is_transient(),
             error: error.to_string(),
         },
         _ => Setback::Retry {
             error: error.to_string(),
             link_gone: false,
+            lasting: false,
         },
     }
 }

@@ -17,7 +17,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{redirect, Certificate, Client, Response, StatusCode, Url};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many redirects one download may follow. Object stores redirect once
 /// at most (a region move); a longer chain is a loop or someone probing.
@@ -45,6 +45,17 @@ pub struct SourcePolicy {
     /// How long the server may stay silent: waiting for the answer, and
     /// between two reads of the body.
     pub read_timeout: Duration,
+    /// The slowest body taken: at least `bytes` in every `window`, else the
+    /// download fails (transient). A server trickling a byte just inside
+    /// `read_timeout` would otherwise hold a copy slot for ever.
+    pub low_speed: LowSpeedLimit,
+}
+
+/// At least `bytes` in every `window` of a download.
+#[derive(Debug, Clone, Copy)]
+pub struct LowSpeedLimit {
+    pub bytes: u64,
+    pub window: Duration,
 }
 
 /// Why a recording could not be downloaded, classified by what the caller
@@ -114,6 +125,7 @@ pub struct RecordingSource {
     client: Client,
     targets: Arc<TargetRules>,
     max_bytes: u64,
+    low_speed: LowSpeedLimit,
 }
 
 impl RecordingSource {
@@ -125,15 +137,19 @@ impl RecordingSource {
         } else {
             is_public
         };
-        Self::build(policy, permits, Vec::new())
+        // Test and dev servers live on loopback at ephemeral ports.
+        let any_port = policy.allow_private_networks;
+        Self::build(policy, permits, any_port, Vec::new())
     }
 
-    /// `new` with the address rule given (`policy.allow_private_networks`
-    /// is not read) and extra trusted roots: the seams tests use to reach
-    /// servers that can only live on loopback.
+    /// `new` with the address and port rules given
+    /// (`policy.allow_private_networks` is not read) and extra trusted
+    /// roots: the seams tests use to reach servers that can only live on
+    /// loopback.
     fn build(
         policy: &SourcePolicy,
         permits: fn(IpAddr) -> bool,
+        any_port: bool,
         extra_roots: Vec<Certificate>,
     ) -> Result<Self, SourceError> {
         let hosts = policy
@@ -149,6 +165,7 @@ impl RecordingSource {
         let targets = Arc::new(TargetRules {
             hosts,
             allow_plain_http: policy.allow_plain_http,
+            any_port,
             permits,
         });
         let client = Client::builder()
@@ -175,6 +192,7 @@ impl RecordingSource {
             client,
             targets,
             max_bytes: policy.max_bytes,
+            low_speed: policy.low_speed,
         })
     }
 
@@ -208,6 +226,9 @@ impl RecordingSource {
             content_length,
             received: 0,
             max_bytes: self.max_bytes,
+            low_speed: self.low_speed,
+            window_started: Instant::now(),
+            window_bytes: 0,
         })
     }
 }
@@ -219,6 +240,9 @@ pub struct Download {
     content_length: Option<u64>,
     received: u64,
     max_bytes: u64,
+    low_speed: LowSpeedLimit,
+    window_started: Instant,
+    window_bytes: u64,
 }
 
 impl Download {
@@ -246,7 +270,27 @@ impl Download {
                 self.max_bytes
             )));
         }
+        self.check_speed(chunk.len() as u64)?;
         Ok(Some(chunk))
+    }
+
+    /// Fails a body slower than `low_speed`, counted in whole windows.
+    fn check_speed(&mut self, bytes: u64) -> Result<(), SourceError> {
+        self.window_bytes += bytes;
+        if self.window_started.elapsed() < self.low_speed.window {
+            return Ok(());
+        }
+        if self.window_bytes < self.low_speed.bytes {
+            return Err(SourceError::Transient {
+                reason: format!(
+                    "the body came slower than {} bytes in {:?} ({} bytes)",
+                    self.low_speed.bytes, self.low_speed.window, self.window_bytes
+                ),
+            });
+        }
+        self.window_started = Instant::now();
+        self.window_bytes = 0;
+        Ok(())
     }
 
     /// The body as a stream, for uploaders that take one; it ends after
@@ -277,6 +321,10 @@ impl std::fmt::Debug for Download {
 struct TargetRules {
     hosts: Vec<HostPattern>,
     allow_plain_http: bool,
+    /// Whether a URL may name a port other than its scheme's (443, 80):
+    /// not in production, where an allowed host's other ports are no
+    /// object store's, and probing them is what an SSRF is for.
+    any_port: bool,
     /// Whether an address may be connected to: [`is_public`] in production.
     permits: fn(IpAddr) -> bool,
 }
@@ -314,11 +362,17 @@ impl TargetRules {
         }
         // An IP literal never reaches the resolver, so its address is
         // checked here.
-        match host.address {
-            Some(address) if !(self.permits)(address) => Err(SourceError::refused(format!(
+        if let Some(address) = host.address.filter(|&address| !(self.permits)(address)) {
+            return Err(SourceError::refused(format!(
                 "address {address} is not a public address"
+            )));
+        }
+        // `port()` is `None` for the scheme's own port, spelled or not.
+        match url.port().filter(|_| !self.any_port) {
+            Some(port) => Err(SourceError::refused(format!(
+                "port {port} is not allowed (only the scheme's own)"
             ))),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }
@@ -757,6 +811,19 @@ mod tests {
         answer
     }
 
+    /// A body of `total` bytes, one byte every `every`: inside any read
+    /// timeout, and far below any useful speed.
+    fn trickles(total: usize, every: Duration) -> Answer {
+        let frames = futures::stream::unfold(0, move |sent| async move {
+            if sent == total {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(Frame::data(Bytes::from_static(b"x"))), sent + 1))
+        });
+        hyper::Response::new(BodyExt::boxed(StreamBody::new(frames)))
+    }
+
     /// A policy for loopback test servers: private addresses and plain
     /// http allowed, so each test takes away the one it attacks.
     fn local_policy(hosts: &[&str]) -> SourcePolicy {
@@ -767,6 +834,10 @@ mod tests {
             max_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
+            low_speed: LowSpeedLimit {
+                bytes: 1,
+                window: Duration::from_secs(60),
+            },
         }
     }
 
@@ -904,8 +975,10 @@ mod tests {
             allow_private_networks: false,
             ..local_policy(&["localhost"])
         };
+        // Any port, so that only the address stands in the way.
+        let guarded = RecordingSource::build(&policy, is_public, true, Vec::new()).unwrap();
         for host in ["localhost", "LOCALHOST"] {
-            let reason = refusal(source(&policy).open(&server.url(host, "/r.mp3")).await);
+            let reason = refusal(guarded.open(&server.url(host, "/r.mp3")).await);
             assert!(reason.contains("not a public address"), "{reason}");
         }
         assert_eq!(server.connections(), 0);
@@ -923,6 +996,7 @@ mod tests {
             allow_private_networks: false,
             ..local_policy(&["127.0.0.1", "[::ffff:127.0.0.1]"])
         };
+        let guarded = RecordingSource::build(&policy, is_public, true, Vec::new()).unwrap();
         // Every spelling of 127.0.0.1 the URL parser accepts.
         for host in [
             "127.0.0.1",
@@ -931,7 +1005,7 @@ mod tests {
             "0177.0.0.1",
             "[::ffff:127.0.0.1]",
         ] {
-            let reason = refusal(source(&policy).open(&server.url(host, "/r.mp3")).await);
+            let reason = refusal(guarded.open(&server.url(host, "/r.mp3")).await);
             assert!(reason.contains("not a public address"), "{host}: {reason}");
         }
         assert_eq!(server.connections(), 0);
@@ -989,14 +1063,14 @@ mod tests {
             allow_plain_http: false,
             ..local_policy(&["localhost"])
         };
-        let source = RecordingSource::build(&policy, any_address, vec![test_ca]).unwrap();
+        let source = RecordingSource::build(&policy, any_address, true, vec![test_ca]).unwrap();
         let download = source.open(&https("/r.mp3")).await.unwrap();
         assert_eq!(read_all(download).await.unwrap(), b"over tls");
         let reason = refusal(source.open(&https("/downgrade")).await);
         assert!(reason.contains("(https only)"), "{reason}");
         assert_eq!(plain.connections(), 0);
         // Without the test CA the certificate is not trusted.
-        let untrusting = RecordingSource::build(&policy, any_address, Vec::new()).unwrap();
+        let untrusting = RecordingSource::build(&policy, any_address, true, Vec::new()).unwrap();
         assert!(untrusting.open(&https("/r.mp3")).await.is_err());
     }
 
@@ -1148,12 +1222,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn another_port_of_an_allowed_host_is_refused_directly_or_by_redirect() {
+        let target = TestServer::start("127.0.0.1", |_| ok("probed")).await;
+        let other_port = target.url("localhost", "/probed");
+        let origin = TestServer::start("127.0.0.1", move |_| redirect_to(&other_port)).await;
+        // Production's port rule, with loopback let through so that only
+        // the port stands in the way.
+        let policy = local_policy(&["localhost"]);
+        let source = RecordingSource::build(&policy, any_address, false, Vec::new()).unwrap();
+        let direct = refusal(source.open(&target.url("localhost", "/probed")).await);
+        assert!(direct.contains("port"), "{direct}");
+        assert_eq!(target.connections(), 0);
+        let refused = source.open("http://localhost:80/x").await;
+        assert!(
+            !matches!(&refused, Err(SourceError::Refused { reason }) if reason.contains("port")),
+            "the scheme's own port, spelled out, is no other port: {refused:?}"
+        );
+        let origin_url = origin.url("localhost", "/r.mp3");
+        let refused = refusal(source.open(&origin_url).await);
+        assert!(refused.contains("port"), "{refused}");
+    }
+
+    #[tokio::test]
     async fn a_redirect_to_a_forbidden_ip_literal_is_refused() {
         let inside = TestServer::start("127.0.0.2", |_| ok("metadata")).await;
         let inside_url = inside.url("127.0.0.2", "/latest/meta-data");
         let origin = TestServer::start("127.0.0.1", move |_| redirect_to(&inside_url)).await;
         let policy = local_policy(&["127.0.0.1", "127.0.0.2"]);
-        let source = RecordingSource::build(&policy, all_but_127_0_0_2, Vec::new()).unwrap();
+        let source = RecordingSource::build(&policy, all_but_127_0_0_2, true, Vec::new()).unwrap();
         let reason = refusal(source.open(&origin.url("127.0.0.1", "/r.mp3")).await);
         assert!(
             reason.contains("127.0.0.2 is not a public address"),
@@ -1169,7 +1265,7 @@ mod tests {
         let inside_url = inside.url("localhost", "/latest/meta-data");
         let origin = TestServer::start("127.0.0.2", move |_| redirect_to(&inside_url)).await;
         let policy = local_policy(&["127.0.0.2", "localhost"]);
-        let source = RecordingSource::build(&policy, only_127_0_0_2, Vec::new()).unwrap();
+        let source = RecordingSource::build(&policy, only_127_0_0_2, true, Vec::new()).unwrap();
         let reason = refusal(source.open(&origin.url("127.0.0.2", "/r.mp3")).await);
         assert!(reason.contains("\"localhost\" resolves to"), "{reason}");
         assert_eq!(origin.seen().len(), 1);
@@ -1344,6 +1440,48 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert!(matches!(error, SourceError::Transient { .. }), "{error:?}");
         assert!(error.is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_trickling_body_fails_as_transient_once_a_window_is_too_slow() {
+        let server =
+            TestServer::start("127.0.0.1", |_| trickles(1000, Duration::from_millis(20))).await;
+        let policy = SourcePolicy {
+            low_speed: LowSpeedLimit {
+                bytes: 100,
+                window: Duration::from_millis(500),
+            },
+            ..local_policy(&["localhost"])
+        };
+        let download = source(&policy)
+            .open(&server.url("localhost", "/r.mp3"))
+            .await;
+        let started = Instant::now();
+        let error = read_all(download.unwrap()).await.unwrap_err();
+        assert!(matches!(error, SourceError::Transient { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("slower than 100 bytes"),
+            "{error}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // The control: fast enough, the same body is read whole.
+        let relaxed = SourcePolicy {
+            low_speed: LowSpeedLimit {
+                bytes: 10,
+                window: Duration::from_millis(500),
+            },
+            ..local_policy(&["localhost"])
+        };
+        let short =
+            TestServer::start("127.0.0.1", |_| trickles(60, Duration::from_millis(20))).await;
+        let download = source(&relaxed)
+            .open(&short.url("localhost", "/r.mp3"))
+            .await;
+        assert_eq!(read_all(download.unwrap()).await.unwrap().len(), 60);
     }
 
     #[tokio::test]
