@@ -533,3 +533,85 @@ async fn a_link_answering_404_before_its_expiry_ends_failed_in_a_minute() {
     assert_eq!(source.requests_for("4401.mp3"), 6, "six attempts");
     report(json!({"test": "lasting_404", "failed_after_s": took.as_secs_f64()}));
 }
+
+/// Two copiers in one group: when the second joins, the first stops the
+/// copies of the partitions it hands over (their new owner copies them),
+/// so each recording ends in one pointer record, not one per copier.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_moves_copies_instead_of_doubling_them() {
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let store_url = format!("file://{}", store.path().display());
+    let alone = |prefix: Option<String>| {
+        let mut options = copying_options(&store_url, prefix);
+        options.command = vec!["recordings".into(), "run".into()];
+        options
+    };
+    let first = Bridge::start(alone(None));
+    let prefix = first.prefix.clone();
+    let serving = Bridge::start(BridgeOptions {
+        prefix: prefix.clone(),
+        ..BridgeOptions::default()
+    });
+    let client = support::client();
+    let started = Instant::now();
+    while support::admin_get(&client, &first, "/readyz").await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the copier never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Five 503s each (about 31 s of backoff): the copies are still trying
+    // when the second copier joins.
+    let ids: Vec<i64> = (4501..4513).collect();
+    for &cdr_id in &ids {
+        let link = source.link(
+            &format!("{cdr_id}.mp3"),
+            4096,
+            &signed(time::Duration::ZERO),
+            LINK_LIFE,
+            "&fail=5",
+        );
+        let (status, body) = post(
+            &client,
+            &serving,
+            recording_event(cdr_id, cdr_id, &link).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let pending = |bridge| metric(&client, bridge, "superfone_recordings_pending");
+    while pending(&first).await < ids.len() as f64 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not all read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let second = Bridge::start(alone(Some(prefix)));
+    let joined = Instant::now();
+    while pending(&first).await >= ids.len() as f64 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(25),
+            "the first copier kept every copy after the rebalance"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let moved = ids.len() as f64 - pending(&first).await;
+    let pointers = consume(&copies_topic(&first), ids.len(), false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pointers = if pointers.len() == ids.len() {
+        consume(&copies_topic(&first), ids.len(), false)
+    } else {
+        pointers
+    };
+    let ended: BTreeSet<String> = summary(&pointers).into_iter().collect();
+    let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id} \"stored\"")).collect();
+    assert_eq!(ended, expected, "{pointers:#?}");
+    assert_eq!(
+        pointers.len(),
+        ids.len(),
+        "one pointer record each: {pointers:#?}"
+    );
+    assert!(pending(&second).await == 0.0);
+    report(json!({"test": "rebalance", "copies_moved": moved}));
+}

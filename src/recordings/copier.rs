@@ -17,11 +17,15 @@ use crate::recordings::pointer::CopyStatus;
 use crate::recordings::tracker::OffsetTracker;
 use crate::vocabulary::headers::GROUP_ID_HEADER;
 use crate::vocabulary::EventKind;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::error::SRCError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,8 +83,15 @@ pub async fn copy_recordings(
             Ok(copier) => {
                 tracing::info!(group = %config.recordings.group_id, "recording copier started");
                 state.set_start(Ok(()));
-                copier.run(stop).await;
-                return state.set_start(Err("stopped".into()));
+                // On its own task, so a panic (a bug) is seen and the
+                // copier started again instead of silently gone.
+                match tokio::spawn(copier.run(stop.clone())).await {
+                    Ok(()) => return state.set_start(Err("stopped".into())),
+                    Err(panic) => {
+                        tracing::error!(error = %panic, "recording copier failed; starting it again");
+                        state.set_start(Err(format!("failed: {panic}")));
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "recording copier cannot start yet; trying again");
@@ -95,7 +106,9 @@ pub async fn copy_recordings(
 }
 
 pub struct Copier {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<CopierContext>,
+    /// Partitions taken from this copier by a rebalance.
+    revocations: mpsc::UnboundedReceiver<Vec<i32>>,
     topic: String,
     decoder: Arc<AvroDecoder>,
     finisher: Arc<Finisher>,
@@ -124,10 +137,12 @@ impl Copier {
     ) -> Result<Copier, CopierError> {
         let finisher = Finisher::open(config, publisher).await?;
         let topic = config.topics.topic_for(EventKind::CdrRecordingAvailable);
-        let consumer = group_consumer(config)?;
+        let (revoked, revocations) = mpsc::unbounded_channel();
+        let consumer = group_consumer(config, CopierContext { revoked })?;
         consumer.subscribe(&[&topic])?;
         Ok(Copier {
             consumer,
+            revocations,
             topic,
             decoder: Arc::new(AvroDecoder::new(registry::settings(&config.registry)?)),
             finisher: Arc::new(finisher),
@@ -139,13 +154,13 @@ impl Copier {
     /// Copies recordings until `stop`. Copies still running then are
     /// dropped unfinished: their offsets were not committed, so the group
     /// copies them again (into the same objects) after the restart.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         preset_metrics();
+        let mut revocations = std::mem::replace(&mut self.revocations, mpsc::unbounded_channel().1);
         let (finished, mut finishing) = mpsc::unbounded_channel::<Position>();
+        let mut copies = RunningCopies::new(&stop, finished);
         let mut tracker = OffsetTracker::default();
         let mut reading = Reading::On;
-        let jobs = TaskTracker::new();
-        let stop_jobs = stop.child_token();
         let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
         loop {
             tokio::select! {
@@ -154,39 +169,34 @@ impl Copier {
                     metrics::gauge!(crate::observe::metrics::RECORDINGS_NEXT_EXPIRY)
                         .set(self.finisher.copies().next_expiry_seconds());
                 }
+                Some(partitions) = revocations.recv() => {
+                    // Their new owner copies them from the committed offset,
+                    // which never passed an unfinished one: stop ours.
+                    for partition in partitions {
+                        copies.stop_partition(partition);
+                        tracker.revoked(partition);
+                    }
+                    self.report_pending(&tracker);
+                    self.resume_if_room(&tracker, &mut reading);
+                }
                 Some(position) = finishing.recv() => {
                     self.commit_past(&mut tracker, position);
                     self.resume_if_room(&tracker, &mut reading);
                 }
-                message = self.consumer.recv() => {
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(error) => {
-                            tracing::warn!(%error, "recordings: consumer error");
-                            continue;
-                        }
-                    };
-                    let record = TakenRecord::of(&message);
-                    let position = record.position;
-                    tracker.started(position.partition, position.offset);
-                    self.report_pending(&tracker);
-                    self.pause_if_full(&tracker, &mut reading);
-                    let (finisher, decoder) = (Arc::clone(&self.finisher), Arc::clone(&self.decoder));
-                    let (finished, stop_job) = (finished.clone(), stop_jobs.clone());
-                    jobs.spawn(async move {
-                        tokio::select! {
-                            ended = settle(&finisher, &decoder, record) => {
-                                if ended { let _ = finished.send(position); }
-                            }
-                            () = stop_job.cancelled() => {}
-                        }
-                    });
-                }
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let record = TakenRecord::of(&message);
+                        let position = record.position;
+                        tracker.started(position.partition, position.offset);
+                        self.report_pending(&tracker);
+                        self.pause_if_full(&tracker, &mut reading);
+                        copies.start(record, &self.finisher, &self.decoder);
+                    }
+                    Err(error) => tracing::warn!(%error, "recordings: consumer error"),
+                },
             }
         }
-        stop_jobs.cancel();
-        jobs.close();
-        jobs.wait().await;
+        copies.stop().await;
         while let Ok(position) = finishing.try_recv() {
             self.commit_past(&mut tracker, position);
         }
@@ -279,7 +289,10 @@ fn preset_metrics() {
 
 /// The consumer of the group: offsets committed only as `store_offsets`
 /// allows (never past an unfinished copy), the bridge's Kafka options.
-fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+fn group_consumer(
+    config: &Config,
+    context: CopierContext,
+) -> Result<StreamConsumer<CopierContext>, rdkafka::error::KafkaError> {
     let mut client_config = ClientConfig::new();
     // A copier killed without leaving its group holds its partitions until
     // its session times out (librdkafka's default is 45 s); a restarted pod
@@ -296,7 +309,84 @@ fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error::Kaf
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(context)
+}
+
+/// Tells the copier's loop which partitions a rebalance takes away, so it
+/// stops their copies (their new owner starts them again) rather than
+/// copying them twice for days.
+struct CopierContext {
+    revoked: mpsc::UnboundedSender<Vec<i32>>,
+}
+
+impl ClientContext for CopierContext {}
+
+impl ConsumerContext for CopierContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let numbers = partitions
+                .elements()
+                .iter()
+                .map(|p| p.partition())
+                .collect();
+            let _ = self.revoked.send(numbers);
+        }
+    }
+}
+
+/// The copies running, each on its own task (a slow one holds back no
+/// other), stopped all at once or by partition (a rebalance took it).
+struct RunningCopies {
+    tasks: TaskTracker,
+    stop_all: CancellationToken,
+    by_partition: HashMap<i32, CancellationToken>,
+    /// Where a copy says its recording has its terminal record.
+    finished: mpsc::UnboundedSender<Position>,
+}
+
+impl RunningCopies {
+    fn new(stop: &CancellationToken, finished: mpsc::UnboundedSender<Position>) -> Self {
+        RunningCopies {
+            tasks: TaskTracker::new(),
+            stop_all: stop.child_token(),
+            by_partition: HashMap::new(),
+            finished,
+        }
+    }
+
+    fn start(&mut self, record: TakenRecord, finisher: &Arc<Finisher>, decoder: &Arc<AvroDecoder>) {
+        let position = record.position;
+        let stop = self
+            .by_partition
+            .entry(position.partition)
+            .or_insert_with(|| self.stop_all.child_token())
+            .clone();
+        let (finisher, decoder) = (Arc::clone(finisher), Arc::clone(decoder));
+        let finished = self.finished.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                ended = settle(&finisher, &decoder, record) => {
+                    if ended {
+                        let _ = finished.send(position);
+                    }
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    fn stop_partition(&mut self, partition: i32) {
+        if let Some(stop) = self.by_partition.remove(&partition) {
+            stop.cancel();
+        }
+    }
+
+    /// Stops every copy and waits for their tasks to end.
+    async fn stop(self) {
+        self.stop_all.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 /// A record read from the recording topic, owned, for its job's task.

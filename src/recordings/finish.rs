@@ -108,17 +108,29 @@ impl Finisher {
         metrics::counter!(crate::observe::metrics::RECORDINGS, "status" => done.report.status.as_str())
             .increment(1);
         let trace = telemetry::continue_trace(&done.trace_headers);
-        let record =
-            match self
-                .pointers
-                .record(&done.report, done.key.clone(), &done.group_id, trace)
-            {
-                Ok(record) => record,
-                Err(error) => {
-                    tracing::error!(%error, "recordings: pointer record does not fit its schema");
-                    return None;
-                }
-            };
+        let made = self.pointers.record(
+            &done.report,
+            done.key.clone(),
+            &done.group_id,
+            trace.clone(),
+        );
+        // A report its schema cannot carry still ends its recording: as
+        // `failed`, with ids only (the offset must not pass it unrecorded).
+        let record = made.or_else(|error| {
+            tracing::error!(%error, "recordings: pointer record does not fit its schema; publishing it failed");
+            let mut report = Finished::failed(None, String::new(), format!("the pointer record did not fit its schema: {error}")).report;
+            report.cdr_id = done.report.cdr_id;
+            report.cdr_uuid = done.report.cdr_uuid.clone();
+            report.contact_id = done.report.contact_id;
+            self.pointers.record(&report, done.key.clone(), &done.group_id, trace)
+        });
+        let record = match record {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(%error, "recordings: not even a failed pointer record fits; the offset stays");
+                return None;
+            }
+        };
         loop {
             match self.publisher.publish(&record).await {
                 Ok(delivered) => return Some(delivered),
