@@ -75,3 +75,61 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+  Environment the serve and the copier containers both get: Kafka's
+  options, OpenTelemetry, the schema registry's password.
+*/ -}}
+{{- define "superfone-bridge.clientEnv" -}}
+{{- if .Values.kafka.optionsSecret }}
+- name: SUPERFONE_BRIDGE_KAFKA__OPTIONS_DIR
+  value: /var/run/secrets/superfone-kafka
+{{- end }}
+{{- if .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .Values.otel.protocol | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .Values.otel.serviceName | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .Values.otel.sampler | quote }}
+{{- if .Values.registryPassword.existingSecret }}
+- name: SUPERFONE_REGISTRY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.registryPassword.existingSecret }}
+      key: {{ .Values.registryPassword.key }}
+{{- end }}
+{{- end -}}
+
+{{- /* The [recordings] keys of the pods that copy. */ -}}
+{{- define "superfone-bridge.recordingsEnv" -}}
+{{- $r := .Values.recordings -}}
+- name: SUPERFONE_BRIDGE_RECORDINGS__ENABLED
+  value: "true"
+- name: SUPERFONE_BRIDGE_RECORDINGS__STORE_URL
+  value: {{ $r.storeUrl | quote }}
+- name: SUPERFONE_BRIDGE_RECORDINGS__ALLOWED_HOSTS
+  value: {{ join "," $r.allowedHosts | quote }}
+- name: SUPERFONE_BRIDGE_RECORDINGS__MAX_BYTES
+  value: {{ $r.maxBytes | int64 | quote }}
+- name: SUPERFONE_BRIDGE_RECORDINGS__CONCURRENCY
+  value: {{ $r.concurrency | int | quote }}
+{{- end -}}
+
+{{- /* The bridge's TOML: the chart's ConfigMap or existingConfigSecret. */ -}}
+{{- define "superfone-bridge.configVolume" -}}
+- name: config
+  {{- if .Values.existingConfigSecret }}
+  secret:
+    secretName: {{ .Values.existingConfigSecret }}
+    items:
+      - key: superfone-bridge.toml
+        path: superfone-bridge.toml
+  {{- else }}
+  configMap:
+    name: {{ include "superfone-bridge.fullname" . }}
+  {{- end }}
+{{- end -}}
