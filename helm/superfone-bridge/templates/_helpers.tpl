@@ -23,6 +23,26 @@ app.kubernetes.io/name: {{ include "superfone-bridge.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- /*
+  The recording copier's own pods (recordings.copier.enabled). Their name
+  differs from the serve pods': the serve workload's selector (immutable)
+  and its Services, HPA and budget select name + instance, and must not
+  take the copier's pods in.
+*/ -}}
+{{- define "superfone-bridge.copierSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "superfone-bridge.name" . }}-recordings
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "superfone-bridge.copierName" -}}
+{{- printf "%s-recordings" (include "superfone-bridge.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- /* The copier's admin Service, whose name is its metrics' job label. */ -}}
+{{- define "superfone-bridge.copierAdminService" -}}
+{{- printf "%s-recordings-admin" (include "superfone-bridge.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "superfone-bridge.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "superfone-bridge.fullname" .) .Values.serviceAccount.name -}}
@@ -41,10 +61,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- /*
   Where the recordings volume is mounted: the directory of a file:// store
-  when recordings.persistence is on, else "". Refuses a volume for an
-  object store, a file:// store left on the pod's read-only root filesystem
-  (no volume, and no extraVolumeMounts entry holding it), and one created
-  ReadWriteOnce claim for several pods.
+  when recordings.persistence is on, else "". The pods that copy mount it:
+  the copier's own with recordings.copier.enabled, else the serve pods.
+  Refuses a volume for an object store, a file:// store left on the pod's
+  read-only root filesystem (no volume, and no extraVolumeMounts entry
+  holding it), and one created ReadWriteOnce claim for several pods.
 */ -}}
 {{- define "superfone-bridge.recordingsDir" -}}
 {{- $r := .Values.recordings -}}
@@ -57,9 +78,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not $dir -}}
 {{- fail "recordings.persistence is for a file:// store; an object store (s3://, gs://, az://) needs no volume" -}}
 {{- end -}}
-{{- $pods := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) -}}
-{{- if and $pods (not $r.persistence.existingClaim) (not (has "ReadWriteMany" $r.persistence.accessModes)) -}}
-{{- fail "recordings.persistence with more than one pod needs accessModes [ReadWriteMany]: every pod mounts the same claim" -}}
+{{- $rwo := and (not $r.persistence.existingClaim) (not (has "ReadWriteMany" $r.persistence.accessModes)) -}}
+{{- if $r.copier.enabled -}}
+{{- if and $rwo (gt (int $r.copier.replicas) 1) -}}
+{{- fail "recordings.persistence with recordings.copier.replicas > 1 needs accessModes [ReadWriteMany]: every copier pod mounts the same claim" -}}
+{{- end -}}
+{{- else if and $rwo (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) -}}
+{{- fail "recordings.persistence with more than one pod needs accessModes [ReadWriteMany]: every pod mounts the same claim (or run the copier alone: recordings.copier.enabled, one replica)" -}}
 {{- end -}}
 {{- $dir -}}
 {{- else if $dir -}}
@@ -75,6 +100,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
 
 {{- /*
   Environment the serve and the copier containers both get: Kafka's
