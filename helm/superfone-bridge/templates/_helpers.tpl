@@ -101,7 +101,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-
 {{- /*
   Environment the serve and the copier containers both get: Kafka's
   options, OpenTelemetry, the schema registry's password.
