@@ -78,6 +78,36 @@ fn assert_tail_hides_signatures(bridge: &Bridge) {
     assert!(tail(&["--show-secrets"]).contains(SIGNATURE));
 }
 
+/// A body that is no JSON is kept whole on the dead-letter topic; `tail`
+/// still hides the signature of a link inside it.
+async fn assert_dead_letter_tail_hides_signatures(
+    client: &reqwest::Client,
+    bridge: &Bridge,
+    link: &str,
+) {
+    let body = recording_event(1009, 12345, link).to_string();
+    let truncated = body[..body.len() - 2].to_owned();
+    let (status, answer) = post(client, bridge, truncated).await;
+    assert!(status < 500, "{status} {answer}");
+    let stack = support::stack();
+    let tail = |extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+        command
+            .env("SUPERFONE_BRIDGE_KAFKA__BROKERS", &stack.brokers)
+            .env("SUPERFONE_BRIDGE_REGISTRY__URL", &stack.registry_url)
+            .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", &bridge.prefix)
+            .env_remove("RUST_LOG")
+            .args(["tail", "dead_letter", "--from-beginning"])
+            .args(["--max", "1", "--idle-exit-secs", "20"])
+            .args(extra);
+        support::stdout_of(&mut command)
+    };
+    let hidden = tail(&[]);
+    assert!(hidden.contains("1009"), "the raw body: {hidden}");
+    assert!(!hidden.contains(SIGNATURE), "{hidden}");
+    assert!(tail(&["--show-secrets"]).contains(SIGNATURE));
+}
+
 /// A bridge whose copier writes to the directory `store`.
 fn copying_bridge(store: &std::path::Path) -> Bridge {
     Bridge::start(copying_options(
@@ -161,6 +191,7 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     assert_eq!(source.requests(), 2, "the refused link was never fetched");
     assert_expiry_headers(&bridge, &fresh_signed);
     assert_tail_hides_signatures(&bridge);
+    assert_dead_letter_tail_hides_signatures(&client, &bridge, &fresh).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = bridge.log_text();
     assert!(

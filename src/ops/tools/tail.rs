@@ -104,6 +104,12 @@ pub async fn tail(
             "headers": headers,
             "value": value,
         });
+        // Whatever the shape: a dead letter's raw body, a nested link.
+        let line = if options.show_secrets {
+            line.to_string()
+        } else {
+            source::redact_link_secrets(&line.to_string())
+        };
         writeln!(out, "{line}")?;
         out.flush()?;
         count += 1;
