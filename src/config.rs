@@ -253,6 +253,9 @@ pub struct RecordingsConfig {
     pub group_id: String,
 }
 
+/// Copies at once, at most: 64 x 15 MiB of upload parts is already 960 MiB.
+const MAX_RECORDING_CONCURRENCY: usize = 64;
+
 /// The vendor's recording links are S3 pre-signed URLs
 /// (`https://recordings.s3.amazonaws.com/…?X-Amz-Signature=…`).
 const DEFAULT_RECORDING_HOSTS: &str = "*.amazonaws.com";
@@ -281,6 +284,12 @@ impl RecordingsConfig {
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
         if self.enabled && self.store_url.is_none() {
             return invalid("recordings.enabled needs recordings.store_url");
+        }
+        // Each copy running holds up to 15 MiB of upload parts.
+        if self.concurrency > MAX_RECORDING_CONCURRENCY {
+            return Err(ConfigError::Invalid(format!(
+                "recordings.concurrency is at most {MAX_RECORDING_CONCURRENCY} (each copy holds up to 15 MiB)"
+            )));
         }
         if self.concurrency == 0 || self.max_bytes == 0 || self.max_pending == 0 {
             return invalid(
@@ -936,6 +945,15 @@ mod tests {
         )
         .unwrap();
         assert!(Config::load(Some(&path)).unwrap().recordings.enabled);
+        for (key, value, why) in [
+            ("concurrency", "65", "at most 64"),
+            ("concurrency", "0", "must be positive"),
+            ("max_pending", "0", "must be positive"),
+        ] {
+            std::fs::write(&path, format!("[recordings]\n{key} = {value}\n")).unwrap();
+            let error = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(error.contains(why), "{key} = {value}: {error}");
+        }
     }
 
     #[test]

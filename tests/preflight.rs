@@ -128,17 +128,16 @@ fn a_deployment_a_bridge_has_set_up_passes_every_check() {
 fn a_recording_store_that_cannot_be_written_fails_its_check_with_the_reason() {
     let spool = tempfile::tempdir().unwrap();
     let prefix = support::unique_prefix();
-    let check_store = |store_url: &str| {
-        check_online(
-            &prefix,
-            spool.path(),
-            &[
-                ("SUPERFONE_AUTH_SECRETS", STRONG_SECRET),
-                ("SUPERFONE_BRIDGE_RECORDINGS__ENABLED", "true"),
-                ("SUPERFONE_BRIDGE_RECORDINGS__STORE_URL", store_url),
-            ],
-        )
+    let check_store_with = |store_url: &str, extra: &[(&str, &str)]| {
+        let mut env = vec![
+            ("SUPERFONE_AUTH_SECRETS", STRONG_SECRET),
+            ("SUPERFONE_BRIDGE_RECORDINGS__ENABLED", "true"),
+            ("SUPERFONE_BRIDGE_RECORDINGS__STORE_URL", store_url),
+        ];
+        env.extend_from_slice(extra);
+        check_online(&prefix, spool.path(), &env)
     };
+    let check_store = |store_url: &str| check_store_with(store_url, &[]);
     // Its directory would be under a regular file: no one can create it,
     // root included.
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -177,6 +176,22 @@ fn a_recording_store_that_cannot_be_written_fails_its_check_with_the_reason() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "the probe object is deleted: {left:?}");
+    let line = checked.line("recordings.policy");
+    assert!(
+        line.starts_with("ok") && line.contains("https only"),
+        "{line}"
+    );
+
+    // The test and dev escape hatches are a warning, never silent.
+    let loose = check_store_with(
+        &writable,
+        &[("SUPERFONE_BRIDGE_RECORDINGS__ALLOW_PLAIN_HTTP", "true")],
+    );
+    let line = loose.line("recordings.policy");
+    assert!(
+        line.starts_with("warn") && line.contains("recordings.allow_plain_http on"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -87,7 +87,40 @@ pub async fn run(config: &Config) -> Report {
     check_kafka(config, &mut report).await;
     check_registry(config, &mut report).await;
     check_recording_store(config, &mut report).await;
+    check_recording_policy(config, &mut report);
     report
+}
+
+/// The test and dev escape hatches of the recording source, on where
+/// links come from request bodies: each one an SSRF hole in production.
+fn check_recording_policy(config: &Config, report: &mut Report) {
+    let recordings = &config.recordings;
+    if !recordings.enabled {
+        return;
+    }
+    let open: Vec<&str> = [
+        ("allow_private_networks", recordings.allow_private_networks),
+        ("allow_plain_http", recordings.allow_plain_http),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    if open.is_empty() {
+        let hosts = recordings.allowed_hosts.join(", ");
+        return report.push(
+            "recordings.policy",
+            Verdict::Ok,
+            format!("https only, public addresses only, from {hosts}"),
+        );
+    }
+    report.push(
+        "recordings.policy",
+        Verdict::Warn,
+        format!(
+            "recordings.{} on: for tests and scripts/dev only; anyone holding a webhook secret can make the copier fetch from inside this network",
+            open.join(" and recordings.")
+        ),
+    );
 }
 
 fn check_auth(config: &Config, report: &mut Report) {
