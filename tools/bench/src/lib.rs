@@ -1,8 +1,10 @@
 //! The benchmark's parts: payload templates, the load generator, the HTTP
-//! ceiling's server, process statistics, read-back on the broker, the report.
+//! ceiling's server, the processes it starts, process statistics, read-back
+//! on the broker, the report.
 
 pub mod load;
 pub mod payloads;
+pub mod processes;
 pub mod procstat;
 pub mod report;
 pub mod run;
