@@ -1,9 +1,12 @@
 //! The benchmark's parts: payload templates, the load generator, the HTTP
-//! ceiling's server, process statistics, read-back on the broker, the report.
+//! ceiling's server, the processes it starts, process statistics, read-back
+//! on the broker, the report; and the recordings benchmark (`recordings`).
 
 pub mod load;
 pub mod payloads;
+pub mod processes;
 pub mod procstat;
+pub mod recordings;
 pub mod report;
 pub mod run;
 pub mod sink;

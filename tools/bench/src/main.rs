@@ -1,11 +1,13 @@
 //! `superfone-bench`: measures superfone-bridge against two ceilings taken in
 //! the same run on the same machine (the broker alone, and HTTP alone), and
-//! counts only deliveries found on the broker afterwards. `scripts/bench`
-//! starts the broker and registry and runs `superfone-bench run`.
+//! counts only deliveries found on the broker afterwards; and, with
+//! `recordings`, its recording copier against a plain download of the same
+//! recordings (issue 27's figures). `scripts/bench` starts the broker and
+//! registry and runs `superfone-bench run` (`recordings` with `--recordings`).
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use superfone_bench::{run, sink};
+use superfone_bench::{recordings, run, sink};
 
 #[derive(Parser)]
 #[command(about = "Benchmark superfone-bridge against broker and HTTP ceilings")]
@@ -24,6 +26,15 @@ enum Command {
         #[arg(long)]
         require_goals: bool,
     },
+    /// Copy recordings through the bridge and through a plain HTTP client
+    /// (the copy ceiling); write bench.json and bench.md.
+    Recordings {
+        #[command(flatten)]
+        options: Box<recordings::Options>,
+        /// Exit non-zero unless every goal is met (a broken copy always fails).
+        #[arg(long)]
+        require_goals: bool,
+    },
     /// The HTTP ceiling's trivial server (started by `run`).
     HttpSink {
         #[arg(long)]
@@ -35,6 +46,27 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::HttpSink { listen } => sink::serve(listen).await,
+        Command::Recordings {
+            options,
+            require_goals,
+        } => {
+            let report = recordings::run(*options).await?;
+            println!("{}", report.markdown());
+            let broken = report.broken_copies();
+            anyhow::ensure!(broken == 0, "{broken} recordings were not copied intact");
+            let unmet: Vec<&str> = report
+                .figures
+                .iter()
+                .filter(|figure| figure.met == Some(false))
+                .map(|figure| figure.name.as_str())
+                .collect();
+            anyhow::ensure!(
+                !require_goals || unmet.is_empty(),
+                "goals not met: {}",
+                unmet.join(", ")
+            );
+            Ok(())
+        }
         Command::Run {
             options,
             require_goals,

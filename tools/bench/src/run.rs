@@ -8,30 +8,24 @@
 
 use crate::load::{self, PhaseResult, Target};
 use crate::payloads::Payloads;
+use crate::processes::{
+    free_local_address, spawn, stop, wait_for_empty_spool, wait_for_port, wait_until_ready, SECRET,
+};
 use crate::procstat::{self, ProcessWatch};
 use crate::report::{closed_phase, PhaseReport, Report, Summary};
 use crate::verify;
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use superfone_bridge::config::Config;
 use superfone_bridge::durability::kafka::{Publisher, TopicSpec};
 use superfone_bridge::pipeline::event;
 use superfone_bridge::pipeline::route::{self, EventRoute};
 use superfone_bridge::vocabulary::EventKind;
 use superfone_bridge::vocabulary::Record;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// The bearer secret the benchmark's bridge accepts.
-const SECRET: &str = "bench-secret-0123456";
 /// Distinct pre-converted records the broker ceiling cycles through.
 const BROKER_RECORDS: u64 = 2_000;
 
@@ -552,83 +546,4 @@ fn http_target(
         &config.server.group_id_header,
         payloads.clone(),
     )?))
-}
-
-fn free_local_address() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(log)?;
-    Ok(command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?)
-}
-
-async fn wait_for_port(address: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {address}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-async fn get(url: &str) -> anyhow::Result<(u16, String)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client.get(url.parse::<Uri>()?).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-async fn wait_until_ready(admin: &str, bridge: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = bridge.try_wait()? {
-            bail!("the bridge exited during start-up ({status}); see its bridge.log");
-        }
-        if let Ok((200, _)) = get(&format!("{admin}/readyz")).await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the bridge was not ready within 120 s; see its bridge.log");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the bridge's spool has handed every record to Kafka, so the
-/// read-back sees all of them.
-async fn wait_for_empty_spool(admin: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, metrics) = get(&format!("{admin}/metrics")).await?;
-        let spooled = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("superfone_spool_records "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if spooled == 0.0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{spooled} records still spooled after 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn stop(bridge: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    let pid = bridge.id().context("bridge already exited")?;
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
-    Ok(tokio::time::timeout(Duration::from_secs(120), bridge.wait()).await??)
 }
