@@ -7,7 +7,7 @@
 //! a link's signature. The same against a real S3 API (moto's server, read
 //! back with boto3), and links the default policy forbids (plain http,
 //! loopback) refused before any request; and `recordings run` alone, with
-//! its admin listener.
+//! its admin listener; a copy as a span in its event's trace.
 #![cfg(feature = "e2e")]
 
 mod support;
@@ -201,6 +201,114 @@ async fn every_recording_ends_in_one_pointer_record_and_a_stored_copy_is_intact(
     for pointer in &pointers {
         assert!(!pointer.to_string().contains(SIGNATURE), "{pointer}");
     }
+}
+
+/// A copy is a span in its event's trace (under the span that published
+/// the event), its pointer record continues from that span, and neither
+/// the span of a stored copy nor that of a refused one carries a signature.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_continues_its_events_trace_without_the_signature() {
+    let collector = support::Collector::start();
+    let source = Source::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let mut options = copying_options(&format!("file://{}", store.path().display()), None)
+        .with(
+            "TRACING__ENDPOINT",
+            format!("http://127.0.0.1:{}", collector.http_port),
+        )
+        .with("TRACING__PROTOCOL", "http/protobuf");
+    options
+        .env
+        .push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    let bridge = Bridge::start(options);
+    let client = support::client();
+    let incoming_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{incoming_trace}-00f067aa0ba902b7-01");
+    let size = 64 * 1024;
+    let fresh = source.link(
+        "2001.mp3",
+        size,
+        &signed(time::Duration::minutes(1)),
+        604_800,
+        "",
+    );
+    let elsewhere = format!("https://recordings.evil.example/2002.mp3?X-Amz-Signature={SIGNATURE}");
+    for (cdr_id, url) in [(2001, &fresh), (2002, &elsewhere)] {
+        let (status, body) = support::post_with(
+            &client,
+            &bridge.ingest_url(),
+            recording_event(cdr_id, 12345, url).to_string(),
+            Some(&format!("Bearer {}", support::SECRET)),
+            &[("traceparent", traceparent.as_str())],
+        )
+        .await;
+        assert!((200..300).contains(&status), "{body}");
+    }
+
+    let pointers = consume(&format!("{}recording_copies", bridge.prefix), 2, false);
+    let events = consume(&bridge.topic("CDR_RECORDING_AVAILABLE"), 2, false);
+    for cdr_id in [2001, 2002] {
+        let event = events
+            .iter()
+            .find(|e| e["value"]["cdr_id"] == cdr_id)
+            .unwrap_or_else(|| panic!("no event {cdr_id}: {events:#?}"));
+        let event_span = trace_parts(&event["headers"]["traceparent"]).1;
+        let copy = collector.wait_for("superfone.recording_copy", |s| {
+            s.name == "superfone.recording_copy"
+                && s.attributes.get("superfone.cdr_id").map(String::as_str)
+                    == Some(&cdr_id.to_string())
+        });
+        assert_eq!(copy.trace_id, incoming_trace, "in the event's trace");
+        assert_eq!(
+            copy.parent_id, event_span,
+            "under the span that published the event"
+        );
+        assert_eq!(copy.kind, "SPAN_KIND_CONSUMER");
+        let url = &copy.attributes["url.full"];
+        assert!(
+            url.ends_with(&format!("{cdr_id}.mp3")) && !url.contains('?'),
+            "{url}"
+        );
+        let pointer = pointers
+            .iter()
+            .find(|p| p["value"]["cdr_id"] == cdr_id)
+            .unwrap_or_else(|| panic!("no pointer {cdr_id}: {pointers:#?}"));
+        assert_eq!(
+            trace_parts(&pointer["headers"]["traceparent"]),
+            (incoming_trace.to_owned(), copy.span_id.clone()),
+            "the pointer record continues from the copy's span"
+        );
+        assert_eq!(
+            copy.attributes["superfone.recording.status"],
+            pointer["value"]["status"].as_str().unwrap()
+        );
+        assert_eq!(
+            copy.attributes["superfone.pointer.offset"],
+            pointer["offset"].to_string()
+        );
+    }
+    let stored = collector.wait_for("the stored copy", |s| {
+        s.attributes
+            .get("superfone.recording.status")
+            .map(String::as_str)
+            == Some("stored")
+    });
+    assert_eq!(
+        stored.attributes["superfone.recording.bytes"],
+        size.to_string()
+    );
+    assert!(
+        !collector.text().contains(SIGNATURE),
+        "a link's signature reached a span"
+    );
+}
+
+/// The trace id and span id of a `traceparent` header.
+fn trace_parts(header: &serde_json::Value) -> (String, String) {
+    let header = header.as_str().expect("a traceparent header");
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!(parts.len(), 4, "{header}");
+    (parts[1].to_owned(), parts[2].to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -235,6 +235,24 @@ pub fn continue_trace(headers: &[(String, String)]) -> Vec<(String, String)> {
     continued
 }
 
+/// Makes `span` the continuation of a consumed record's trace (`headers`)
+/// and returns the W3C headers of a record sent inside it: that span's
+/// context when spans are exported, else what [`continue_trace`] gives.
+pub fn continue_trace_in(
+    span: &tracing::Span,
+    headers: &[(String, String)],
+) -> Vec<(String, String)> {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return continue_trace(headers);
+    }
+    let incoming = TraceContextPropagator::new().extract(&PairExtractor(headers));
+    let _ = span.set_parent(incoming);
+    let mut continued = Vec::new();
+    TraceContextPropagator::new()
+        .inject_context(&span.context(), &mut HeaderInjector(&mut continued));
+    continued
+}
+
 struct PairExtractor<'a>(&'a [(String, String)]);
 
 impl Extractor for PairExtractor<'_> {

@@ -10,9 +10,11 @@ use crate::pipeline::registry::RegistryError;
 use crate::recordings::copy::{Copies, CopiesError};
 use crate::recordings::job::RecordingJob;
 use crate::recordings::pointer::{CopyReport, CopyStatus, PointerRecords};
+use crate::recordings::source;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// How long a pointer record's publish waits before trying again.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
@@ -32,6 +34,7 @@ pub enum CopierError {
 pub struct Finished {
     pub key: Option<String>,
     pub group_id: String,
+    /// The W3C trace context its record carries (already continued).
     pub trace_headers: Vec<(String, String)>,
     pub report: CopyReport,
 }
@@ -91,14 +94,22 @@ impl Finisher {
         job: &RecordingJob,
         give_up_at: Option<OffsetDateTime>,
     ) -> (CopyReport, Option<Delivered>) {
-        let report = self.copies.copy(job, give_up_at).await;
+        let span = copy_span(job, self.pointers.topic());
+        // The pointer record continues the event's trace through this span.
+        let trace_headers = telemetry::continue_trace_in(&span, &job.trace_headers);
+        let report = self
+            .copies
+            .copy(job, give_up_at)
+            .instrument(span.clone())
+            .await;
         let done = Finished {
             key: job.key.clone(),
             group_id: job.group_id.clone(),
-            trace_headers: job.trace_headers.clone(),
+            trace_headers,
             report,
         };
-        let delivered = self.publish(&done).await;
+        let delivered = self.publish(&done).instrument(span.clone()).await;
+        record_outcome(&span, &done.report, delivered);
         (done.report, delivered)
     }
 
@@ -107,7 +118,7 @@ impl Finisher {
     pub async fn publish(&self, done: &Finished) -> Option<Delivered> {
         metrics::counter!(crate::observe::metrics::RECORDINGS, "status" => done.report.status.as_str())
             .increment(1);
-        let trace = telemetry::continue_trace(&done.trace_headers);
+        let trace = done.trace_headers.clone();
         let made = self.pointers.record(
             &done.report,
             done.key.clone(),
@@ -141,5 +152,46 @@ impl Finisher {
                 }
             }
         }
+    }
+}
+
+/// The span of one recording's copy and pointer record, for traces only
+/// (its fields never reach a log line): the link without its signature.
+fn copy_span(job: &RecordingJob, pointer_topic: &str) -> tracing::Span {
+    tracing::info_span!(
+        "superfone.recording_copy",
+        otel.kind = "consumer",
+        superfone.group_id = %job.group_id,
+        superfone.cdr_id = job.cdr_id,
+        superfone.cdr_uuid = job.cdr_uuid.as_deref(),
+        superfone.contact_id = job.contact_id,
+        url.full = %source::redact(&job.url),
+        messaging.source.partition.id = job.position.partition,
+        messaging.kafka.offset = job.position.offset,
+        superfone.pointer.topic = pointer_topic,
+        superfone.pointer.partition = tracing::field::Empty,
+        superfone.pointer.offset = tracing::field::Empty,
+        superfone.recording.status = tracing::field::Empty,
+        superfone.recording.bytes = tracing::field::Empty,
+        superfone.recording.object_url = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    )
+}
+
+/// Writes how the copy ended, and where its pointer record went, on its span.
+fn record_outcome(span: &tracing::Span, report: &CopyReport, delivered: Option<Delivered>) {
+    span.record("superfone.recording.status", report.status.as_str());
+    if let Some(bytes) = report.bytes {
+        span.record("superfone.recording.bytes", bytes);
+    }
+    if let Some(object_url) = &report.object_url {
+        span.record("superfone.recording.object_url", object_url.as_str());
+    }
+    if let Some(error) = &report.error {
+        span.record("error.message", error.as_str());
+    }
+    if let Some(delivered) = delivered {
+        span.record("superfone.pointer.partition", delivered.partition);
+        span.record("superfone.pointer.offset", delivered.offset);
     }
 }

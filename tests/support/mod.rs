@@ -814,6 +814,11 @@ impl Collector {
         spans
     }
 
+    /// Everything the collector printed: every span and attribute received.
+    pub fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
     /// Waits until a span matching `predicate` has arrived.
     pub fn wait_for(&self, what: &str, predicate: impl Fn(&ReceivedSpan) -> bool) -> ReceivedSpan {
         let deadline = Instant::now() + Duration::from_secs(30);
