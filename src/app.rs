@@ -56,21 +56,18 @@ pub enum StartupError {
     },
 }
 
-/// Opens the spool: the entries it holds go to the replay backlog (where
-/// they lie, not the records), and their dedup keys to `dedup`, since they
-/// were answered 2xx and a repeat of one is a duplicate.
-fn open_spool(
-    config: &Config,
-    dedup: Option<&Dedup>,
-) -> Result<(Spool, Vec<Recovered>), StartupError> {
-    let mut recovered = Vec::new();
+/// Opens the spool: the entries it holds are counted for the replay (per
+/// key: nothing is kept per entry), and their dedup keys go to `dedup`,
+/// since they were answered 2xx and a repeat of one is a duplicate.
+fn open_spool(config: &Config, dedup: Option<&Dedup>) -> Result<(Spool, Recovered), StartupError> {
+    let mut recovered = Recovered::default();
     let settings = SpoolSettings {
         dir: config.spool.dir.clone(),
         max_bytes: config.spool.max_bytes,
         segment_bytes: config.spool.segment_bytes,
     };
-    let (spool, recovery) = Spool::open(settings, |entry, location| {
-        recovered.push(Recovered::new(entry.id, location, &entry.record));
+    let (spool, recovery) = Spool::open(settings, |entry, _| {
+        recovered.add(&entry.record);
         let record = &entry.record;
         let key = record.header(DEDUP_KEY_HEADER);
         let entity = key.and_then(event::DedupKey::entity_of);

@@ -8,7 +8,13 @@
 //! - per key, pending entries come back in the order they were accepted, and
 //!   each reads back from disk intact by the location the spool gave;
 //! - what the spool holds is bounded: its byte count stays under the cap and
-//!   its pending count matches the model, nothing held twice.
+//!   its pending count matches the model, nothing held twice;
+//! - the replay's view, its index: reading the pending entries back from
+//!   the segments in windows yields exactly the model's pending entries in
+//!   order, after every step and after every reopen (the index recovered
+//!   from the files at each crash point); and a replay that keeps its
+//!   cursor across appends, acks, parks and the segments they delete never
+//!   skips an entry.
 //!
 //! A crash strikes at a chosen file operation of the spool's writer (a
 //! write, fsync, rename, truncation or deletion: the spool is opened on
@@ -33,7 +39,7 @@ use std::sync::Arc;
 /// Crashes simulated over all cases, reported with the case count.
 static CRASHES: AtomicUsize = AtomicUsize::new(0);
 use superfone_bridge::durability::spool::{
-    self, Location, Spool, SpoolEntry, SpoolError, SpoolSettings,
+    self, Cursor, Location, ReadLimits, Spool, SpoolEntry, SpoolError, SpoolSettings,
 };
 use superfone_bridge::vocabulary::Record;
 
@@ -49,6 +55,11 @@ enum Op {
     Refuse {
         pick: u16,
     },
+    /// The replay takes the next `take` pending entries from where it
+    /// stands and delivers them.
+    Replay {
+        take: u8,
+    },
     Restart,
     /// Crash at the `after`-th file operation from now; `seed` tears files.
     Crash {
@@ -63,6 +74,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0u8..4, 0u16..600).prop_map(|(key, size)| Op::Append { key, size }),
         4 => any::<u16>().prop_map(|pick| Op::Ack { pick }),
         1 => any::<u16>().prop_map(|pick| Op::Refuse { pick }),
+        3 => (1u8..6).prop_map(|take| Op::Replay { take }),
         1 => Just(Op::Restart),
         2 => (0u8..12, any::<u64>(), any::<bool>())
             .prop_map(|(after, seed, stray_tmp)| Op::Crash { after, seed, stray_tmp }),
@@ -155,6 +167,16 @@ fn reopen(dir: &Path, model: &mut Model, clean: bool) -> Result<Spool, TestCaseE
         );
     }
     check_found(model, &found, clean)?;
+    let replayed = read_pending(&spool, Cursor::default(), 3, usize::MAX)?.0;
+    let expected: Vec<(u64, Record)> = found
+        .iter()
+        .map(|(entry, _)| (entry.id, entry.record.clone()))
+        .collect();
+    prop_assert_eq!(
+        replayed,
+        expected,
+        "the recovered index reads back what recovery found"
+    );
     let wanted: Vec<(u64, Location)> = found.iter().map(|(e, l)| (e.id, *l)).collect();
     for ((entry, _), read) in found.iter().zip(spool.read(&wanted)) {
         prop_assert_eq!(&read.map_err(fail)?, &entry.record, "read back by location");
@@ -271,6 +293,67 @@ fn open_planned(
     Ok((spool, plan))
 }
 
+/// Reads pending entries from `from` in windows of `window`, following the
+/// cursor, until `max` are read or none are left; and where it stopped.
+fn read_pending(
+    spool: &Spool,
+    mut from: Cursor,
+    window: usize,
+    max: usize,
+) -> Result<(Vec<(u64, Record)>, Cursor), TestCaseError> {
+    let mut entries = Vec::new();
+    while entries.len() < max {
+        let limits = ReadLimits {
+            entries: window.min(max - entries.len()),
+            bytes: u64::MAX,
+        };
+        let read = spool.read_pending(from, limits).map_err(fail)?;
+        from = read.end;
+        if read.entries.is_empty() {
+            break;
+        }
+        entries.extend(read.entries.into_iter().map(|e| (e.id, e.record)));
+    }
+    Ok((entries, from))
+}
+
+/// The replay's view matches the model: every pending entry, in order.
+fn check_replay_view(spool: &Spool, model: &Model) -> Result<(), TestCaseError> {
+    let (read, _) = read_pending(spool, Cursor::default(), 4, usize::MAX)?;
+    let ids: Vec<u64> = read.iter().map(|(id, _)| *id).collect();
+    let expected: Vec<u64> = model.pending.keys().copied().collect();
+    prop_assert_eq!(ids, expected, "the index's pending entries");
+    Ok(())
+}
+
+/// The replay takes the next `take` entries from its cursor: they must be
+/// the model's first pending ones (nothing before the cursor is left), and
+/// it delivers them.
+fn replay(
+    spool: &Spool,
+    model: &mut Model,
+    cursor: &mut Cursor,
+    take: u8,
+) -> Result<(), TestCaseError> {
+    let (read, end) = read_pending(spool, *cursor, 2, usize::from(take))?;
+    let expected: Vec<u64> = model
+        .pending
+        .keys()
+        .take(usize::from(take))
+        .copied()
+        .collect();
+    let ids: Vec<u64> = read.iter().map(|(id, _)| *id).collect();
+    prop_assert_eq!(&ids, &expected, "the replay skipped or repeated an entry");
+    for (id, record) in read {
+        let accepted = model.pending.remove(&id).expect("pending");
+        prop_assert_eq!(record, self::record(accepted));
+        spool.mark_delivered(id);
+        model.delivered.insert(id, accepted);
+    }
+    *cursor = end;
+    Ok(())
+}
+
 /// Appends a record with the next sequence number of its key.
 async fn append(
     spool: &Spool,
@@ -332,6 +415,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let (mut spool, mut plan) = open_planned(dir.path(), &mut model, true)?;
     let mut armed: Option<(u64, bool)> = None;
+    let mut cursor = Cursor::default();
     for op in ops {
         match op {
             Op::Append { key, size } => append(&spool, &plan, &mut model, key, size).await?,
@@ -343,6 +427,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Refuse { pick } => refuse(&spool, &plan, &mut model, pick).await?,
+            Op::Replay { take } => replay(&spool, &mut model, &mut cursor, take)?,
             Op::Restart => {
                 // A barrier: every command so far has reached the writer.
                 let _ = spool.sync().await;
@@ -350,6 +435,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if !plan.crashed() {
                     drop(spool);
                     armed = None;
+                    cursor = Cursor::default();
                     (spool, plan) = open_planned(dir.path(), &mut model, true)?;
                 }
             }
@@ -370,7 +456,10 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             drop(spool);
             let (seed, stray_tmp) = armed.take().expect("armed before it crashed");
             lose_unsynced(dir.path(), &plan, seed, stray_tmp).map_err(fail)?;
+            cursor = Cursor::default();
             (spool, plan) = open_planned(dir.path(), &mut model, false)?;
+        } else {
+            check_replay_view(&spool, &model)?;
         }
     }
     if armed.is_none() {

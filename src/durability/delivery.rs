@@ -15,10 +15,13 @@
 //!   partition), marks each acknowledged one delivered, and backs off while
 //!   Kafka refuses. An entry whose outcome is unknown (timed out) is sent again:
 //!   at-least-once, with the dedup header to recognise the repeat.
-//! - The backlog holds where each entry lies on disk, not the record (about
-//!   64 bytes an entry): a window is read back from the spool when it is
-//!   sent, at most `REPLAY_WINDOW` entries and `REPLAY_WINDOW_BYTES`, so a
-//!   long outage costs disk, not memory.
+//! - Nothing is kept per spooled entry: the spool's own index says what is
+//!   pending, the replay reads it back from the segments in order from
+//!   where it stands (a cursor), a window at a time (`REPLAY_WINDOW`
+//!   entries, `REPLAY_WINDOW_BYTES`), and per-key order needs only a count
+//!   per key that has entries waiting. A long outage costs disk, not memory.
+//! - An entry that cannot be read back (an I/O error) is read again, in
+//!   place: nothing behind it is sent, and its key stays held.
 //! - Nothing is sent before the topics exist (a bridge started while Kafka
 //!   was unreachable creates them once it is back), and a record spooled
 //!   before its schema had a registry id is stamped with it just before it
@@ -30,16 +33,17 @@
 //!   every later record of every lead.
 
 use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Topics};
-use crate::durability::spool::{Location, Spool, SpoolError};
+use crate::durability::spool::{Cursor, PendingEntry, ReadLimits, Spool, SpoolError};
 use crate::pipeline::registry::{SchemaIds, Unstamped};
-use crate::vocabulary::headers::GROUP_ID_HEADER;
+use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
 use crate::vocabulary::Record;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -94,23 +98,34 @@ impl RecordRef {
     }
 }
 
-/// A spooled record waiting for Kafka: where it lies, not the record.
-struct Waiting {
-    location: Location,
-    key: u64,
-    /// Seconds after the delivery started when it was queued.
-    queued_at: u32,
-}
-
 #[derive(Default)]
 struct Backlog {
-    entries: BTreeMap<u64, Waiting>,
-    /// Entries per record key (hashed): while a key has entries here, its
-    /// new records are spooled behind them.
+    /// Entries per record key (hashed): while a key has entries in the
+    /// spool, its new records are spooled behind them. One count per key
+    /// waiting, not an entry each.
     keys: HashMap<u64, u32>,
     /// First attempts still running for spooled entries: each resolves
     /// `true` if it reached Kafka.
     first_attempts: HashMap<u64, oneshot::Receiver<bool>>,
+    /// Where the replay stands: every entry before it is done.
+    cursor: Cursor,
+    /// When the oldest entry waiting was received, as far as known.
+    oldest: Option<OffsetDateTime>,
+}
+
+impl Backlog {
+    fn hold_key(&mut self, key: u64) {
+        *self.keys.entry(key).or_default() += 1;
+    }
+
+    fn release_key(&mut self, key: u64) {
+        if let Some(count) = self.keys.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.keys.remove(&key);
+            }
+        }
+    }
 }
 
 /// How one replay window went.
@@ -131,21 +146,39 @@ impl Window {
     }
 }
 
-/// A spool entry found at start-up, as the backlog keeps it.
+/// What the spool held at start-up, as the replay needs it: how many
+/// entries each key has waiting, and when the oldest was received.
+#[derive(Default)]
 pub struct Recovered {
-    id: u64,
-    location: Location,
-    key: u64,
+    keys: HashMap<u64, u32>,
+    entries: usize,
+    oldest: Option<OffsetDateTime>,
 }
 
 impl Recovered {
-    pub fn new(id: u64, location: Location, record: &Record) -> Self {
-        Recovered {
-            id,
-            location,
-            key: key_of(record),
+    /// Counts one pending entry (call in spool order).
+    pub fn add(&mut self, record: &Record) {
+        *self.keys.entry(key_of(record)).or_default() += 1;
+        if self.entries == 0 {
+            self.oldest = received_at(record);
         }
+        self.entries += 1;
     }
+
+    /// Entries found.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+}
+
+/// When a record was received, from its header.
+fn received_at(record: &Record) -> Option<OffsetDateTime> {
+    let header = record.header(RECEIVED_AT_HEADER)?;
+    OffsetDateTime::parse(header, &time::format_description::well_known::Rfc3339).ok()
 }
 
 pub struct Delivery {
@@ -158,7 +191,6 @@ pub struct Delivery {
     kafka_up: AtomicBool,
     /// The topics exist: created at start-up, or once Kafka was reachable.
     topics_ready: AtomicBool,
-    started: Instant,
     /// What the replay is waiting for, while it waits.
     waiting_for: Mutex<Option<String>>,
     /// When the replay last reported that it is waiting.
@@ -181,7 +213,7 @@ impl Delivery {
         publisher: Arc<Publisher>,
         spool: Spool,
         schemas: Arc<SchemaIds>,
-        recovered: Vec<Recovered>,
+        recovered: Recovered,
         deadline: Duration,
         topics: Topics,
     ) -> Arc<Self> {
@@ -190,17 +222,17 @@ impl Delivery {
             spool,
             schemas,
             deadline,
-            backlog: Mutex::new(Backlog::default()),
+            backlog: Mutex::new(Backlog {
+                keys: recovered.keys,
+                oldest: recovered.oldest,
+                ..Backlog::default()
+            }),
             wake: Notify::new(),
             kafka_up: AtomicBool::new(true),
             topics_ready: AtomicBool::new(topics == Topics::Ready),
-            started: Instant::now(),
             waiting_for: Mutex::new(None),
             stuck_reported: Mutex::new(None),
         };
-        for entry in recovered {
-            delivery.queue(entry.id, entry.location, entry.key, None);
-        }
         Arc::new(delivery)
     }
 
@@ -227,29 +259,8 @@ impl Delivery {
         self.waiting_for.lock().expect("waiting lock").clone()
     }
 
-    fn queue(
-        &self,
-        id: u64,
-        location: Location,
-        key: u64,
-        first_attempt: Option<oneshot::Receiver<bool>>,
-    ) {
-        let queued_at = self.started.elapsed().as_secs() as u32;
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        *backlog.keys.entry(key).or_default() += 1;
-        backlog.entries.insert(
-            id,
-            Waiting {
-                location,
-                key,
-                queued_at,
-            },
-        );
-        if let Some(attempt) = first_attempt {
-            backlog.first_attempts.insert(id, attempt);
-        }
-        drop(backlog);
-        self.wake.notify_one();
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.backlog.lock().expect("backlog lock")
     }
 
     /// Whether the record must go to the spool rather than to Kafka: the
@@ -259,9 +270,9 @@ impl Delivery {
         if !self.topics_ready() {
             return true;
         }
-        let backlog = self.backlog.lock().expect("backlog lock");
-        (!self.kafka_up.load(Ordering::Relaxed) && !backlog.entries.is_empty())
-            || backlog.keys.contains_key(&key_of(record))
+        let waiting = self.spool.pending() > 0;
+        (!self.kafka_up.load(Ordering::Relaxed) && waiting)
+            || self.backlog().keys.contains_key(&key_of(record))
     }
 
     /// Makes the record durable: Kafka within the deadline, else the spool.
@@ -302,11 +313,13 @@ impl Delivery {
         self.spool_record(record, None).await
     }
 
-    /// Appends the record to the spool and queues it for the replay, in a
-    /// task of its own: a request dropped half-way (client gone) cannot
-    /// leave a spooled entry outside the backlog. `attempt`: a first
-    /// attempt still running, which the replay waits for instead of sending
-    /// the record twice.
+    /// Appends the record to the spool for the replay, in a task of its
+    /// own: a request dropped half-way (client gone) cannot leave its key
+    /// counted without an entry. The key is held from before the append,
+    /// so a record of that key arriving meanwhile is spooled behind this
+    /// one. `attempt`: a first attempt still running, which the replay
+    /// waits for instead of sending the record twice; the entry is held
+    /// from the replay until that is known.
     async fn spool_record(
         self: &Arc<Self>,
         record: Record,
@@ -315,17 +328,32 @@ impl Delivery {
         let delivery = Arc::clone(self);
         let spooled = tokio::spawn(async move {
             let key = key_of(&record);
-            let appended = delivery.spool.append(record).await.inspect_err(|_| {
-                metrics::counter!(crate::observe::metrics::SPOOL_FAILURES).increment(1);
-            })?;
-            let first_attempt = attempt.map(|attempt| {
+            let received = received_at(&record);
+            delivery.backlog().hold_key(key);
+            let appended = match attempt {
+                Some(_) => delivery.spool.append_held(record).await,
+                None => delivery.spool.append(record).await,
+            };
+            let appended = match appended {
+                Ok(appended) => appended,
+                Err(error) => {
+                    delivery.backlog().release_key(key);
+                    metrics::counter!(crate::observe::metrics::SPOOL_FAILURES).increment(1);
+                    return Err(error);
+                }
+            };
+            let mut backlog = delivery.backlog();
+            backlog.oldest = backlog.oldest.or(received);
+            if let Some(attempt) = attempt {
                 let (landed, outcome) = oneshot::channel();
                 tokio::spawn(async move {
                     let _ = landed.send(attempt.await.is_ok());
                 });
-                outcome
-            });
-            delivery.queue(appended.id, appended.location, key, first_attempt);
+                backlog.first_attempts.insert(appended.id, outcome);
+                delivery.spool.release(appended.id);
+            }
+            drop(backlog);
+            delivery.wake.notify_one();
             Ok(Durable::Spooled(appended.id))
         });
         spooled.await.expect("spool task panicked")
@@ -362,40 +390,33 @@ impl Delivery {
         parked.map(Durable::Parked)
     }
 
-    /// The entry reached Kafka: it leaves the backlog and the spool.
-    fn complete(&self, id: u64) {
-        self.forget(id);
+    /// The entry reached Kafka (or was parked): it leaves the spool, and
+    /// its key one count.
+    fn complete(&self, id: u64, key: u64) {
         self.spool.mark_delivered(id);
-    }
-
-    /// Takes an entry out of the backlog.
-    fn forget(&self, id: u64) {
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        if let Some(waiting) = backlog.entries.remove(&id) {
-            if let Some(count) = backlog.keys.get_mut(&waiting.key) {
-                *count -= 1;
-                if *count == 0 {
-                    backlog.keys.remove(&waiting.key);
-                }
-            }
-        }
+        let mut backlog = self.backlog();
+        backlog.release_key(key);
         backlog.first_attempts.remove(&id);
     }
 
     /// Entries waiting to reach Kafka.
     pub fn backlog_len(&self) -> usize {
-        self.backlog.lock().expect("backlog lock").entries.len()
+        self.spool.pending() as usize
     }
 
     /// Entries waiting to reach Kafka, and how long the oldest has waited.
     pub fn backlog_summary(&self) -> (usize, Option<Duration>) {
-        let backlog = self.backlog.lock().expect("backlog lock");
-        let oldest = backlog.entries.values().next().map(|waiting| {
-            self.started
-                .elapsed()
-                .saturating_sub(Duration::from_secs(waiting.queued_at.into()))
+        let waiting = self.backlog_len();
+        let mut backlog = self.backlog();
+        if waiting == 0 {
+            backlog.oldest = None;
+        }
+        let oldest = backlog.oldest.map(|at| {
+            (OffsetDateTime::now_utc() - at)
+                .try_into()
+                .unwrap_or_default()
         });
-        (backlog.entries.len(), oldest)
+        (waiting, oldest)
     }
 
     /// Updates the spool gauges once a second until `stop`.
@@ -463,26 +484,7 @@ impl Delivery {
         self.backlog_len()
     }
 
-    /// The next entries to send: from the head of the backlog, up to the
-    /// first one whose first attempt is still running, within the window.
-    fn next_window(&self) -> Vec<(u64, Location)> {
-        let backlog = self.backlog.lock().expect("backlog lock");
-        let mut bytes = 0;
-        backlog
-            .entries
-            .iter()
-            .take_while(|(id, _)| !backlog.first_attempts.contains_key(id))
-            .take(REPLAY_WINDOW)
-            .take_while(|(_, waiting)| {
-                let within = bytes < REPLAY_WINDOW_BYTES;
-                bytes += u64::from(waiting.location.len);
-                within
-            })
-            .map(|(id, waiting)| (*id, waiting.location))
-            .collect()
-    }
-
-    /// One step at the head of the backlog. `None`: nothing to do; `Some(ok)`:
+    /// One step at the head of the spool. `None`: nothing to do; `Some(ok)`:
     /// whether everything attempted reached Kafka.
     async fn replay_once(&self) -> Option<bool> {
         if !self.topics_ready() {
@@ -491,45 +493,93 @@ impl Delivery {
             ));
             return None;
         }
-        let (head, attempt) = {
-            let mut backlog = self.backlog.lock().expect("backlog lock");
-            let head = *backlog.entries.keys().next()?;
-            (head, backlog.first_attempts.remove(&head))
+        let from = self.backlog().cursor;
+        let read = match self.read_window(from).await {
+            Ok(read) => read,
+            Err(error) => {
+                // Read again from the same place: nothing behind it overtakes.
+                self.report_waiting(Some(format!("the spool, to read entries back: {error}")));
+                return Some(false);
+            }
         };
-        if let Some(attempt) = attempt {
+        let Some(head) = read.entries.first() else {
+            self.backlog().cursor = read.end;
+            return None;
+        };
+        let head_attempt = {
+            let mut backlog = self.backlog();
+            backlog.oldest = received_at(&head.record).or(backlog.oldest);
+            backlog.first_attempts.remove(&head.id)
+        };
+        if let Some(attempt) = head_attempt {
             self.settle_first_attempt(head, attempt).await;
             return Some(true);
         }
-        let read = self.read_window().await;
+        let (entries, end) = self.up_to_first_attempt(read.entries, read.end);
         let mut window = Window::default();
-        let sent = self.send_window(read, &mut window).await;
+        let sent = self.send_window(&entries, &mut window).await;
         self.await_window(sent, &mut window).await;
+        self.advance_cursor(&entries, end);
         self.kafka_up.store(!window.kafka_failed, Ordering::Relaxed);
         let progressed = window.waiting_for.is_none();
         self.report_waiting(window.waiting_for);
         Some(progressed)
     }
 
+    /// The window's entries before the first whose first attempt is still
+    /// running (the replay waits for it at the head), and where the window ends.
+    fn up_to_first_attempt(
+        &self,
+        mut entries: Vec<PendingEntry>,
+        end: Cursor,
+    ) -> (Vec<PendingEntry>, Cursor) {
+        let backlog = self.backlog();
+        match entries
+            .iter()
+            .position(|entry| backlog.first_attempts.contains_key(&entry.id))
+        {
+            Some(at) => {
+                let end = entries[at].at;
+                entries.truncate(at);
+                (entries, end)
+            }
+            None => (entries, end),
+        }
+    }
+
+    /// Moves the cursor to the first entry of the window still pending,
+    /// or past the window when all of it is done.
+    fn advance_cursor(&self, entries: &[PendingEntry], end: Cursor) {
+        let cursor = entries
+            .iter()
+            .find(|entry| self.spool.is_pending(entry.id))
+            .map_or(end, |entry| entry.at);
+        self.backlog().cursor = cursor;
+    }
+
     /// The head's first attempt (from the request that spooled it) is still
     /// running: nothing behind it is sent until it ends, and if it reached
     /// Kafka the entry is done.
-    async fn settle_first_attempt(&self, head: u64, attempt: oneshot::Receiver<bool>) {
+    async fn settle_first_attempt(&self, head: &PendingEntry, attempt: oneshot::Receiver<bool>) {
         if attempt.await.unwrap_or(false) {
-            self.complete(head);
+            self.complete(head.id, key_of(&head.record));
             self.kafka_up.store(true, Ordering::Relaxed);
         }
     }
 
     /// The next window's records, read back from the spool off the runtime.
-    async fn read_window(&self) -> Vec<(u64, Result<Record, SpoolError>)> {
-        let window = self.next_window();
+    async fn read_window(
+        &self,
+        from: Cursor,
+    ) -> Result<crate::durability::spool::PendingRead, SpoolError> {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || {
-            let records = spool.read(&window);
-            window.into_iter().map(|(id, _)| id).zip(records).collect()
-        })
-        .await
-        .expect("spool read task panicked")
+        let limits = ReadLimits {
+            entries: REPLAY_WINDOW,
+            bytes: REPLAY_WINDOW_BYTES,
+        };
+        tokio::task::spawn_blocking(move || spool.read_pending(from, limits))
+            .await
+            .expect("spool read task panicked")
     }
 
     /// Enqueues the window's records in spool order, each stamped with its
@@ -537,19 +587,12 @@ impl Delivery {
     /// Records Kafka can never take are parked on the way.
     async fn send_window(
         &self,
-        read: Vec<(u64, Result<Record, SpoolError>)>,
+        entries: &[PendingEntry],
         window: &mut Window,
     ) -> Vec<(u64, Record, Acknowledgement)> {
-        let mut sent = Vec::with_capacity(read.len());
-        for (id, record) in read {
-            let mut record = match record {
-                Ok(record) => record,
-                Err(error) => {
-                    tracing::error!(%error, spool_id = id, "cannot read a spooled record back; it is left in the spool for the next start");
-                    self.forget(id);
-                    continue;
-                }
-            };
+        let mut sent = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (id, mut record) = (entry.id, entry.record.clone());
             match self.schemas.stamp(&mut record) {
                 Ok(()) => {}
                 Err(Unstamped::Refused { reason }) => {
@@ -581,7 +624,7 @@ impl Delivery {
             match acknowledgement.await {
                 Ok(_) => {
                     metrics::counter!(crate::observe::metrics::REPLAYED).increment(1);
-                    self.complete(id);
+                    self.complete(id, key_of(&record));
                 }
                 Err(error) if error.is_permanent() => self.park_spooled(id, record, &error).await,
                 Err(error) => window.kafka_refused(&self.publisher, &error),
@@ -589,11 +632,15 @@ impl Delivery {
         }
     }
 
-    /// Parks a spooled entry; on success it leaves the backlog. If even the
-    /// park fails (disk), the entry stays and is tried again.
+    /// Parks a spooled entry (which takes it out of the spool's pending
+    /// entries); on success its key lets go of it. If even the park fails
+    /// (disk), the entry stays and is tried again.
     async fn park_spooled(&self, id: u64, record: Record, reason: &(dyn Display + Sync)) {
+        let key = key_of(&record);
         if self.park(Some(id), record, reason).await.is_ok() {
-            self.forget(id);
+            let mut backlog = self.backlog();
+            backlog.release_key(key);
+            backlog.first_attempts.remove(&id);
         }
     }
 

@@ -6,39 +6,46 @@
 //! acks file.
 
 use super::format::{id_frame, read_ids, ID_FRAME};
-use super::fs::{cut_to, read_if_present};
-use super::writer::Writer;
+use super::fs::cut_to;
+use super::writer::{segment_path, Writer};
 use super::{io_error, SpoolError, SpoolFs};
-use std::collections::HashSet;
+use roaring::RoaringTreemap;
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
 pub(super) const ACKS_FILE: &str = "acks.log";
 
-/// Reads the acks file and cuts a torn tail off it: acks are not fsync'd, so
-/// a crash can leave part of a frame, and acks appended after it would be
-/// misaligned and unreadable (found by tests/spool_model.rs).
-pub(super) fn recover_acks(fs: &dyn SpoolFs, path: &Path) -> Result<HashSet<u64>, SpoolError> {
-    let data = read_if_present(path)?;
-    let (acked, valid) = read_ids(&data);
-    if valid < data.len() {
-        tracing::warn!(path = %path.display(), torn_bytes = data.len() - valid, "spool acks file had a torn tail; cut it");
-        cut_to(fs, path, valid as u64)?;
+/// Reads the acks file (streamed, into a compressed set) and cuts a torn
+/// tail off it: acks are not fsync'd, so a crash can leave part of a frame,
+/// and acks appended after it would be misaligned and unreadable (found by
+/// tests/spool_model.rs).
+pub(super) fn recover_acks(fs: &dyn SpoolFs, path: &Path) -> Result<RoaringTreemap, SpoolError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(RoaringTreemap::new())
+        }
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    let len = file.metadata().map_err(io_error(path))?.len();
+    let (acked, valid) =
+        read_ids(BufReader::with_capacity(1 << 16, file)).map_err(io_error(path))?;
+    if valid < len {
+        tracing::warn!(path = %path.display(), torn_bytes = len - valid, "spool acks file had a torn tail; cut it");
+        cut_to(fs, path, valid)?;
     }
     Ok(acked)
 }
 
 impl Writer {
+    /// Appends deliveries to the acks file (the index already took them
+    /// out) and deletes what they freed.
     pub(super) fn record_delivered(&mut self, ids: &[u64]) -> Result<(), SpoolError> {
         let mut frames = Vec::with_capacity(ids.len() * ID_FRAME);
         for id in ids {
             frames.extend_from_slice(&id_frame(*id));
-            let segment = self.segments.range_mut(..=*id).next_back();
-            if let Some((_, segment)) = segment {
-                if segment.live.remove(id) {
-                    self.status.pending.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
         }
         self.acks
             .write_all(&frames)
@@ -46,40 +53,45 @@ impl Writer {
         self.collect_garbage()
     }
 
-    /// Deletes fully delivered segments; when nothing is pending at all, starts
-    /// over with an empty segment and an empty acks file.
+    /// Deletes fully delivered segments. When nothing is pending at all,
+    /// starts a new segment and deletes the current one too, then empties
+    /// the acks file: no segment holds an id it lists any more.
     pub(super) fn collect_garbage(&mut self) -> Result<(), SpoolError> {
-        let done: Vec<u64> = self
-            .segments
-            .iter()
-            .filter(|(first, segment)| **first != self.current_first && segment.live.is_empty())
-            .map(|(first, _)| *first)
-            .collect();
-        let current = &self.segments[&self.current_first];
-        let reset =
-            self.segments.len() == done.len() + 1 && current.live.is_empty() && current.bytes > 0;
-        let dir = &self.settings.dir;
-        for first in done {
-            let segment = self.segments.remove(&first).expect("listed");
-            self.fs
-                .remove(&segment.path)
-                .map_err(io_error(&segment.path))?;
-            self.status.used.fetch_sub(segment.bytes, Ordering::Relaxed);
-            self.fs.sync_dir(dir).map_err(io_error(dir))?;
+        let (done, reset) = {
+            let index = self.index();
+            let done: Vec<(u64, u64)> = index
+                .segments
+                .iter()
+                .filter(|(first, segment)| **first != self.current_first && segment.live.is_empty())
+                .map(|(first, segment)| (*first, segment.bytes))
+                .collect();
+            let current = &index.segments[&self.current_first];
+            let reset = index.segments.len() == done.len() + 1
+                && current.live.is_empty()
+                && current.bytes > 0;
+            (done, reset)
+        };
+        for (first, bytes) in done {
+            self.delete_segment(first, bytes)?;
         }
         if reset {
-            // Everything delivered: reset rather than keep an ever-growing acks file.
-            let current = &self.segments[&self.current_first];
-            let (path, bytes) = (current.path.clone(), current.bytes);
-            self.current.set_len(0).map_err(io_error(&path))?;
+            let (old, bytes) = (self.current_first, self.current_bytes);
+            self.start_segment()?;
+            self.delete_segment(old, bytes)?;
             self.acks.set_len(0).map_err(io_error(&self.acks_path))?;
-            self.status.used.fetch_sub(bytes, Ordering::Relaxed);
-            self.segments
-                .get_mut(&self.current_first)
-                .expect("current")
-                .bytes = 0;
         }
         Ok(())
+    }
+
+    /// Deletes a segment with nothing pending: out of the index first, so a
+    /// replay reading never finds the index naming a file already gone.
+    fn delete_segment(&mut self, first: u64, bytes: u64) -> Result<(), SpoolError> {
+        let dir = &self.settings.dir;
+        let path = segment_path(dir, first);
+        self.index().segments.remove(&first);
+        self.status.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.fs.remove(&path).map_err(io_error(&path))?;
+        self.fs.sync_dir(dir).map_err(io_error(dir))
     }
 }
 

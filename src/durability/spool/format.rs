@@ -8,7 +8,7 @@
 //! Id frame: `id: u64 LE | crc32(id): u32 LE`.
 
 use super::{Record, SpoolEntry};
-use std::collections::HashSet;
+use roaring::RoaringTreemap;
 use std::io::Read;
 
 pub(super) const FRAME_HEADER: usize = 8;
@@ -139,16 +139,28 @@ pub(super) fn id_frame(id: u64) -> [u8; ID_FRAME] {
     frame
 }
 
-/// The ids of an id-frame file up to the first damaged frame, and the
-/// length of that valid prefix.
-pub(super) fn read_ids(data: &[u8]) -> (HashSet<u64>, usize) {
-    let ids: Vec<u64> = data
-        .chunks_exact(ID_FRAME)
-        .take_while(|chunk| {
-            crc32fast::hash(&chunk[..8]) == u32::from_le_bytes(chunk[8..].try_into().unwrap())
-        })
-        .map(|chunk| u64::from_le_bytes(chunk[..8].try_into().unwrap()))
-        .collect();
-    let valid = ids.len() * ID_FRAME;
-    (ids.into_iter().collect(), valid)
+/// The ids of an id-frame log read from `reader` up to the first damaged
+/// frame, as a compressed set (an acks file lists every delivery since the
+/// spool last emptied: no allocation each), and the length of that valid
+/// prefix.
+pub(super) fn read_ids(mut reader: impl Read) -> std::io::Result<(RoaringTreemap, u64)> {
+    let mut ids = RoaringTreemap::new();
+    let mut valid = 0;
+    let mut frame = [0; ID_FRAME];
+    loop {
+        match reader.read_exact(&mut frame) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) => return Err(error),
+        }
+        let id = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+        if crc32fast::hash(&frame[..8])
+            != u32::from_le_bytes(frame[8..].try_into().expect("4 bytes"))
+        {
+            break;
+        }
+        ids.insert(id);
+        valid += ID_FRAME as u64;
+    }
+    Ok((ids, valid))
 }

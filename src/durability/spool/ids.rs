@@ -30,7 +30,7 @@ pub(super) struct Ids {
 pub(super) fn read_high_water(dir: &Path) -> Result<u64, SpoolError> {
     let path = dir.join(HIGH_WATER_FILE);
     let data = read_if_present(&path)?;
-    let mark = read_ids(&data).0.into_iter().max();
+    let mark = read_ids(data.as_slice()).map_err(io_error(&path))?.0.max();
     if mark.is_none() && !data.is_empty() {
         // Written by rename, so never torn: a bad checksum is damage.
         tracing::error!(path = %path.display(), "spool high-water mark is corrupt; ignoring it");

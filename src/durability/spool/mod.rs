@@ -7,7 +7,10 @@
 //! Delivered entries are recorded in an acks file (no fsync: losing an ack
 //! only re-sends an entry, which consumers can drop by its dedup header); a
 //! segment whose entries are all delivered is deleted. Records Kafka refuses
-//! for good are parked in a log of their own.
+//! for good are parked in a log of their own. What is pending is an index
+//! per segment (a bitmap of ids), and the replay reads the pending entries
+//! back from the segments in order, so memory grows with segments, not
+//! with entries.
 //!
 //! Why hand-written: the needs are small and specific (checksummed frames,
 //! torn-tail truncation, group commit, per-entry acks, a byte cap), and the
@@ -18,7 +21,8 @@
 //! behind it has a file of its own: `format` (frames, checksums, the record
 //! encoding), `ids` (the id high-water mark), `acks` (deliveries and the
 //! segments they free), `parked`, `writer` (the writer thread, group
-//! commit), `scan` (reading a frame log back, resynchronising past damage),
+//! commit), `index` (what is pending, per segment), `pending` (reading it
+//! back for the replay), `scan` (reading a frame log back, resynchronising past damage),
 //! `recovery` (opening: the lock, torn tails cut, ids past all seen), and
 //! `fs` (the file operations a crash can strike, behind `SpoolFs`).
 
@@ -26,23 +30,28 @@ mod acks;
 mod format;
 mod fs;
 mod ids;
+mod index;
 mod parked;
+mod pending;
 mod recovery;
 mod scan;
 mod writer;
 
 pub use fs::{RealFs, SpoolFile, SpoolFs};
 pub use parked::{mark_retried, read_parked, PARKED_FILE, RETRIED_FILE};
+pub use pending::{Cursor, PendingEntry, PendingRead, ReadLimits};
 
 use crate::vocabulary::Record;
 use format::read_frame;
+use index::Index;
+use pending::PendingReader;
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
-use writer::{segment_path, Command, Park, Status};
+use writer::{segment_path, Append, Command, Park, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -141,6 +150,7 @@ pub struct Spool {
     commands: mpsc::UnboundedSender<Command>,
     dir: Arc<Path>,
     status: Arc<Status>,
+    index: Arc<Mutex<Index>>,
     cap: u64,
     /// Holds the directory's exclusive lock while any handle lives: two
     /// processes writing one spool would each replay and delete the other's
@@ -172,16 +182,64 @@ impl Spool {
 
     /// Appends a record; resolves once it is on disk (fsync'd).
     pub async fn append(&self, record: Record) -> Result<Appended, SpoolError> {
+        self.append_as(record, false).await
+    }
+
+    /// Appends a record the replay must not read until `release(id)`: its
+    /// request has something to settle first (a first attempt still
+    /// running, which the replay must know of before it reaches the entry).
+    pub async fn append_held(&self, record: Record) -> Result<Appended, SpoolError> {
+        self.append_as(record, true).await
+    }
+
+    async fn append_as(&self, record: Record, held: bool) -> Result<Appended, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Append(record, reply))
+            .send(Command::Append(Append {
+                record,
+                reply,
+                held,
+            }))
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// Records that an entry reached Kafka; it will not be replayed.
+    /// Lets the replay read an entry appended with `append_held`.
+    pub fn release(&self, id: u64) {
+        self.index().held.remove(&id);
+    }
+
+    /// Records that an entry reached Kafka: it will not be replayed (a
+    /// replay reading next sees it gone at once; the acks file follows).
     pub fn mark_delivered(&self, id: u64) {
+        self.index().deliver(id, &self.status.pending);
         let _ = self.commands.send(Command::Delivered(id));
+    }
+
+    /// Reads pending entries back (blocking: call it off the async
+    /// runtime), in id order from `from`, within `limits`; stops before an
+    /// entry still held. An I/O error leaves the cursor where it was: read
+    /// again later, nothing is skipped.
+    pub fn read_pending(
+        &self,
+        from: Cursor,
+        limits: ReadLimits,
+    ) -> Result<PendingRead, SpoolError> {
+        PendingReader {
+            dir: &self.dir,
+            index: &self.index,
+            pending: &self.status.pending,
+        }
+        .read(from, limits)
+    }
+
+    /// Whether entry `id` is still waiting to be delivered.
+    pub fn is_pending(&self, id: u64) -> bool {
+        self.index().is_live(id)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().expect("spool index lock")
     }
 
     /// Parks a record Kafka refused for good: `id` names a spool entry,

@@ -34,14 +34,20 @@ pub(super) fn stamp(record: &mut Record, reason: &str) {
 /// yet (also while a bridge runs: frames are checksummed, and a frame still
 /// being written is not yet whole).
 pub fn read_parked(dir: &Path) -> Result<Vec<SpoolEntry>, SpoolError> {
-    let retried = read_ids(&read_if_present(&dir.join(RETRIED_FILE))?).0;
+    let retried = read_retried(&dir.join(RETRIED_FILE))?;
     let mut entries = Vec::new();
     scan_log(&dir.join(PARKED_FILE), &mut |entry, _, _| {
-        if !retried.contains(&entry.id) {
+        if !retried.contains(entry.id) {
             entries.push(entry);
         }
     })?;
     Ok(entries)
+}
+
+/// The ids of parked records re-published since the spool was last opened.
+fn read_retried(path: &Path) -> Result<roaring::RoaringTreemap, SpoolError> {
+    let data = read_if_present(path)?;
+    Ok(read_ids(data.as_slice()).map_err(io_error(path))?.0)
 }
 
 /// Records that a parked record was re-published (fsync'd): it is no longer
@@ -59,7 +65,7 @@ pub fn mark_retried(dir: &Path, id: u64) -> Result<(), SpoolError> {
 /// open (temporary file, fsync, rename), then forgets them.
 pub(super) fn drop_retried(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
     let retried_path = dir.join(RETRIED_FILE);
-    let retried = read_ids(&read_if_present(&retried_path)?).0;
+    let retried = read_retried(&retried_path)?;
     if retried.is_empty() {
         return Ok(());
     }
@@ -68,7 +74,7 @@ pub(super) fn drop_retried(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolErro
     fs.replace(&parked_path, &mut |kept| {
         let mut written = Ok(());
         scan_file(&parked_path, &mut |entry, _, _| {
-            if written.is_ok() && !retried.contains(&entry.id) {
+            if written.is_ok() && !retried.contains(entry.id) {
                 written = kept.write_all(&frame(entry.id, &entry.record));
             }
         })?;
@@ -115,16 +121,16 @@ impl Writer {
             .fetch_add(framed.len() as u64, Ordering::Relaxed);
         status.parked.fetch_add(1, Ordering::Relaxed);
         if spooled {
-            self.record_delivered(&[id])?;
+            let delivered = self.index().deliver(id, &self.status.pending);
+            if delivered {
+                self.record_delivered(&[id])?;
+            }
         }
         Ok(id)
     }
 
     fn is_spooled(&self, id: u64) -> bool {
-        self.segments
-            .range(..=id)
-            .next_back()
-            .is_some_and(|(_, segment)| segment.live.contains(&id))
+        self.index().is_live(id)
     }
 }
 

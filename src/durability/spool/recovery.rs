@@ -7,15 +7,17 @@
 use super::acks::{recover_acks, ACKS_FILE};
 use super::fs::cut_to;
 use super::ids::{read_high_water, Ids};
+use super::index::{Index, SegmentIndex};
 use super::parked::{drop_retried, PARKED_FILE};
 use super::scan::{scan_log, LogScan, Visit};
-use super::writer::{create_segment, Segment, Status, Writer};
+use super::writer::{create_segment, Status, Writer};
 use super::{io_error, Location, Recovery, Spool, SpoolEntry, SpoolError, SpoolFs, SpoolSettings};
-use std::collections::{BTreeMap, HashSet};
+use roaring::RoaringTreemap;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Locked (`flock`) by the process that has the spool open.
 const LOCK_FILE: &str = "lock";
@@ -33,7 +35,7 @@ pub(super) fn open(
     let acked = recover_acks(fs.as_ref(), &acks_path)?;
     let mut recovery = Recovery::default();
     // Past the mark, and past what the files show in case it was lost.
-    let mut next_id = read_high_water(&dir)?.max(acked.iter().max().map_or(1, |id| id + 1));
+    let mut next_id = read_high_water(&dir)?.max(acked.max().map_or(1, |id| id + 1));
     let mut segments = recover_segments(
         fs.as_ref(),
         &dir,
@@ -66,14 +68,19 @@ pub(super) fn open(
         health: Default::default(),
     });
     let acks = fs.open_append(&acks_path).map_err(io_error(&acks_path))?;
-    let (current, segment) = create_segment(fs.as_ref(), &dir, next_id)?;
-    segments.entry(next_id).or_insert(segment);
+    let current = create_segment(fs.as_ref(), &dir, next_id)?;
+    segments.entry(next_id).or_default();
+    let index = Arc::new(Mutex::new(Index {
+        segments,
+        held: Default::default(),
+    }));
     let mut writer = Writer {
         fs,
         settings: settings.clone(),
-        segments,
+        index: Arc::clone(&index),
         current,
         current_first: next_id,
+        current_bytes: 0,
         acks,
         acks_path,
         parked,
@@ -86,6 +93,7 @@ pub(super) fn open(
         commands: writer.spawn()?,
         dir: Arc::from(dir.as_path()),
         status,
+        index,
         cap: settings.max_bytes,
         _lock: Arc::new(lock),
     };
@@ -132,46 +140,46 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
 
 /// Recovers every segment in id order, calling `visit` with each entry not
 /// yet delivered and raising `next_id` past every entry; deletes segments
-/// with no intact entry.
+/// with no intact entry. Streams: one frame at a time, whatever the spool holds.
 fn recover_segments(
     fs: &dyn SpoolFs,
     dir: &Path,
-    acked: &HashSet<u64>,
+    acked: &RoaringTreemap,
     recovery: &mut Recovery,
     next_id: &mut u64,
     visit: &mut dyn FnMut(SpoolEntry, Location),
-) -> Result<BTreeMap<u64, Segment>, SpoolError> {
+) -> Result<BTreeMap<u64, SegmentIndex>, SpoolError> {
     let mut segments = BTreeMap::new();
     for (number, path) in list_segments(dir)? {
-        let mut live = HashSet::new();
-        let (mut entries, mut delivered) = (0, 0);
+        let mut segment = SegmentIndex::default();
+        let (mut entries, mut delivered, mut expected) = (0, 0, 0);
         let scan = recover_log(fs, &path, recovery, &mut |entry, offset, len| {
             entries += 1;
             *next_id = (*next_id).max(entry.id + 1);
-            if acked.contains(&entry.id) {
-                delivered += 1;
-            } else {
-                live.insert(entry.id);
-                let location = Location {
-                    segment: number,
-                    offset,
-                    len,
-                };
-                visit(entry, location);
+            if offset > expected {
+                segment.damaged.push((expected, offset));
             }
+            expected = offset + u64::from(len);
+            if acked.contains(entry.id) {
+                delivered += 1;
+                return;
+            }
+            segment.live.insert(entry.id);
+            let location = Location {
+                segment: number,
+                offset,
+                len,
+            };
+            visit(entry, location);
         })?;
         if entries == 0 {
             fs.remove(&path).map_err(io_error(&path))?;
             fs.sync_dir(dir).map_err(io_error(dir))?;
             continue;
         }
-        recovery.pending += live.len();
+        recovery.pending += segment.live.len() as usize;
         recovery.delivered += delivered;
-        let segment = Segment {
-            path,
-            bytes: scan.valid,
-            live,
-        };
+        segment.bytes = scan.valid;
         segments.insert(number, segment);
     }
     Ok(segments)

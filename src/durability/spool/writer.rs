@@ -6,8 +6,8 @@
 
 use super::format::frame;
 use super::ids::Ids;
+use super::index::Index;
 use super::{io_error, Appended, Location, Record, SpoolError, SpoolFile, SpoolFs, SpoolSettings};
-use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 1024;
 
 pub(super) enum Command {
-    Append(Record, AppendReply),
+    Append(Append),
     Delivered(u64),
     Park(Park),
     Sync(oneshot::Sender<Result<(), SpoolError>>),
@@ -25,6 +25,13 @@ pub(super) enum Command {
 }
 
 type AppendReply = oneshot::Sender<Result<Appended, SpoolError>>;
+
+/// A record to append; `held`: kept from the replay until released.
+pub(super) struct Append {
+    pub(super) record: Record,
+    pub(super) reply: AppendReply,
+    pub(super) held: bool,
+}
 
 /// A record to park: a spool entry (`id`), or a new record not yet spooled.
 pub(super) struct Park {
@@ -64,14 +71,6 @@ impl Health {
     }
 }
 
-/// A segment file as the writer knows it.
-pub(super) struct Segment {
-    pub(super) path: PathBuf,
-    pub(super) bytes: u64,
-    /// Its entries not yet delivered.
-    pub(super) live: HashSet<u64>,
-}
-
 pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
 }
@@ -83,26 +82,24 @@ pub(super) fn create_segment(
     fs: &dyn SpoolFs,
     dir: &Path,
     first: u64,
-) -> Result<(Box<dyn SpoolFile>, Segment), SpoolError> {
+) -> Result<Box<dyn SpoolFile>, SpoolError> {
     let path = segment_path(dir, first);
     let file = fs.open_append(&path).map_err(io_error(&path))?;
     fs.sync_dir(dir).map_err(io_error(dir))?;
-    let segment = Segment {
-        path,
-        bytes: 0,
-        live: HashSet::new(),
-    };
-    Ok((file, segment))
+    Ok(file)
 }
 
 /// State owned by the writer thread.
 pub(super) struct Writer {
     pub(super) fs: Arc<dyn SpoolFs>,
     pub(super) settings: SpoolSettings,
-    /// Keyed by first id; the last one is appended to.
-    pub(super) segments: BTreeMap<u64, Segment>,
+    /// Every segment, what is pending in it, and what is held; shared
+    /// with the handles and the replay's reads.
+    pub(super) index: Arc<Mutex<Index>>,
+    /// The segment appended to: its file, first id and committed bytes.
     pub(super) current: Box<dyn SpoolFile>,
     pub(super) current_first: u64,
+    pub(super) current_bytes: u64,
     pub(super) acks: Box<dyn SpoolFile>,
     pub(super) acks_path: PathBuf,
     pub(super) parked: Box<dyn SpoolFile>,
@@ -133,7 +130,7 @@ impl Writer {
             let mut command = Some(first);
             while let Some(next) = command {
                 match next {
-                    Command::Append(record, reply) => appends.push((record, reply)),
+                    Command::Append(append) => appends.push(append),
                     Command::Delivered(id) => delivered.push(id),
                     Command::Park(park) => parks.push(park),
                     Command::Sync(reply) => syncs.push(reply),
@@ -173,24 +170,28 @@ impl Writer {
         let _ = self.acks.sync_all();
     }
 
-    fn start_segment(&mut self) -> Result<(), SpoolError> {
+    pub(super) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().expect("spool index lock")
+    }
+
+    pub(super) fn start_segment(&mut self) -> Result<(), SpoolError> {
         let first = self.ids.next();
-        let (file, segment) = create_segment(self.fs.as_ref(), &self.settings.dir, first)?;
-        self.current = file;
+        self.current = create_segment(self.fs.as_ref(), &self.settings.dir, first)?;
         self.current_first = first;
-        self.segments.entry(first).or_insert(segment);
+        self.current_bytes = 0;
+        self.index().segments.entry(first).or_default();
         Ok(())
     }
 
     /// Writes a batch and fsyncs once (group commit). On any error the batch
     /// is cut off the file again and every append in it fails.
-    fn append_batch(&mut self, batch: Vec<(Record, AppendReply)>) {
+    fn append_batch(&mut self, batch: Vec<Append>) {
         let reserved = self.ids.reserve(batch.len() as u64);
         self.status.health.record(reserved.as_ref().err());
         if let Err(error) = reserved {
             tracing::error!(%error, "spool: cannot reserve ids");
-            for (_, reply) in batch {
-                let _ = reply.send(Err(error.duplicate()));
+            for append in batch {
+                let _ = append.reply.send(Err(error.duplicate()));
             }
             return;
         }
@@ -202,14 +203,16 @@ impl Writer {
 
     /// Frames the records that fit under the cap, each with its id and where
     /// it will lie; answers the others `Full`.
-    fn frame_batch(
-        &mut self,
-        batch: Vec<(Record, AppendReply)>,
-    ) -> (Vec<u8>, Vec<(Appended, AppendReply)>) {
+    fn frame_batch(&mut self, batch: Vec<Append>) -> (Vec<u8>, Vec<Accepted>) {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
         let used = self.status.used.load(Ordering::Relaxed);
-        for (record, reply) in batch {
+        for Append {
+            record,
+            reply,
+            held,
+        } in batch
+        {
             let framed = frame(self.ids.next(), &record);
             let projected = used + (buffer.len() + framed.len()) as u64;
             if projected > self.settings.max_bytes {
@@ -219,10 +222,9 @@ impl Writer {
                 }));
                 continue;
             }
-            let segment = &self.segments[&self.current_first];
             let location = Location {
                 segment: self.current_first,
-                offset: segment.bytes + buffer.len() as u64,
+                offset: self.current_bytes + buffer.len() as u64,
                 len: framed.len() as u32,
             };
             buffer.extend_from_slice(&framed);
@@ -230,36 +232,36 @@ impl Writer {
                 id: self.ids.issue(),
                 location,
             };
-            accepted.push((appended, reply));
+            accepted.push(Accepted {
+                appended,
+                reply,
+                held,
+            });
         }
         (buffer, accepted)
     }
 
     /// Writes the framed batch to the current segment and fsyncs it; only
-    /// then answers its appends.
-    fn commit(&mut self, buffer: &[u8], accepted: Vec<(Appended, AppendReply)>) {
-        let current = &self.segments[&self.current_first];
-        let (path, before) = (current.path.clone(), current.bytes);
+    /// then makes its entries pending (readable by the replay, but for the
+    /// held ones) and answers their appends.
+    fn commit(&mut self, buffer: &[u8], accepted: Vec<Accepted>) {
+        let path = segment_path(&self.settings.dir, self.current_first);
         let written = self
             .current
             .write_all(buffer)
             .and_then(|()| self.current.sync_data());
         if let Err(source) = written {
             // Later appends still land at the end: the file is open for appending.
-            let _ = self.current.set_len(before);
+            let _ = self.current.set_len(self.current_bytes);
             let error = io_error(&path)(source);
             tracing::error!(%error, "spool write failed");
             self.status.health.record(Some(&error));
-            for (_, reply) in accepted {
+            for Accepted { reply, .. } in accepted {
                 let _ = reply.send(Err(error.duplicate()));
             }
             return;
         }
-        let segment = self
-            .segments
-            .get_mut(&self.current_first)
-            .expect("current segment");
-        segment.bytes += buffer.len() as u64;
+        self.current_bytes += buffer.len() as u64;
         let status = &self.status;
         status
             .used
@@ -268,16 +270,38 @@ impl Writer {
             .pending
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
         status.health.record(None);
-        for (appended, reply) in accepted {
-            segment.live.insert(appended.id);
+        {
+            let mut index = self.index.lock().expect("spool index lock");
+            for entry in &accepted {
+                if entry.held {
+                    index.held.insert(entry.appended.id);
+                }
+            }
+            let segment = index.segments.entry(self.current_first).or_default();
+            for entry in &accepted {
+                segment.live.insert(entry.appended.id);
+            }
+            segment.bytes = self.current_bytes;
+        }
+        for Accepted {
+            appended, reply, ..
+        } in accepted
+        {
             let _ = reply.send(Ok(appended));
         }
-        if segment.bytes >= self.settings.segment_bytes {
+        if self.current_bytes >= self.settings.segment_bytes {
             if let Err(error) = self.start_segment() {
                 tracing::error!(%error, "spool: cannot start a new segment; appending to the full one");
             }
         }
     }
+}
+
+/// An append framed into the batch: its id and place, and who waits.
+struct Accepted {
+    appended: Appended,
+    reply: AppendReply,
+    held: bool,
 }
 
 #[cfg(test)]

@@ -1,0 +1,246 @@
+//! Reading the pending entries back for the replay, in id order, from
+//! where it stands (a `Cursor`): each segment's frames are read in
+//! sequence up to its committed length, delivered ones stepped over,
+//! ranges found damaged at recovery jumped, and a held entry ends the
+//! read. Nothing per entry is kept in memory: the files are the queue.
+//!
+//! A frame that was intact when written but no longer is (the disk
+//! damaged it since) is handled as recovery would at the next start: the
+//! read resynchronises on the next intact frame, remembers the range as
+//! damaged, and the pending entries that lay in it are lost and said so.
+
+use super::format::{frame_at, read_frame, FRAME_HEADER};
+use super::index::Index;
+use super::writer::segment_path;
+use super::{io_error, Record, SpoolError};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+/// Where the replay stands in the spool: a segment (by its first id) and
+/// an offset in it. Every entry before it is delivered or parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    segment: u64,
+    offset: u64,
+}
+
+/// A pending entry read back, and where it lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub id: u64,
+    pub record: Record,
+    /// The cursor that reads this entry next.
+    pub at: Cursor,
+}
+
+/// What one read found: entries in id order, and the cursor past the
+/// last frame it looked at.
+#[derive(Debug, Default)]
+pub struct PendingRead {
+    pub entries: Vec<PendingEntry>,
+    pub end: Cursor,
+}
+
+/// How much one read takes, at most (always at least one entry).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+/// The reader's view of the spool: its directory and index.
+pub(super) struct PendingReader<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) index: &'a Mutex<Index>,
+    pub(super) pending: &'a AtomicU64,
+}
+
+/// Where one segment's read stands.
+struct SegmentRead {
+    first: u64,
+    committed: u64,
+    reader: BufReader<File>,
+    /// The last entry read in this segment (the search past damage wants
+    /// an id above it).
+    last_id: u64,
+}
+
+enum Next {
+    /// A frame's entry and its length.
+    Frame(u64, Record, u64),
+    /// Past the committed end of the segment.
+    End,
+    /// A held entry: the read stops before it.
+    Held,
+}
+
+impl PendingReader<'_> {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().expect("spool index lock")
+    }
+
+    /// Reads pending entries from `from` on, within `limits`.
+    pub(super) fn read(&self, from: Cursor, limits: ReadLimits) -> Result<PendingRead, SpoolError> {
+        let mut read = PendingRead {
+            entries: Vec::new(),
+            end: from,
+        };
+        let mut bytes = 0;
+        while let Some(mut segment) = self.open_segment(&mut read.end)? {
+            loop {
+                let at = read.end;
+                match self.next_frame(&mut segment, &mut read.end)? {
+                    Next::End => break,
+                    Next::Held => return Ok(read),
+                    Next::Frame(id, record, len) => {
+                        read.end.offset += len;
+                        if !self.index().is_live(id) {
+                            continue;
+                        }
+                        bytes += len;
+                        read.entries.push(PendingEntry { id, record, at });
+                        if read.entries.len() >= limits.entries || bytes >= limits.bytes {
+                            return Ok(read);
+                        }
+                    }
+                }
+            }
+            match self.index().segment_after(segment.first) {
+                Some(next) => {
+                    read.end = Cursor {
+                        segment: next,
+                        offset: 0,
+                    }
+                }
+                None => return Ok(read),
+            }
+        }
+        Ok(read)
+    }
+
+    /// Opens the segment `cursor` points into (or the next one, if that is
+    /// gone), moving the cursor there; `None` when there is none.
+    fn open_segment(&self, cursor: &mut Cursor) -> Result<Option<SegmentRead>, SpoolError> {
+        loop {
+            let Some((first, committed)) = self
+                .index()
+                .segment_from(cursor.segment)
+                .map(|(first, segment)| (first, segment.bytes))
+            else {
+                return Ok(None);
+            };
+            if first != cursor.segment {
+                *cursor = Cursor {
+                    segment: first,
+                    offset: 0,
+                };
+            }
+            let path = segment_path(self.dir, first);
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                // Deleted since (all delivered): the index no longer has it.
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::NotFound
+                        && self.index().segment_from(first).map(|(f, _)| f) != Some(first) =>
+                {
+                    continue
+                }
+                Err(error) => return Err(io_error(&path)(error)),
+            };
+            let mut reader = BufReader::with_capacity(1 << 16, file);
+            reader
+                .seek(SeekFrom::Start(cursor.offset))
+                .map_err(io_error(&path))?;
+            return Ok(Some(SegmentRead {
+                first,
+                committed,
+                reader,
+                last_id: 0,
+            }));
+        }
+    }
+
+    /// The next frame at `cursor` in `segment`, jumping damaged ranges.
+    fn next_frame(
+        &self,
+        segment: &mut SegmentRead,
+        cursor: &mut Cursor,
+    ) -> Result<Next, SpoolError> {
+        let path = segment_path(self.dir, segment.first);
+        loop {
+            if cursor.offset >= segment.committed {
+                return Ok(Next::End);
+            }
+            let damage = self.index().damage_at(segment.first, cursor.offset);
+            if let Some(end) = damage {
+                cursor.offset = end;
+                segment
+                    .reader
+                    .seek(SeekFrom::Start(end))
+                    .map_err(io_error(&path))?;
+                continue;
+            }
+            let mut body = Vec::new();
+            let available = segment.committed - cursor.offset;
+            let Some(entry) = read_frame(&mut segment.reader, available, &mut body) else {
+                self.skip_damage(segment, cursor.offset)?;
+                continue;
+            };
+            if self.index().held.contains(&entry.id) {
+                return Ok(Next::Held);
+            }
+            segment.last_id = entry.id;
+            let len = (FRAME_HEADER + body.len()) as u64;
+            return Ok(Next::Frame(entry.id, entry.record, len));
+        }
+    }
+
+    /// A committed frame no longer intact: finds the next intact one,
+    /// records the range between as damaged, and takes the pending entries
+    /// that lay in it out (they cannot be read; a restart would skip them too).
+    fn skip_damage(&self, segment: &mut SegmentRead, offset: u64) -> Result<(), SpoolError> {
+        let path = segment_path(self.dir, segment.first);
+        let mut rest = Vec::new();
+        segment
+            .reader
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| {
+                (&mut segment.reader)
+                    .take(segment.committed - offset)
+                    .read_to_end(&mut rest)
+            })
+            .map_err(io_error(&path))?;
+        let found = (1..rest.len()).find_map(|at| {
+            frame_at(&rest, at)
+                .filter(|(entry, _)| entry.id > segment.last_id)
+                .map(|(entry, _)| (at as u64, entry.id))
+        });
+        let (end, next_id) =
+            found.map_or((segment.committed, u64::MAX), |(at, id)| (offset + at, id));
+        let mut index = self.index();
+        let lost: Vec<u64> = index.segments[&segment.first]
+            .live
+            .iter()
+            .filter(|id| *id > segment.last_id && *id < next_id)
+            .collect();
+        for id in &lost {
+            index.deliver(*id, self.pending);
+        }
+        if let Some(indexed) = index.segments.get_mut(&segment.first) {
+            indexed.damaged.push((offset, end));
+        }
+        drop(index);
+        tracing::error!(
+            path = %path.display(), offset, damaged_bytes = end - offset, lost = lost.len(),
+            "spool: a frame on disk is no longer intact; skipped it, and the entries in it are lost"
+        );
+        segment
+            .reader
+            .seek(SeekFrom::Start(end))
+            .map_err(io_error(&path))?;
+        Ok(())
+    }
+}
