@@ -6,6 +6,9 @@
 //! - Otherwise it is appended to the spool (fsync'd) and `Spooled`. If Kafka
 //!   was merely slow, the first attempt keeps running; the replay task waits
 //!   for its outcome before anything after it, and skips the entry if it landed.
+//! - Per-lead order in flight: a record waits until the one before it of
+//!   the same key is settled (`flights`), so librdkafka never holds two of
+//!   a lead at once and cannot time the first out and deliver the second.
 //! - Per-lead order across the spool: while a key has entries waiting in the
 //!   spool, newer records of that key go to the spool too, behind them. While
 //!   Kafka is known to be down, every record goes straight to the spool, so
@@ -32,6 +35,7 @@
 //!   the replay goes on with the records behind it. Retrying it would block
 //!   every later record of every lead.
 
+use crate::durability::flights::{Flights, SETTLE_GRACE};
 use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Topics};
 use crate::durability::spool::{Cursor, PendingEntry, ReadLimits, Spool, SpoolError};
 use crate::pipeline::registry::{SchemaIds, Unstamped};
@@ -195,6 +199,12 @@ pub struct Delivery {
     waiting_for: Mutex<Option<String>>,
     /// When the replay last reported that it is waiting.
     stuck_reported: Mutex<Option<Instant>>,
+    /// The record of each key being made durable: the next one waits.
+    flights: Flights,
+    /// Held by whoever sends from the spool (the replay task, a shutdown
+    /// drain): a drain after a replay that did not stop in time waits for
+    /// its window instead of sending it a second time beside it.
+    replay_turn: tokio::sync::Mutex<()>,
 }
 
 /// The per-key ordering key: topic and record key, hashed (a collision
@@ -232,6 +242,8 @@ impl Delivery {
             topics_ready: AtomicBool::new(topics == Topics::Ready),
             waiting_for: Mutex::new(None),
             stuck_reported: Mutex::new(None),
+            flights: Flights::default(),
+            replay_turn: tokio::sync::Mutex::new(()),
         };
         Arc::new(delivery)
     }
@@ -277,6 +289,11 @@ impl Delivery {
 
     /// Makes the record durable: Kafka within the deadline, else the spool.
     pub async fn deliver(self: &Arc<Self>, mut record: Record) -> Result<Durable, SpoolError> {
+        // Settled (acknowledged, or spooled with its key held) when dropped.
+        let _flight = self
+            .flights
+            .enter(key_of(&record), self.deadline + SETTLE_GRACE)
+            .await;
         match self.schemas.stamp(&mut record) {
             Ok(()) => {}
             Err(Unstamped::Waiting { .. }) => return self.spool_record(record, None).await,
@@ -325,11 +342,11 @@ impl Delivery {
         record: Record,
         attempt: Option<Acknowledgement>,
     ) -> Result<Durable, SpoolError> {
+        let key = key_of(&record);
+        self.backlog().hold_key(key);
         let delivery = Arc::clone(self);
         let spooled = tokio::spawn(async move {
-            let key = key_of(&record);
             let received = received_at(&record);
-            delivery.backlog().hold_key(key);
             let appended = match attempt {
                 Some(_) => delivery.spool.append_held(record).await,
                 None => delivery.spool.append(record).await,
@@ -487,6 +504,7 @@ impl Delivery {
     /// One step at the head of the spool. `None`: nothing to do; `Some(ok)`:
     /// whether everything attempted reached Kafka.
     async fn replay_once(&self) -> Option<bool> {
+        let _turn = self.replay_turn.lock().await;
         if !self.topics_ready() {
             self.report_waiting(Some(
                 "Kafka, to create the topics (unreachable since start-up)".into(),

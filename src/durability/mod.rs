@@ -4,6 +4,7 @@
 
 pub mod dedup;
 pub mod delivery;
+pub mod flights;
 pub mod kafka;
 pub mod reports;
 pub mod spool;

@@ -476,16 +476,23 @@ pub fn free_port() -> u16 {
 
 impl Broker {
     pub fn start(port: u16) -> Broker {
+        Broker::start_advertising(port, port)
+    }
+
+    /// A broker on `port` that tells clients to connect to `advertised`
+    /// (a `store::Gate` in front of it, that can cut the connections).
+    pub fn start_advertising(port: u16, advertised: u16) -> Broker {
         let tansu = std::env::var("TANSU_BIN")
             .expect("TANSU_BIN is not set: run the tests with scripts/test");
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(tansu)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())

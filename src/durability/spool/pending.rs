@@ -244,3 +244,68 @@ impl PendingReader<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{open, record, settings};
+    use super::*;
+
+    fn all(spool: &super::super::Spool, from: Cursor) -> Result<PendingRead, SpoolError> {
+        let limits = ReadLimits {
+            entries: usize::MAX,
+            bytes: u64::MAX,
+        };
+        spool.read_pending(from, limits)
+    }
+
+    /// A segment that cannot be read now (here: gone from its path, as
+    /// EMFILE or a failed open would look) is an error, not a skip: read
+    /// again from the same cursor, every entry is still there, in order.
+    #[tokio::test]
+    async fn a_failed_read_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..12 {
+            ids.push(spool.append(record(n)).await.unwrap().id);
+        }
+        let first = segment_path(dir.path(), ids[0]);
+        let aside = dir.path().join("aside");
+        std::fs::rename(&first, &aside).unwrap();
+        assert!(all(&spool, Cursor::default()).is_err());
+        std::fs::rename(&aside, &first).unwrap();
+        let read = all(&spool, Cursor::default()).unwrap();
+        let read: Vec<u64> = read.entries.iter().map(|e| e.id).collect();
+        assert_eq!(read, ids);
+    }
+
+    /// Delivered entries are stepped over, a held one ends the read until
+    /// released, and a cursor kept across deliveries and deleted segments
+    /// finds the rest.
+    #[tokio::test]
+    async fn the_replay_reads_what_is_pending_from_where_it_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _, _) = open(settings(dir.path())).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            ids.push(spool.append(record(n)).await.unwrap().id);
+        }
+        let held = spool.append_held(record(10)).await.unwrap().id;
+        let after = spool.append(record(11)).await.unwrap().id;
+        for id in &ids[..6] {
+            spool.mark_delivered(*id);
+        }
+        let read = all(&spool, Cursor::default()).unwrap();
+        let got: Vec<u64> = read.entries.iter().map(|e| e.id).collect();
+        assert_eq!(got, ids[6..].to_vec(), "stops before the held entry");
+        for id in &ids[6..] {
+            spool.mark_delivered(*id);
+        }
+        spool.sync().await.unwrap();
+        spool.release(held);
+        let read = all(&spool, read.end).unwrap();
+        let got: Vec<u64> = read.entries.iter().map(|e| e.id).collect();
+        assert_eq!(got, vec![held, after]);
+        assert_eq!(read.entries[0].record, record(10));
+    }
+}
