@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::durability::dedup::Dedup;
-use crate::durability::delivery::{Delivery, Durable, Recovered};
+use crate::durability::delivery::{Delivery, Recovered};
 use crate::durability::kafka::{PublishError, Publisher, TopicSpec, Topics};
 use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
 use crate::http::acceptor::Acceptor;
@@ -19,12 +19,10 @@ use crate::http::{server, tls};
 use crate::observe::metrics;
 use crate::ops::admin;
 use crate::ops::health::{CopierHealth, Health};
-use crate::pipeline::event;
 use crate::pipeline::registry::{RegistryError, SchemaIds};
 use crate::pipeline::route::routes;
 use crate::pipeline::schema::{self, EventSchema, SchemaError, SchemaSource};
 use crate::recordings::copier::{copy_recordings, CopierState};
-use crate::vocabulary::headers::{DEDUP_KEY_HEADER, GROUP_ID_HEADER};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,9 +55,9 @@ pub enum StartupError {
 }
 
 /// Opens the spool: the entries it holds are counted for the replay (per
-/// key: nothing is kept per entry), and their dedup keys go to `dedup`,
-/// since they were answered 2xx and a repeat of one is a duplicate.
-fn open_spool(config: &Config, dedup: Option<&Dedup>) -> Result<(Spool, Recovered), StartupError> {
+/// key: nothing is kept per entry). Not to the dedup window: an entry still
+/// in the spool is not provably its entity's latest event (dedup.rs).
+fn open_spool(config: &Config) -> Result<(Spool, Recovered), StartupError> {
     let mut recovered = Recovered::default();
     let settings = SpoolSettings {
         dir: config.spool.dir.clone(),
@@ -68,19 +66,6 @@ fn open_spool(config: &Config, dedup: Option<&Dedup>) -> Result<(Spool, Recovere
     };
     let (spool, recovery) = Spool::open(settings, |entry, _| {
         recovered.add(&entry.record);
-        let record = &entry.record;
-        let key = record.header(DEDUP_KEY_HEADER);
-        let entity = key.and_then(event::DedupKey::entity_of);
-        if let (Some(dedup), Some(key), Some(entity)) = (dedup, key, entity) {
-            let group_id = record.header(GROUP_ID_HEADER).unwrap_or_default();
-            dedup.remember(
-                entity,
-                key,
-                &record.topic,
-                Durable::Spooled(entry.id),
-                group_id,
-            );
-        }
     })?;
     if recovery.torn_bytes > 0 {
         tracing::error!(
@@ -120,7 +105,7 @@ pub struct DrainReport {
 /// volume a scaled-in pod left behind.
 pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainReport, StartupError> {
     let schemas = schema::load_all(&SchemaSource::of(&config.registry))?;
-    let (spool, recovered) = open_spool(config, None)?;
+    let (spool, recovered) = open_spool(config)?;
     let found = recovered.len();
     let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
     let startup_timeout = config.kafka.startup_timeout_ms;
@@ -312,7 +297,7 @@ impl App {
         // Install the recorder before anything records.
         metrics::handle();
         let dedup = Dedup::of(&config.dedup);
-        let (spool, recovered) = open_spool(&config, dedup.as_ref())?;
+        let (spool, recovered) = open_spool(&config)?;
 
         let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
         let topics = prepare_topics(&config, &publisher).await?;

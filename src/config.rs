@@ -565,7 +565,10 @@ pub struct KafkaConfig {
     /// `partitioner`: murmur2_random matches the Java client, so a contact key
     /// maps to the same partition whichever client produced it.
     pub partitioner: Partitioner,
-    /// Create the event and dead-letter topics at start-up if they are missing.
+    /// Create the event and dead-letter topics at start-up if they are
+    /// missing, and again if one is deleted while the bridge runs; sets
+    /// librdkafka's `allow.auto.create.topics` to false (overridable in
+    /// `options`), so a broker's auto-creation does not win with its defaults.
     pub create_topics: bool,
     /// Partition count for topics the bridge creates.
     pub topic_partitions: i32,

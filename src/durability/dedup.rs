@@ -19,6 +19,20 @@
 //! entry, scattered among the requests' short-lived allocations, kept pages
 //! resident that this layout does not: docs/benchmarks/README.md.)
 //! Entities and keys are kept as 128-bit fingerprints (SHA-256 prefix).
+//!
+//! **After a restart the window starts empty: it fails open.** It is not
+//! rebuilt from the entries still in the spool, because no spooled entry can
+//! be proven to be its entity's latest event. Per-key order holds a newer
+//! event behind a spooled one only when both share a Kafka key (topic and
+//! contact), and an entity spans keys: a task reassigned to another contact,
+//! a lead's CUSTOMER_CREATE and CUSTOMER_CHANGE (two topics), a call's events
+//! on three topics. Such a newer event goes straight to Kafka (or is
+//! replayed and leaves the spool), and the spool cannot tell. Remembering
+//! the older spooled event as the latest answered a genuine change back
+//! (A -> B -> A across the restart) `duplicate`, and lost it. Forgetting only
+//! publishes a repeat that straddles a restart a second time, with the same
+//! `superfone-dedup-key`, which consumers already handle; a false duplicate
+//! loses an event Superfone will never send again.
 
 use crate::config::DedupConfig;
 use crate::durability::delivery::{Durable, RecordRef};
@@ -389,9 +403,9 @@ impl Dedup {
         }
     }
 
-    /// Remembers an event whose record is durable, e.g. rebuilt from the
-    /// spool at start-up (in spool order, so the latest wins).
-    pub fn remember(&self, entity: &str, key: &str, topic: &str, durable: Durable, group_id: &str) {
+    /// Remembers an event whose record is durable, outside a claim.
+    #[cfg(test)]
+    fn remember(&self, entity: &str, key: &str, topic: &str, durable: Durable, group_id: &str) {
         self.remember_fingerprints(
             fingerprint(entity),
             fingerprint(key),

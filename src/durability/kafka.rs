@@ -7,6 +7,13 @@
 //! set from `server.max_body_bytes` plus `RECORD_OVERHEAD_BYTES`, and errors
 //! that no retry can cure (`PublishError::is_permanent`) are told apart, so
 //! the spool parks such a record instead of retrying it forever.
+//!
+//! A missing topic (deleted, being recreated, not yet propagated) is not one
+//! of them: its records wait in the spool, in order, while the publisher
+//! restores the topic (`Publisher::recover`): created again as start-up
+//! creates it when `kafka.create_topics` is on, and its metadata asked for,
+//! since librdkafka fails every record of a topic it believes missing at
+//! once and would not ask again by itself for minutes.
 
 use crate::config::{Config, KafkaConfig};
 use crate::durability::reports::ServedProducer;
@@ -20,8 +27,9 @@ use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Statistics};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +49,19 @@ pub enum PublishError {
     },
     #[error("the broker did not acknowledge the record: {0}")]
     Delivery(#[source] KafkaError),
+    /// Retried: the topic comes back, created again or by an operator.
+    #[error("topic {topic} does not exist (deleted, or not created yet): {source}")]
+    MissingTopic {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
 }
 
 /// The Kafka error codes no retry can cure for one record: it is too large,
 /// its topic is invalid or forbidden, or the broker refuses its format.
 /// Everything else (timeouts, transport, leadership changes, a fenced or
-/// fatal producer, which is replaced) is retried.
+/// fatal producer, which is replaced, a missing topic) is retried.
 const PERMANENT_CODES: &[RDKafkaErrorCode] = &[
     RDKafkaErrorCode::MessageSizeTooLarge,
     RDKafkaErrorCode::InvalidMessageSize,
@@ -54,7 +69,6 @@ const PERMANENT_CODES: &[RDKafkaErrorCode] = &[
     RDKafkaErrorCode::InvalidRecord,
     RDKafkaErrorCode::InvalidTimestamp,
     RDKafkaErrorCode::InvalidTopic,
-    RDKafkaErrorCode::UnknownTopic,
     RDKafkaErrorCode::TopicAuthorizationFailed,
     RDKafkaErrorCode::ClusterAuthorizationFailed,
     RDKafkaErrorCode::UnsupportedForMessageFormat,
@@ -65,7 +79,35 @@ const PERMANENT_CODES: &[RDKafkaErrorCode] = &[
     RDKafkaErrorCode::InvalidArgument,
 ];
 
+/// The codes of a record whose topic (or partition) the brokers do not know:
+/// librdkafka's own "Local: Unknown topic" for a topic its metadata says is
+/// missing (every record then fails at once, until a metadata answer lists
+/// the topic again), and the brokers' UNKNOWN_TOPIC_OR_PARTITION. Topic
+/// names are checked at start (`Config::validate`), so these mean missing,
+/// never invalid.
+const MISSING_TOPIC_CODES: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::UnknownTopic,
+    RDKafkaErrorCode::UnknownTopicOrPartition,
+    RDKafkaErrorCode::UnknownPartition,
+];
+
+/// How often a missing topic is restored at most (created, its metadata
+/// asked for), and how long one restoration may take.
+const RESTORE_INTERVAL: Duration = Duration::from_secs(1);
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PublishError {
+    /// Why the broker did not take a record for `topic`.
+    fn delivery(error: KafkaError, topic: &str) -> Self {
+        match error.rdkafka_error_code() {
+            Some(code) if MISSING_TOPIC_CODES.contains(&code) => PublishError::MissingTopic {
+                topic: topic.to_owned(),
+                source: error,
+            },
+            _ => PublishError::Delivery(error),
+        }
+    }
+
     /// The record can never be stored as it is: retrying it would only block
     /// the records behind it.
     pub fn is_permanent(&self) -> bool {
@@ -199,6 +241,12 @@ pub struct Publisher {
     brokers: String,
     /// Where each producer's delivery reports are served.
     runtime: tokio::runtime::Handle,
+    /// How a missing topic is created again: `kafka.create_topics`'
+    /// partitions, replication and `max.message.bytes` (no names); `None`
+    /// when topics are not the bridge's to create.
+    creates: Option<TopicSpec>,
+    /// When each missing topic was last restored.
+    restored: Mutex<HashMap<String, Instant>>,
 }
 
 impl Publisher {
@@ -219,6 +267,12 @@ impl Publisher {
                 "statistics.interval.ms",
                 millis(config.statistics_interval_ms),
             );
+        if config.create_topics {
+            // The bridge creates its topics, with its partitions and
+            // max.message.bytes: a broker auto-creating a deleted one with
+            // its own defaults on a metadata request would race it.
+            client_config.set("allow.auto.create.topics", "false");
+        }
         for (key, value) in &config.options {
             client_config.set(key, value);
         }
@@ -243,6 +297,13 @@ impl Publisher {
             client_config,
             brokers: config.brokers.clone(),
             runtime,
+            creates: config.create_topics.then(|| TopicSpec {
+                names: Vec::new(),
+                partitions: config.topic_partitions,
+                replication_factor: config.topic_replication_factor,
+                max_record_bytes,
+            }),
+            restored: Mutex::new(HashMap::new()),
         })
     }
 
@@ -253,8 +314,13 @@ impl Publisher {
     /// Replaces the producer when it cannot recover by itself: librdkafka
     /// declared it fatally failed, or the broker fenced its producer id (seen
     /// after in-flight requests time out and the idempotent producer bumps its
-    /// epoch). Returns whether it did. Cheap: call it after any failed delivery.
+    /// epoch). Returns whether it did. A missing topic is restored in the
+    /// background (`restore_topic`). Cheap: call it after any failed delivery.
     pub fn recover(&self, error: &PublishError) -> bool {
+        if let PublishError::MissingTopic { topic, .. } = error {
+            self.restore_topic(topic);
+            return false;
+        }
         let fenced = matches!(
             error,
             PublishError::Delivery(
@@ -293,6 +359,54 @@ impl Publisher {
         }
     }
 
+    /// Restores a topic the brokers do not know, in the background and at
+    /// most every `RESTORE_INTERVAL`: creates it as start-up does when
+    /// `kafka.create_topics` is on, then asks the brokers for its metadata.
+    /// librdkafka fails every record of a topic it believes missing at once
+    /// and would not ask again until `topic.metadata.refresh.interval.ms`
+    /// (5 minutes); this answer tells it the topic exists once it does.
+    fn restore_topic(&self, topic: &str) {
+        {
+            let mut restored = self.restored.lock().expect("restored lock");
+            if restored
+                .get(topic)
+                .is_some_and(|at| at.elapsed() < RESTORE_INTERVAL)
+            {
+                return;
+            }
+            restored.insert(topic.to_owned(), Instant::now());
+        }
+        let creates = self.creates.clone().map(|shape| {
+            let spec = TopicSpec {
+                names: vec![topic.to_owned()],
+                ..shape
+            };
+            (self.client_config.clone(), spec, self.brokers.clone())
+        });
+        let (producer, topic) = (self.producer(), topic.to_owned());
+        self.runtime.spawn(async move {
+            if let Some((client_config, spec, brokers)) = creates {
+                match create_topics(&client_config, &spec, RESTORE_TIMEOUT, &brokers).await {
+                    Ok(created) if !created.is_empty() => {
+                        tracing::warn!(%topic, "the topic was missing; created it again (kafka.create_topics)");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, %topic, "the topic is missing and cannot be created yet"),
+                }
+            }
+            let asked = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Timeout::After(RESTORE_TIMEOUT))
+                    .map(|_| ())
+            })
+            .await;
+            if let Ok(Err(error)) = asked {
+                tracing::debug!(%error, "metadata of a missing topic not fetched");
+            }
+        });
+    }
+
     /// Waits until broker metadata can be fetched: the brokers are reachable.
     pub async fn check_broker(&self, timeout: Duration) -> Result<(), PublishError> {
         self.metadata(timeout).await.map(|_| ())
@@ -315,42 +429,13 @@ impl Publisher {
     }
 
     /// Creates the topics of `spec` that do not exist yet; existing ones are
-    /// left as they are.
+    /// left as they are. Returns those it created.
     pub async fn create_topics(
         &self,
         spec: &TopicSpec,
         timeout: Duration,
-    ) -> Result<(), PublishError> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config.create().map_err(PublishError::Client)?;
-        let max_bytes = spec.max_record_bytes.to_string();
-        let new_topics: Vec<NewTopic<'_>> = spec
-            .names
-            .iter()
-            .map(|topic| {
-                NewTopic::new(
-                    topic,
-                    spec.partitions,
-                    TopicReplication::Fixed(spec.replication_factor),
-                )
-                .set("max.message.bytes", &max_bytes)
-            })
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(timeout));
-        let results = admin
-            .create_topics(&new_topics, &options)
-            .await
-            .map_err(|source| PublishError::Unreachable {
-                brokers: self.brokers.clone(),
-                source,
-            })?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(PublishError::CreateTopic { topic, code }),
-            }
-        }
-        Ok(())
+    ) -> Result<Vec<String>, PublishError> {
+        create_topics(&self.client_config, spec, timeout, &self.brokers).await
     }
 
     /// Asks the brokers for each topic's `max.message.bytes` and says, at
@@ -464,6 +549,7 @@ impl Publisher {
     /// Hands a record to librdkafka now (so records enter its queue in call
     /// order, which keeps per-key order) and returns the acknowledgement future.
     pub fn enqueue(&self, record: &Record) -> Result<Acknowledgement, PublishError> {
+        let topic = record.topic.clone();
         let headers = record
             .headers
             .iter()
@@ -483,10 +569,10 @@ impl Publisher {
         }
         self.producer()
             .send(base_record)
-            .map_err(|(error, _)| PublishError::Delivery(error))?;
+            .map_err(|(error, _)| PublishError::delivery(error, &topic))?;
         Ok(Box::pin(async move {
             match acknowledgement.await {
-                Ok(result) => result.map_err(PublishError::Delivery),
+                Ok(result) => result.map_err(|error| PublishError::delivery(error, &topic)),
                 // The producer was dropped with the record still queued.
                 Err(_) => Err(PublishError::Delivery(KafkaError::Canceled)),
             }
@@ -510,6 +596,48 @@ impl Publisher {
 /// A duration as librdkafka's `*.ms` settings take it: whole milliseconds.
 fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
+}
+
+/// Creates the topics of `spec` that do not exist yet, with an admin client
+/// of `client_config`; returns those it created.
+async fn create_topics(
+    client_config: &ClientConfig,
+    spec: &TopicSpec,
+    timeout: Duration,
+    brokers: &str,
+) -> Result<Vec<String>, PublishError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config.create().map_err(PublishError::Client)?;
+    let max_bytes = spec.max_record_bytes.to_string();
+    let new_topics: Vec<NewTopic<'_>> = spec
+        .names
+        .iter()
+        .map(|topic| {
+            NewTopic::new(
+                topic,
+                spec.partitions,
+                TopicReplication::Fixed(spec.replication_factor),
+            )
+            .set("max.message.bytes", &max_bytes)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|source| PublishError::Unreachable {
+            brokers: brokers.to_owned(),
+            source,
+        })?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(PublishError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(created)
 }
 
 /// A producer with `client_config` whose delivery reports `runtime` serves.
@@ -567,6 +695,52 @@ mod tests {
         assert_eq!(setting("statistics.interval.ms"), Some("5000"));
         assert_eq!(setting("compression.type"), Some("lz4"));
         assert_eq!(setting("partitioner"), Some("murmur2_random"));
+    }
+
+    /// A missing topic waits for the topic to come back; what no retry can
+    /// fix (size, authorization, an invalid name) is parked.
+    #[test]
+    fn a_missing_topic_is_retried_and_only_incurable_errors_are_permanent() {
+        let error = |code| PublishError::delivery(KafkaError::MessageProduction(code), "t");
+        for code in MISSING_TOPIC_CODES {
+            let missing = error(*code);
+            assert!(
+                matches!(&missing, PublishError::MissingTopic { topic, .. } if topic == "t"),
+                "{missing:?}"
+            );
+            assert!(!missing.is_permanent(), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert!(error(code).is_permanent(), "{code:?}");
+        }
+        assert!(!error(RDKafkaErrorCode::MessageTimedOut).is_permanent());
+    }
+
+    /// With `create_topics` the bridge, not a broker's auto-creation, makes
+    /// its topics; a pass-through option still has the last word.
+    #[tokio::test(flavor = "current_thread")]
+    async fn creating_topics_turns_off_auto_creation_unless_overridden() {
+        let auto_create = |create_topics, options: &[(&str, &str)]| {
+            let config = KafkaConfig {
+                create_topics,
+                options: options
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                    .collect(),
+                ..KafkaConfig::default()
+            };
+            let publisher = Publisher::new(&config, 1 << 20).unwrap();
+            let setting = publisher.client_config.get("allow.auto.create.topics");
+            setting.map(str::to_owned)
+        };
+        assert_eq!(auto_create(true, &[]).as_deref(), Some("false"));
+        assert_eq!(auto_create(false, &[]), None);
+        let overridden = auto_create(true, &[("allow.auto.create.topics", "true")]);
+        assert_eq!(overridden.as_deref(), Some("true"));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -97,16 +97,6 @@ pub struct DedupKey {
     pub key: String,
 }
 
-impl DedupKey {
-    /// The entity of a key as `key` wrote it (spool recovery reads it back
-    /// from the record's header).
-    pub fn entity_of(key: &str) -> Option<&str> {
-        let (_, rest) = key.split_once('|')?;
-        let (entity, _) = rest.rsplit_once('|')?;
-        Some(entity)
-    }
-}
-
 /// The identity of an event. Superfone may deliver one event twice; a
 /// repeat is recognised only as a copy of the latest event of its entity,
 /// so a real change back (lead stage A -> B -> A, or a reminder firing again
@@ -230,7 +220,6 @@ mod tests {
         assert_eq!(call.entity, "cdr_id=9876543");
         assert!(call.key.starts_with("ALL_CALLS|cdr_id=9876543|"));
         assert_eq!(call.key.len(), "ALL_CALLS|cdr_id=9876543|".len() + 16);
-        assert_eq!(DedupKey::entity_of(&call.key), Some("cdr_id=9876543"));
         assert_eq!(
             key(EventKind::CdrSummaryReady, json!({"cdr_uuid": "8f4e"})).entity,
             "cdr_uuid=8f4e"
