@@ -2,12 +2,14 @@
 //! the same run on the same machine (the broker alone, and HTTP alone), and
 //! counts only deliveries found on the broker afterwards; and, with
 //! `recordings`, its recording copier against a plain download of the same
-//! recordings (issue 27's figures). `scripts/bench` starts the broker and
-//! registry and runs `superfone-bench run` (`recordings` with `--recordings`).
+//! recordings (issue 27's figures); and, with `spool-memory`, the bridge's
+//! memory through a long Kafka outage (issue 28's figures). `scripts/bench`
+//! starts the broker and registry and runs `superfone-bench run`
+//! (`recordings` with `--recordings`, `spool-memory` with `--spool-memory`).
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use superfone_bench::{recordings, run, sink};
+use superfone_bench::{recordings, run, sink, spool_memory};
 
 #[derive(Parser)]
 #[command(about = "Benchmark superfone-bridge against broker and HTTP ceilings")]
@@ -35,6 +37,17 @@ enum Command {
         #[arg(long)]
         require_goals: bool,
     },
+    /// Spool events with Kafka unreachable (over HTTP, and a full spool
+    /// written in its real format), restart, replay, drain: the bridge's
+    /// memory at each step; write bench.json and bench.md.
+    SpoolMemory {
+        #[command(flatten)]
+        options: Box<spool_memory::Options>,
+        /// Exit non-zero unless every goal is met (an event not delivered
+        /// after the replay always fails).
+        #[arg(long)]
+        require_goals: bool,
+    },
     /// The HTTP ceiling's trivial server (started by `run`).
     HttpSink {
         #[arg(long)]
@@ -46,6 +59,25 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::HttpSink { listen } => sink::serve(listen).await,
+        Command::SpoolMemory {
+            options,
+            require_goals,
+        } => {
+            let report = spool_memory::run(*options).await?;
+            println!("{}", report.markdown());
+            let undelivered = report.undelivered();
+            anyhow::ensure!(
+                undelivered == 0,
+                "{undelivered} spooled events were not found on the broker"
+            );
+            let unmet = report.unmet();
+            anyhow::ensure!(
+                !require_goals || unmet.is_empty(),
+                "goals not met: {}",
+                unmet.join(", ")
+            );
+            Ok(())
+        }
         Command::Recordings {
             options,
             require_goals,

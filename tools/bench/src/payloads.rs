@@ -94,6 +94,23 @@ impl Payloads {
         })
     }
 
+    /// Only the templates about an existing lead: not CUSTOMER_CREATE (a
+    /// fresh contact id each) nor an event without a contact
+    /// (CDR_SUMMARY_READY, keyed by its call, so a fresh key each). The
+    /// records then have exactly `contacts` Kafka keys. Their identities
+    /// (`cdr_id`, `task_id`, a changed value) still vary with the sequence
+    /// number, so no event is a duplicate of another.
+    pub fn existing_leads_only(mut self) -> anyhow::Result<Payloads> {
+        self.templates.retain(|template| {
+            template
+                .parts
+                .iter()
+                .any(|part| matches!(part, Part::Slot(Slot::Contact)))
+        });
+        anyhow::ensure!(!self.templates.is_empty(), "every template creates a lead");
+        Ok(self)
+    }
+
     pub fn len(&self) -> usize {
         self.templates.len()
     }
@@ -187,6 +204,18 @@ mod tests {
     fn fixtures() -> Payloads {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
         Payloads::load(&dir, 100).unwrap()
+    }
+
+    #[test]
+    fn existing_leads_only_keeps_every_event_on_the_given_leads() {
+        let payloads = fixtures().existing_leads_only().unwrap();
+        assert_eq!(payloads.len(), 8);
+        for seq in 0..80 {
+            let body: Value = serde_json::from_slice(&payloads.body(seq)).unwrap();
+            assert_ne!(body["event"], "CUSTOMER_CREATE");
+            let contact = body["contact_id"].as_u64().unwrap();
+            assert!((CONTACT_BASE..CONTACT_BASE + 100).contains(&contact));
+        }
     }
 
     #[test]

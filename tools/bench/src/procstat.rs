@@ -22,12 +22,30 @@ fn fields_after_command(stat: &str) -> Option<Vec<&str>> {
 
 /// Resident set size in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The peak resident set size in KiB (`VmHWM`): the kernel's own high-water
+/// mark, so a peak between two samples is not missed.
+pub fn hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// Starts `VmHWM` again from the current RSS (`clear_refs` 5, Linux 4.0+),
+/// so the next reading is the peak of what follows.
+pub fn reset_hwm(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    Ok(())
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))
 }
 
 fn clock_ticks_per_second() -> u64 {
