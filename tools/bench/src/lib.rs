@@ -1,6 +1,7 @@
 //! The benchmark's parts: payload templates, the load generator, the HTTP
 //! ceiling's server, the processes it starts, process statistics, read-back
-//! on the broker, the report; and the recordings benchmark (`recordings`).
+//! on the broker, the report; the recordings benchmark (`recordings`); and
+//! the soak with the broker flapping and the bridge killed (`soak`).
 
 pub mod load;
 pub mod payloads;
@@ -10,4 +11,5 @@ pub mod recordings;
 pub mod report;
 pub mod run;
 pub mod sink;
+pub mod soak;
 pub mod verify;
