@@ -2,14 +2,16 @@
 //! the same run on the same machine (the broker alone, and HTTP alone), and
 //! counts only deliveries found on the broker afterwards; and, with
 //! `recordings`, its recording copier against a plain download of the same
-//! recordings (issue 27's figures); and, with `spool-memory`, the bridge's
-//! memory through a long Kafka outage (issue 28's figures). `scripts/bench`
-//! starts the broker and registry and runs `superfone-bench run`
-//! (`recordings` with `--recordings`, `spool-memory` with `--spool-memory`).
+//! recordings (issue 27's figures); with `spool-memory`, the bridge's
+//! memory through a long Kafka outage; and with `soak`, the bridge under
+//! steady load while the broker flaps and the bridge is killed (both issue
+//! 28). `scripts/bench` starts the broker and registry and runs
+//! `superfone-bench run` (`recordings` with `--recordings`, `spool-memory`
+//! with `--spool-memory`); `scripts/soak` runs `soak`.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use superfone_bench::{recordings, run, sink, spool_memory};
+use superfone_bench::{recordings, run, sink, soak, spool_memory};
 
 #[derive(Parser)]
 #[command(about = "Benchmark superfone-bridge against broker and HTTP ceilings")]
@@ -48,6 +50,13 @@ enum Command {
         #[arg(long)]
         require_goals: bool,
     },
+    /// Steady load with the broker frozen and thawed at random and the
+    /// bridge killed and restarted; every 2xx-answered event checked on the
+    /// broker (none lost, each lead in order). Writes soak.json and soak.md.
+    Soak {
+        #[command(flatten)]
+        options: Box<soak::Options>,
+    },
     /// The HTTP ceiling's trivial server (started by `run`).
     HttpSink {
         #[arg(long)]
@@ -75,6 +84,19 @@ async fn main() -> anyhow::Result<()> {
                 !require_goals || unmet.is_empty(),
                 "goals not met: {}",
                 unmet.join(", ")
+            );
+            Ok(())
+        }
+        Command::Soak { options } => {
+            let report = soak::run(*options).await?;
+            println!("{}", report.markdown());
+            println!("SOAK-FIGURES {}", serde_json::to_string(&report.figures)?);
+            anyhow::ensure!(
+                report.passed(),
+                "the soak broke the guarantee: {} lost, {} order violations, {} leads on several partitions",
+                report.figures.lost,
+                report.figures.order_violations,
+                report.figures.leads_on_several_partitions
             );
             Ok(())
         }

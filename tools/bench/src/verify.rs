@@ -1,6 +1,8 @@
 //! Counting on the broker: every event topic is read from the beginning to
 //! its high watermark, and each record's group id header says which phase
-//! and request it came from. Only these records count as deliveries.
+//! and request it came from. Only these records count as deliveries. The
+//! soak reads through the same reader (`read_topics`), keeping each
+//! record's partition and offset to check the order per lead.
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -19,9 +21,44 @@ pub type Found = HashMap<String, HashSet<u64>>;
 
 /// Reads `topics` completely (blocking; call from `spawn_blocking`).
 pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow::Result<Found> {
+    let prefix = format!("{run}-");
+    let mut found = Found::new();
+    read_topics(brokers, topics, &format!("{run}-verify"), |record| {
+        if let Some((phase, seq)) = record
+            .group_id
+            .and_then(|id| id.strip_prefix(&prefix))
+            .and_then(|rest| rest.rsplit_once('-'))
+        {
+            if let Ok(seq) = seq.parse() {
+                found.entry(phase.to_owned()).or_default().insert(seq);
+            }
+        }
+    })?;
+    Ok(found)
+}
+
+/// One record as read back: where it lies and what identifies it.
+pub struct ReadBack<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    /// The `superfone-group-id` header.
+    pub group_id: Option<&'a str>,
+}
+
+/// Reads `topics` from their beginning to past their high watermarks and
+/// hands every record to `each`, in offset order within each partition
+/// (blocking; call from `spawn_blocking`).
+pub fn read_topics(
+    brokers: &str,
+    topics: &[String],
+    consumer_group: &str,
+    mut each: impl FnMut(ReadBack<'_>),
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{run}-verify"))
+        .set("group.id", consumer_group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .create()
@@ -48,8 +85,6 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
         }
     }
     consumer.assign(&assignment)?;
-    let prefix = format!("{run}-");
-    let mut found = Found::new();
     let mut last_progress = Instant::now();
     // Past the watermarks read at the start, keep reading until the topics
     // stay quiet for a while: tansu was seen reporting a high watermark that
@@ -75,14 +110,13 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
                 .find(|header| header.key == GROUP_ID_HEADER)
                 .and_then(|header| std::str::from_utf8(header.value?).ok())
         });
-        if let Some((phase, seq)) = group_id
-            .and_then(|id| id.strip_prefix(&prefix))
-            .and_then(|rest| rest.rsplit_once('-'))
-        {
-            if let Ok(seq) = seq.parse() {
-                found.entry(phase.to_owned()).or_default().insert(seq);
-            }
-        }
+        each(ReadBack {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            group_id,
+        });
         let key = (message.topic().to_owned(), message.partition());
         if highs
             .get(&key)
@@ -102,5 +136,5 @@ pub fn records_on_broker(brokers: &str, topics: &[String], run: &str) -> anyhow:
             "[bench] {past_watermark} records were beyond the high watermarks the broker reported"
         );
     }
-    Ok(found)
+    Ok(())
 }
