@@ -8,4 +8,4 @@ pub mod headers;
 mod record;
 
 pub use event_kind::EventKind;
-pub use record::{Record, RECORD_OVERHEAD_BYTES};
+pub use record::{Record, MAX_SPOOL_FRAME_BYTES, RECORD_OVERHEAD_BYTES};

@@ -8,6 +8,13 @@
 /// (JSON kept as text, unmapped members) hold at most what the body held.
 pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// The largest body of a spool frame (the entry id and the record): the
+/// spool's readers take a longer length for a damaged frame and cut it off
+/// as a torn tail. So the body limit keeps every record an accepted body can
+/// become within it (`Config::validate`), and the spool refuses to write
+/// past it.
+pub const MAX_SPOOL_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
 /// One Kafka record, owned, as the spool also stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

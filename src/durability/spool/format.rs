@@ -7,14 +7,16 @@
 //!
 //! Id frame: `id: u64 LE | crc32(id): u32 LE`.
 
-use super::{Record, SpoolEntry};
+use super::{Record, SpoolEntry, SpoolError};
+use crate::vocabulary::MAX_SPOOL_FRAME_BYTES;
 use roaring::RoaringTreemap;
 use std::io::Read;
 
 pub(super) const FRAME_HEADER: usize = 8;
 pub(super) const ID_FRAME: usize = 12;
-/// Larger frames are treated as corruption (records are at most a few MiB).
-const MAX_FRAME: u32 = 64 * 1024 * 1024;
+/// Larger frames are treated as corruption, so none is ever written
+/// (`frame_within_limit`).
+const MAX_FRAME: u32 = MAX_SPOOL_FRAME_BYTES as u32;
 
 /// The spool's encoding of a record (length-prefixed fields, little-endian).
 trait SpoolCodec: Sized {
@@ -85,6 +87,20 @@ pub(super) fn frame(id: u64, record: &Record) -> Vec<u8> {
     framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     framed.extend_from_slice(&body);
     framed
+}
+
+/// The frame of a new entry, or `TooLarge` when its readers would refuse
+/// it: they would cut it off as a torn tail, with the frames after it.
+pub(super) fn frame_within_limit(id: u64, record: &Record) -> Result<Vec<u8>, SpoolError> {
+    let framed = frame(id, record);
+    let body = framed.len() - FRAME_HEADER;
+    if body > MAX_FRAME as usize {
+        return Err(SpoolError::TooLarge {
+            bytes: body,
+            max: MAX_FRAME as usize,
+        });
+    }
+    Ok(framed)
 }
 
 /// The entry of a frame body, if its checksum holds and it decodes.

@@ -68,6 +68,8 @@ pub enum SpoolError {
     Damaged { id: u64, path: PathBuf, offset: u64 },
     #[error("spool {dir} is in use by another process (a running bridge, or `spool drain`)")]
     Locked { dir: PathBuf },
+    #[error("record of {bytes} bytes is larger than a spool frame holds ({max} bytes)")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 impl SpoolError {
@@ -90,6 +92,10 @@ impl SpoolError {
                 offset: *offset,
             },
             SpoolError::Locked { dir } => SpoolError::Locked { dir: dir.clone() },
+            SpoolError::TooLarge { bytes, max } => SpoolError::TooLarge {
+                bytes: *bytes,
+                max: *max,
+            },
         }
     }
 }

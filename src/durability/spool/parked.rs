@@ -5,7 +5,7 @@
 //! ever being lost. Parked records count towards the byte cap until an
 //! operator takes them out (`superfone-bridge spool parked`).
 
-use super::format::{frame, id_frame, read_ids};
+use super::format::{frame, frame_within_limit, id_frame, read_ids};
 use super::fs::read_if_present;
 use super::scan::{scan_file, scan_log};
 use super::writer::Writer;
@@ -96,7 +96,7 @@ impl Writer {
                 self.ids.issue()
             }
         };
-        let framed = frame(id, record);
+        let framed = frame_within_limit(id, record)?;
         let used = self.status.used.load(Ordering::Relaxed);
         // A spooled entry only moves; a new record must fit under the cap.
         let spooled = self.is_spooled(id);

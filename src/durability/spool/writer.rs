@@ -4,7 +4,7 @@
 //! written at once and covered by one `fsync` before any of them is
 //! acknowledged.
 
-use super::format::frame;
+use super::format::frame_within_limit;
 use super::ids::Ids;
 use super::index::Index;
 use super::{io_error, Appended, Location, Record, SpoolError, SpoolFile, SpoolFs, SpoolSettings};
@@ -202,7 +202,7 @@ impl Writer {
     }
 
     /// Frames the records that fit under the cap, each with its id and where
-    /// it will lie; answers the others `Full`.
+    /// it will lie; answers the others `Full` (or `TooLarge`).
     fn frame_batch(&mut self, batch: Vec<Append>) -> (Vec<u8>, Vec<Accepted>) {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut buffer = Vec::new();
@@ -213,7 +213,13 @@ impl Writer {
             held,
         } in batch
         {
-            let framed = frame(self.ids.next(), &record);
+            let framed = match frame_within_limit(self.ids.next(), &record) {
+                Ok(framed) => framed,
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    continue;
+                }
+            };
             let projected = used + (buffer.len() + framed.len()) as u64;
             if projected > self.settings.max_bytes {
                 let _ = reply.send(Err(SpoolError::Full {
@@ -308,6 +314,39 @@ struct Accepted {
 mod tests {
     use super::super::fixtures::{open, record, settings};
     use super::super::{SpoolError, SpoolSettings};
+
+    /// A frame longer than the spool's readers take would be cut off at the
+    /// next open as a torn tail, with the entries after it in its segment:
+    /// the writer refuses it (the request gets 503, never 2xx).
+    #[tokio::test]
+    async fn refuses_a_record_longer_than_a_frame_and_keeps_the_entries_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let roomy = SpoolSettings {
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 30,
+            ..settings(dir.path())
+        };
+        let (spool, _, _) = open(roomy.clone()).unwrap();
+        spool.append(record(0)).await.unwrap();
+        let mut huge = record(1);
+        huge.payload = vec![1; crate::vocabulary::MAX_SPOOL_FRAME_BYTES];
+        let refused = spool.append(huge.clone()).await;
+        assert!(
+            matches!(refused, Err(SpoolError::TooLarge { .. })),
+            "{refused:?}"
+        );
+        let parked = spool.park(None, huge, "too large").await;
+        assert!(
+            matches!(parked, Err(SpoolError::TooLarge { .. })),
+            "{parked:?}"
+        );
+        spool.append(record(2)).await.unwrap();
+        drop(spool);
+        let (_, pending, recovery) = open(roomy).unwrap();
+        assert_eq!(recovery.torn_bytes, 0);
+        let records: Vec<_> = pending.into_iter().map(|entry| entry.record).collect();
+        assert_eq!(records, [record(0), record(2)]);
+    }
 
     #[tokio::test]
     async fn refuses_appends_over_the_cap_and_recovers_after_delivery() {
