@@ -7,7 +7,7 @@
 //! password are read from an environment variable or a file (see `auth`), so a
 //! config file or a `check-config` dump never holds one.
 
-use crate::vocabulary::{EventKind, RECORD_OVERHEAD_BYTES};
+use crate::vocabulary::{EventKind, MAX_SPOOL_FRAME_BYTES, RECORD_OVERHEAD_BYTES};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,10 @@ use std::time::Duration;
 
 /// Prefix of the environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SUPERFONE_BRIDGE_";
+
+/// The variable naming the config file (as `--config` does). It carries the
+/// overrides' prefix but is no key, so the overrides leave it out.
+pub const CONFIG_FILE_ENV: &str = "SUPERFONE_BRIDGE_CONFIG";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -404,7 +408,27 @@ impl Default for ServerConfig {
     }
 }
 
+/// What a spool frame holds besides its record: the entry id.
+const SPOOL_ENTRY_ID_BYTES: usize = 8;
+
 impl ServerConfig {
+    /// Every record a body within `max_body_bytes` can become must fit in a
+    /// spool frame: one that does not is read back as a torn tail, and the
+    /// entries after it in its segment are lost with it.
+    fn fits_a_spool_frame(&self) -> Result<(), ConfigError> {
+        let largest = MAX_SPOOL_FRAME_BYTES - SPOOL_ENTRY_ID_BYTES - RECORD_OVERHEAD_BYTES;
+        if self.max_body_bytes <= largest {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "server.max_body_bytes ({}) is too large for the spool: with up to \
+             {RECORD_OVERHEAD_BYTES} bytes of record overhead and its {SPOOL_ENTRY_ID_BYTES}-byte \
+             entry id, its records would not fit in a spool frame of at most \
+             {MAX_SPOOL_FRAME_BYTES} bytes; set it to {largest} or less",
+            self.max_body_bytes
+        )))
+    }
+
     /// The runtime's worker threads: `worker_threads`, or for 0 one fewer
     /// than the CPUs available (cgroup quotas included), at least one: the
     /// spare core goes to librdkafka's broker thread, and on 2 cores one
@@ -773,8 +797,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
+        let file_variable = CONFIG_FILE_ENV.trim_start_matches(ENV_PREFIX);
         let mut config: Config = figment
-            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .ignore(&[file_variable])
+                    .split("__"),
+            )
             .extract()
             .map_err(Box::new)?;
         config.validate()?;
@@ -800,6 +829,7 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be positive".into());
         }
+        self.server.fits_a_spool_frame()?;
         if self.server.max_body_bytes_in_flight < self.server.max_body_bytes {
             return invalid(format!(
                 "server.max_body_bytes_in_flight ({}) must be at least server.max_body_bytes ({})",
@@ -911,6 +941,38 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    /// `SUPERFONE_BRIDGE_CONFIG` names the file (`--config`); it is no
+    /// config key, though it carries the overrides' prefix.
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure signature")]
+    fn the_config_file_variable_is_not_read_as_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, "[topics]\nprefix = \"acme.\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SUPERFONE_BRIDGE_CONFIG", path.display());
+            let config = Config::load(Some(&path)).unwrap();
+            assert_eq!(config.topics.prefix, "acme.");
+            Ok(())
+        });
+    }
+
+    /// Every record an accepted body can become must fit in a spool frame,
+    /// or the spool could not read it back.
+    #[test]
+    fn the_body_limit_leaves_every_record_room_in_a_spool_frame() {
+        let largest = 64 * 1024 * 1024 - RECORD_OVERHEAD_BYTES - 8;
+        let mut config = Config::default();
+        config.server.max_body_bytes = largest;
+        config.server.max_body_bytes_in_flight = 2 * largest;
+        config.validate().unwrap();
+        config.server.max_body_bytes = largest + 1;
+        let error = config.validate().unwrap_err().to_string();
+        for number in [largest + 1, 64 * 1024 * 1024, largest] {
+            assert!(error.contains(&number.to_string()), "{number}: {error}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use superfone_bridge::App;
 #[command(version, about = "Superfone event notifications -> Avro -> Kafka")]
 struct Cli {
     /// TOML config file; every key has a default and a SUPERFONE_BRIDGE_* override.
-    #[arg(long, short, env = "SUPERFONE_BRIDGE_CONFIG", global = true)]
+    #[arg(long, short, env = superfone_bridge::config::CONFIG_FILE_ENV, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -480,10 +480,11 @@ async fn run_bridge(config: Config) -> anyhow::Result<()> {
         otlp_endpoint = telemetry.exporting_to.as_deref().unwrap_or("none"),
         "ready"
     );
-    app.run_until_stopped(shutdown_signal()).await;
+    let stopped = app.run_until_stopped(shutdown_signal()).await;
     // Flushing the last spans blocks: off the runtime's workers.
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
-    Ok(())
+    // A refusal found by the start-up checks, once the listeners were open.
+    stopped.context("start-up failed")
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-use support::{consume, fixture, Bridge, BridgeOptions, SECRET};
+use support::{consume, fixture, post, Bridge, BridgeOptions, SECRET};
 
 fn bridge_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
@@ -71,6 +71,89 @@ fn check_config_refuses_a_config_without_secrets_or_with_bad_values() {
         !stderr.contains("short,") && !stderr.contains("long-enough"),
         "{stderr}"
     );
+}
+
+/// `SUPERFONE_BRIDGE_CONFIG` names the file as `--config` does: the way a
+/// container is configured. It is not a config key (it once aborted the
+/// start as an unknown field `config`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_config_file_can_be_named_by_superfone_bridge_config() {
+    let bridge = Bridge::start(BridgeOptions {
+        config_in_env: true,
+        ..BridgeOptions::default()
+    });
+    // The file gives the topic prefix and the loopback listeners; the
+    // defaults would be `superfone.` and 0.0.0.0:8080.
+    assert!(bridge.addr.starts_with("127.0.0.1:"), "{}", bridge.addr);
+    let (status, reply) = post(
+        &support::client(),
+        &bridge,
+        fixture("TASK_CREATE").to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["topic"], bridge.topic("TASK_CREATE"), "{reply}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, "[kafka]\nbrokers = \"kafka-1:9092\"\n").unwrap();
+    let shown = support::stdout_of(
+        bridge_command()
+            .arg("check-config")
+            .env("SUPERFONE_BRIDGE_CONFIG", &config)
+            .env("SUPERFONE_AUTH_SECRETS", "first-secret-0123456"),
+    );
+    assert!(shown.contains("brokers = \"kafka-1:9092\""), "{shown}");
+}
+
+/// A spool frame holds at most 64 MiB, and its readers take a longer one
+/// for damage (a restart cut such an event off as a torn tail, with its
+/// segment). So a body limit whose records cannot fit in a frame is refused
+/// at start and by `check-config`, naming both numbers.
+#[test]
+fn a_body_limit_larger_than_a_spool_frame_holds_is_refused() {
+    const TOO_LARGE: usize = 80 * 1024 * 1024;
+    const FRAME: &str = "67108864";
+    let options = BridgeOptions::default()
+        .with("SERVER__MAX_BODY_BYTES", TOO_LARGE)
+        .with("SERVER__MAX_BODY_BYTES_IN_FLIGHT", TOO_LARGE);
+    let failure = Bridge::try_start(options)
+        .err()
+        .expect("the bridge must not start");
+    assert!(!failure.status.success());
+    assert!(
+        failure.logs.contains(&TOO_LARGE.to_string()) && failure.logs.contains(FRAME),
+        "{}",
+        failure.logs
+    );
+
+    let check = |limit: usize| {
+        bridge_command()
+            .arg("check-config")
+            .env("SUPERFONE_AUTH_SECRETS", "first-secret-0123456")
+            .env("SUPERFONE_BRIDGE_SERVER__MAX_BODY_BYTES", limit.to_string())
+            .env(
+                "SUPERFONE_BRIDGE_SERVER__MAX_BODY_BYTES_IN_FLIGHT",
+                TOO_LARGE.to_string(),
+            )
+            .output()
+            .unwrap()
+    };
+    let refused = check(TOO_LARGE);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("server.max_body_bytes")
+            && stderr.contains(&TOO_LARGE.to_string())
+            && stderr.contains(FRAME),
+        "{stderr}"
+    );
+    // The largest limit whose records fit: 64 MiB less the record overhead
+    // (64 KiB) and the frame's entry id (8 bytes).
+    let largest = 64 * 1024 * 1024 - 64 * 1024 - 8;
+    let fits = check(largest);
+    assert!(fits.status.success(), "{fits:?}");
+    assert!(!check(largest + 1).status.success());
 }
 
 #[test]

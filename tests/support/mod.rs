@@ -61,6 +61,9 @@ pub struct BridgeOptions {
     pub registry_url: Option<String>,
     /// The subcommand: `serve` unless set (e.g. `recordings run`).
     pub command: Vec<String>,
+    /// Name the config file by `SUPERFONE_BRIDGE_CONFIG`, as a container
+    /// would, instead of by `--config`.
+    pub config_in_env: bool,
 }
 
 impl Default for BridgeOptions {
@@ -72,6 +75,7 @@ impl Default for BridgeOptions {
             brokers: None,
             registry_url: None,
             command: vec!["serve".into()],
+            config_in_env: false,
         }
     }
 }
@@ -119,8 +123,14 @@ fn spawn(options: &BridgeOptions, dir: &Path) -> (Child, Logs, ReadyAddrs) {
     )
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+    if options.config_in_env {
+        command.env("SUPERFONE_BRIDGE_CONFIG", &config);
+    } else {
+        command
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("SUPERFONE_BRIDGE_CONFIG");
+    }
     command
-        .args(["--config", config.to_str().unwrap()])
         .args(&options.command)
         .env_remove("RUST_LOG")
         .env_remove("SUPERFONE_AUTH_SECRETS")
@@ -181,6 +191,30 @@ impl Bridge {
                 return Err(StartFailure { status, logs });
             }
             assert!(Instant::now() < deadline, "bridge not ready within 60 s");
+        }
+    }
+
+    /// Starts a bridge that must stop by itself (a refusal its start-up
+    /// checks find once the listeners are open), and waits for its exit.
+    pub fn run_until_it_stops(options: BridgeOptions) -> StartFailure {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, logs, _ready) = spawn(&options, dir.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let logs = logs.lock().unwrap().join("\n");
+                return StartFailure { status, logs };
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the bridge still runs after 60 s:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -562,6 +596,15 @@ impl Registry {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes the process (SIGSTOP): connections hang, nothing is answered.
+    pub fn freeze(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
     }
 }
 
