@@ -68,6 +68,12 @@ struct SegmentRead {
     last_id: u64,
 }
 
+enum After {
+    Grown(u64),
+    Next(u64),
+    Last,
+}
+
 enum Next {
     /// A frame's entry and its length.
     Frame(u64, Record, u64),
@@ -93,7 +99,18 @@ impl PendingReader<'_> {
             loop {
                 let at = read.end;
                 match self.next_frame(&mut segment, &mut read.end)? {
-                    Next::End => break,
+                    Next::End => match self.after_segment(segment.first, read.end.offset) {
+                        // Committed to since it was opened: read on in it.
+                        After::Grown(bytes) => segment.committed = bytes,
+                        After::Next(next) => {
+                            read.end = Cursor {
+                                segment: next,
+                                offset: 0,
+                            };
+                            break;
+                        }
+                        After::Last => return Ok(read),
+                    },
                     Next::Held => return Ok(read),
                     Next::Frame(id, record, len) => {
                         read.end.offset += len;
@@ -108,17 +125,20 @@ impl PendingReader<'_> {
                     }
                 }
             }
-            match self.index().segment_after(segment.first) {
-                Some(next) => {
-                    read.end = Cursor {
-                        segment: next,
-                        offset: 0,
-                    }
-                }
-                None => return Ok(read),
-            }
         }
         Ok(read)
+    }
+
+    /// Where to go at the end of segment `first`'s committed bytes: on in
+    /// it if it grew past `offset` since it was opened, else to the next
+    /// segment. Asked under one lock: a segment after `first` exists only
+    /// once `first`'s last commit is in its length, so no entry is passed.
+    fn after_segment(&self, first: u64, offset: u64) -> After {
+        let index = self.index();
+        match index.segments.get(&first).map(|segment| segment.bytes) {
+            Some(bytes) if bytes > offset => After::Grown(bytes),
+            _ => index.segment_after(first).map_or(After::Last, After::Next),
+        }
     }
 
     /// Opens the segment `cursor` points into (or the next one, if that is
@@ -213,6 +233,13 @@ impl PendingReader<'_> {
                     .read_to_end(&mut rest)
             })
             .map_err(io_error(&path))?;
+        if frame_at(&rest, 0).is_some() {
+            // Intact on a second read: the first failed for another reason
+            // (an I/O error). Nothing is skipped; the replay reads it again.
+            return Err(io_error(&path)(std::io::Error::other(
+                "a spool frame could not be read (intact when read again)",
+            )));
+        }
         let found = (1..rest.len()).find_map(|at| {
             frame_at(&rest, at)
                 .filter(|(entry, _)| entry.id > segment.last_id)
@@ -221,11 +248,17 @@ impl PendingReader<'_> {
         let (end, next_id) =
             found.map_or((segment.committed, u64::MAX), |(at, id)| (offset + at, id));
         let mut index = self.index();
-        let lost: Vec<u64> = index.segments[&segment.first]
-            .live
-            .iter()
-            .filter(|id| *id > segment.last_id && *id < next_id)
-            .collect();
+        let lost: Vec<u64> = index
+            .segments
+            .get(&segment.first)
+            .map(|indexed| {
+                indexed
+                    .live
+                    .iter()
+                    .filter(|id| *id > segment.last_id && *id < next_id)
+                    .collect()
+            })
+            .unwrap_or_default();
         for id in &lost {
             index.deliver(*id, self.pending);
         }
