@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::faults::{
     check_records, count_answers, once_after, own_broker_options, post_sequenced,
-    read_back_and_check,
+    post_sequenced_to, read_back_and_check,
 };
 use support::{
     consume_from, free_port, post, signal, stream_events, Answer, Bridge, BridgeOptions, Broker,
@@ -378,14 +378,14 @@ async fn a_lead_keeps_its_order_when_kafka_returns_between_two_message_timeouts(
     let cut = std::time::Instant::now();
     let first = tokio::spawn({
         let (client, bridge_url) = (client.clone(), bridge.ingest_url());
-        async move { post_to(&client, &bridge_url, LEAD, 1).await }
+        async move { post_sequenced_to(&client, &bridge_url, LEAD, 1).await }
     });
     // librdkafka looks for timed-out messages about once a second: B's
     // timeout must fall on a later look than A's.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let second = tokio::spawn({
         let (client, bridge_url) = (client.clone(), bridge.ingest_url());
-        async move { post_to(&client, &bridge_url, LEAD, 2).await }
+        async move { post_sequenced_to(&client, &bridge_url, LEAD, 2).await }
     });
     // Between A's message timeout (about 6.0 s after the cut) and B's (8.5 s).
     tokio::time::sleep_until((cut + Duration::from_millis(7_200)).into()).await;
@@ -399,25 +399,4 @@ async fn a_lead_keeps_its_order_when_kafka_returns_between_two_message_timeouts(
     check_records(&mut figures, &answers, &records);
     figures.report();
     assert_eq!(figures.lost, 0, "{figures:?}");
-}
-
-/// Posts one sequenced event to `url` and records the answer.
-async fn post_to(client: &reqwest::Client, url: &str, contact: i64, sequence: i64) -> Answer {
-    let started = std::time::Instant::now();
-    let (status, body) = support::post_with(
-        client,
-        url,
-        support::sequenced_event(contact, sequence).to_string(),
-        Some(&format!("Bearer {}", support::SECRET)),
-        &[],
-    )
-    .await;
-    Answer {
-        contact,
-        sequence,
-        status: Some(status),
-        body,
-        connect_error: false,
-        latency: started.elapsed(),
-    }
 }

@@ -2,7 +2,7 @@
 //! consumed, lost, duplicates, longest answer, peak RSS) and the check that
 //! every 2xx-answered event was read back once, in order per lead.
 
-use super::{consume_from, post, Answer, Bridge, BridgeOptions, Broker};
+use super::{consume_from, Answer, Bridge, BridgeOptions, Broker};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,11 +123,23 @@ pub async fn post_sequenced(
     contact: i64,
     sequence: i64,
 ) -> Answer {
+    post_sequenced_to(client, &bridge.ingest_url(), contact, sequence).await
+}
+
+/// `post_sequenced` to an ingest URL (from a task that does not hold the bridge).
+pub async fn post_sequenced_to(
+    client: &reqwest::Client,
+    url: &str,
+    contact: i64,
+    sequence: i64,
+) -> Answer {
     let started = std::time::Instant::now();
-    let (status, body) = post(
+    let (status, body) = super::post_with(
         client,
-        bridge,
+        url,
         super::sequenced_event(contact, sequence).to_string(),
+        Some(&format!("Bearer {}", super::SECRET)),
+        &[],
     )
     .await;
     Answer {
