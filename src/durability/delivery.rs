@@ -411,6 +411,11 @@ impl Delivery {
     /// its key one count.
     fn complete(&self, id: u64, key: u64) {
         self.spool.mark_delivered(id);
+        self.settled(id, key);
+    }
+
+    /// An entry left the spool (delivered or parked): its key lets go of it.
+    fn settled(&self, id: u64, key: u64) {
         let mut backlog = self.backlog();
         backlog.release_key(key);
         backlog.first_attempts.remove(&id);
@@ -656,9 +661,7 @@ impl Delivery {
     async fn park_spooled(&self, id: u64, record: Record, reason: &(dyn Display + Sync)) {
         let key = key_of(&record);
         if self.park(Some(id), record, reason).await.is_ok() {
-            let mut backlog = self.backlog();
-            backlog.release_key(key);
-            backlog.first_attempts.remove(&id);
+            self.settled(id, key);
         }
     }
 
