@@ -158,3 +158,126 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     name: {{ include "superfone-bridge.fullname" . }}
   {{- end }}
 {{- end -}}
+
+{{- /* The drain Jobs' pods (spoolDrain): not selected by the serve workload or its Services. */ -}}
+{{- define "superfone-bridge.drainSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "superfone-bridge.name" . }}-spool-drain
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- /*
+  A Kubernetes storage quantity in bytes: plain bytes, Ki Mi Gi Ti Pi, or
+  k M G T P (powers of 1000), with an optional decimal fraction ("1.5Gi").
+  Anything else is refused. Called with (list "spool.persistence.size" value).
+*/ -}}
+{{- define "superfone-bridge.quantityBytes" -}}
+{{- $key := index . 0 -}}
+{{- $q := toString (index . 1) -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 -}}
+{{- if or (not $num) (not (hasKey $units $suffix)) -}}
+{{- fail (printf "%s %q is not a quantity the chart can read: use bytes, or a number followed by Ki, Mi, Gi, Ti, Pi, k, M, G, T or P" $key $q) -}}
+{{- end -}}
+{{- mulf (float64 $num) (get $units $suffix) | floor | int64 -}}
+{{- end -}}
+
+{{- /*
+  spool.maxBytes must fit the spool's volume (the claim, or the emptyDir's
+  sizeLimit, past which the pod is evicted) with headroom: a tenth of the
+  volume, at least 64Mi. The spool's cap counts its segments and parked
+  records only; beside them live acks.log (12 bytes per acknowledged entry
+  until the spool empties: about 2% of it at the average 580-byte entry),
+  schema_ids.json and the filesystem's own metadata, and ext4 keeps 5% of
+  its blocks for root while the bridge runs as user 10001.
+*/ -}}
+{{- define "superfone-bridge.checkSpoolFits" -}}
+{{- $size := .Values.spool.persistence.size -}}
+{{- $bytes := include "superfone-bridge.quantityBytes" (list "spool.persistence.size" $size) | int64 -}}
+{{- $cap := .Values.spool.maxBytes | int64 -}}
+{{- $headroom := max (div $bytes 10) 67108864 -}}
+{{- if gt (add $cap $headroom) $bytes -}}
+{{- $needMi := div (add (max (add $cap 67108864) (add (div (mul $cap 10) 9) 1)) 1048575) 1048576 -}}
+{{- fail (printf "spool.maxBytes (%d) does not fit spool.persistence.size %s (%d bytes) with its headroom of %d bytes (a tenth of the volume, at least 64Mi: acks.log, schema_ids.json, filesystem metadata, and ext4's 5%% kept for root while the bridge runs as a user): set spool.maxBytes to at most %d, or spool.persistence.size to at least %dMi" $cap $size $bytes $headroom (sub $bytes $headroom) $needMi) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+  The guards of scale-in: the HPA with no shutdown drain (an emptyDir is
+  deleted with its pod; a retained volume waits for a spoolDrain Job), and
+  drain Jobs aimed at a running pod's claim.
+*/ -}}
+{{- define "superfone-bridge.checkScaleIn" -}}
+{{- $fullname := include "superfone-bridge.fullname" . -}}
+{{- $noDrain := not (gt (int .Values.spool.shutdownDrainSeconds) 0) -}}
+{{- if and .Values.autoscaling.enabled $noDrain -}}
+{{- if .Values.spool.persistence.enabled -}}
+{{- fail "autoscaling with spool.persistence needs spool.shutdownDrainSeconds > 0: a pod scaled in would leave its spooled events on a volume nobody reads" -}}
+{{- else -}}
+{{- fail "autoscaling with spool.persistence.enabled=false (an emptyDir) needs spool.shutdownDrainSeconds > 0: every scale-in would delete the events its pod acknowledged (202) and had not sent to Kafka" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.spoolDrain.enabled .Values.spool.persistence.enabled -}}
+{{- $running := int .Values.replicaCount -}}
+{{- $from := printf "replicaCount %d" $running -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- $running = int .Values.autoscaling.minReplicas -}}
+{{- $from = printf "autoscaling.minReplicas %d" $running -}}
+{{- end -}}
+{{- range .Values.spoolDrain.claimNames -}}
+{{- if regexMatch (printf "^spool-%s-[0-9]+$" (regexQuoteMeta $fullname)) . -}}
+{{- $ordinal := regexFind "[0-9]+$" . | int -}}
+{{- if lt $ordinal $running -}}
+{{- fail (printf "spoolDrain.claimNames: %s is the spool of pod %s-%d, which runs (%s): it replays its own spool, and `spool drain` would be refused (the spool is locked); list only the claims of pods scaled in" . $fullname $ordinal $from) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+  The termination grace period: terminationGracePeriodSeconds, or when it
+  is null the bridge's worst-case stop, which is derived here; a value
+  below that stop is refused. The stop, step by step (src/app.rs
+  run_until_stopped; each step bounded):
+    preStopSleepSeconds                 (the preStop hook counts in the grace)
+  + server.drain_timeout_ms             (in-flight requests; 20 s by default,
+                                         read from `config` or extraEnv)
+  + 10 s if the serve pods copy recordings (the copies' stop, FLUSH_TIMEOUT)
+  + 10 s                                (the replay finishes its window, FLUSH_TIMEOUT)
+  + 4 s                                 (Kafka reachable? 2 s, and the topics created, 2 s)
+  + spool.shutdownDrainSeconds          (the spool sent to Kafka)
+  + 10 s                                (the producer's flush, FLUSH_TIMEOUT)
+  + 5 s margin                          (the spool's fsync, the log writer, exit)
+  = 69 s with the defaults (62-64 s of stop, 5 s of margin).
+*/ -}}
+{{- define "superfone-bridge.terminationGrace" -}}
+{{- $drainMs := 20000 -}}
+{{- $set := regexFind "(?m)^[ \t]*(server\\.)?drain_timeout_ms[ \t]*=[ \t]*[0-9_]+" (toString .Values.config) -}}
+{{- if and $set (not .Values.existingConfigSecret) -}}
+{{- $drainMs = regexFind "[0-9_]+$" $set | replace "_" "" | int -}}
+{{- end -}}
+{{- range .Values.extraEnv -}}
+{{- if and (eq .name "SUPERFONE_BRIDGE_SERVER__DRAIN_TIMEOUT_MS") .value -}}
+{{- $drainMs = int .value -}}
+{{- end -}}
+{{- end -}}
+{{- $requests := div (add $drainMs 999) 1000 -}}
+{{- $preStop := int .Values.preStopSleepSeconds -}}
+{{- $spool := int .Values.spool.shutdownDrainSeconds -}}
+{{- $copies := 0 -}}
+{{- if and .Values.recordings.enabled (not .Values.recordings.copier.enabled) -}}
+{{- $copies = 10 -}}
+{{- end -}}
+{{- $stop := add $preStop $requests $copies 10 4 $spool 10 5 -}}
+{{- $grace := .Values.terminationGracePeriodSeconds -}}
+{{- if kindIs "invalid" $grace -}}
+{{- $stop -}}
+{{- else if lt (int $grace) (int $stop) -}}
+{{- $steps := printf "preStop %d + request drain %d" $preStop $requests -}}
+{{- if $copies }}{{ $steps = printf "%s + recordings stop 10" $steps }}{{ end -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than the bridge's worst-case stop, %d s: %s + replay window 10 + Kafka check 4 + spool drain %d + producer flush 10 + margin 5; raise it, or leave it null for the chart to derive it" (int $grace) $stop $steps $spool) -}}
+{{- else -}}
+{{- $grace -}}
+{{- end -}}
+{{- end -}}
