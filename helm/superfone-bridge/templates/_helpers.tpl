@@ -1,12 +1,26 @@
 {{- define "superfone-bridge.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "superfone-bridge.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The image: repository@digest with image.digest, else repository:tag (the chart's appVersion by default). */ -}}
+{{- define "superfone-bridge.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -159,6 +173,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   {{- end }}
 {{- end -}}
 
+{{- /* The webhook port's name: https when the bridge serves TLS (tls.secretName), else http. */ -}}
+{{- define "superfone-bridge.portName" -}}
+{{- if .Values.tls.secretName }}https{{ else }}http{{ end -}}
+{{- end -}}
+
 {{- /* The drain Jobs' pods (spoolDrain): not selected by the serve workload or its Services. */ -}}
 {{- define "superfone-bridge.drainSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "superfone-bridge.name" . }}-spool-drain
@@ -279,5 +298,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than the bridge's worst-case stop, %d s: %s + replay window 10 + Kafka check 4 + spool drain %d + producer flush 10 + margin 5; raise it, or leave it null for the chart to derive it" (int $grace) $stop $steps $spool) -}}
 {{- else -}}
 {{- $grace -}}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+  SUPERFONE_BRIDGE_SERVER__WORKER_THREADS from the CPU request (else the
+  CPU limit): max(1, ceil(cpu)), since server.worker_threads = 0 counts the
+  node's cores, which a request does not bound (a 100m pod on a 64-core node
+  would start 63 workers). Nothing when no CPU is set, or when the user set
+  worker_threads in `config` or in extraEnv. Called with the resources map.
+*/ -}}
+{{- define "superfone-bridge.workerThreadsEnv" -}}
+{{- $resources := .Values.resources | default dict -}}
+{{- $cpu := dig "requests" "cpu" "" $resources | toString -}}
+{{- if not $cpu -}}
+{{- $cpu = dig "limits" "cpu" "" $resources | toString -}}
+{{- end -}}
+{{- $set := and (not .Values.existingConfigSecret) (regexMatch "(?m)^[ \t]*(server\\.)?worker_threads[ \t]*=" (toString .Values.config)) -}}
+{{- range .Values.extraEnv -}}
+{{- if eq .name "SUPERFONE_BRIDGE_SERVER__WORKER_THREADS" }}{{ $set = true }}{{ end -}}
+{{- end -}}
+{{- if and $cpu (not $set) -}}
+{{- $millis := 0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $millis = trimSuffix "m" $cpu | int -}}
+{{- else if regexMatch "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)$" $cpu -}}
+{{- $millis = mulf (float64 $cpu) 1000 | ceil | int -}}
+{{- else -}}
+{{- fail (printf "resources cpu %q is not a CPU quantity the chart can read: use cores (1, 1.5) or millicores (100m)" $cpu) -}}
+{{- end }}
+- name: SUPERFONE_BRIDGE_SERVER__WORKER_THREADS
+  # ceil(cpu {{ $cpu }}), at least 1: 0 would count the node's cores.
+  value: {{ max 1 (div (add $millis 999) 1000) | quote }}
 {{- end -}}
 {{- end -}}
