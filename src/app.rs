@@ -15,6 +15,7 @@ use crate::http::acceptor::Acceptor;
 use crate::http::auth::Authenticator;
 use crate::http::body::{BodyBudget, SMALL_BODY_BYTES};
 use crate::http::ingest::{Ingest, IngestSettings};
+use crate::http::response::Outcome;
 use crate::http::{server, tls};
 use crate::observe::metrics;
 use crate::ops::admin;
@@ -293,9 +294,11 @@ impl App {
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
         // Fail fast on broken schema files and TLS files.
         let schemas = schema::load_all(&SchemaSource::of(&config.registry))?;
-        let tls = load_tls(&config)?;
-        // Install the recorder before anything records.
+        // Install the recorder before anything records (the TLS files'
+        // expiry, first).
         metrics::handle();
+        metrics::show_every_request_series(&Outcome::NAMES);
+        let tls = load_tls(&config)?;
         let dedup = Dedup::of(&config.dedup);
         let (spool, recovered) = open_spool(&config)?;
 

@@ -32,6 +32,53 @@ fn series(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -
         .sum()
 }
 
+/// A fresh bridge shows every request series at 0 before its first
+/// request: a series born at its first 503 has no earlier sample, so
+/// `rate()` would never see that first burst and no alert would fire. And
+/// the spool's cap, which the fill-ratio alert divides by.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_bridge_shows_every_request_series_at_zero_and_the_spool_cap() {
+    let bridge = Bridge::start(BridgeOptions::default().with("SPOOL__MAX_BYTES", 536_870_912));
+    let client = support::client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics_text(&client, &bridge).await;
+        if text.contains("superfone_spool_max_bytes ") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.lines()
+            .any(|line| line
+                == r#"superfone_requests_total{event="unknown",outcome="unavailable"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line
+                == r#"superfone_requests_total{event="ALL_CALLS",outcome="published"} 0"#),
+        "{text}"
+    );
+    let metrics = scrape(&text);
+    let requests: Vec<(&String, &f64)> = metrics
+        .iter()
+        .filter(|(series, _)| series.starts_with("superfone_requests_total{"))
+        .collect();
+    // Ten events and `unknown`, times the thirteen outcomes.
+    assert_eq!(requests.len(), 11 * 13, "{text}");
+    assert!(requests.iter().all(|(_, value)| **value == 0.0), "{text}");
+    assert_eq!(
+        metrics.get("superfone_spool_max_bytes"),
+        Some(&536_870_912.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("superfone_tls_certificate_expiry_timestamp_seconds "),
+        "plain HTTP: no certificate to expire"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_was_sent_by_event_and_outcome() {
     let bridge = Bridge::start(BridgeOptions::default().with("KAFKA__STATISTICS_INTERVAL_MS", 200));

@@ -23,6 +23,16 @@ struct Pki {
 }
 
 fn issue(dir: &Path, name: &str, subject_alt_names: &[&str]) -> Pki {
+    issue_until(dir, name, subject_alt_names, None)
+}
+
+/// As `issue`, the leaf valid until `not_after` (rcgen's default: 4096).
+fn issue_until(
+    dir: &Path,
+    name: &str,
+    subject_alt_names: &[&str],
+    not_after: Option<time::OffsetDateTime>,
+) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -37,6 +47,9 @@ fn issue(dir: &Path, name: &str, subject_alt_names: &[&str]) -> Pki {
     params
         .distinguished_name
         .push(DnType::CommonName, format!("{name} leaf"));
+    if let Some(not_after) = not_after {
+        params.not_after = not_after;
+    }
     let cert = params.signed_by(&key, &issuer).unwrap();
     let pki = Pki {
         ca: dir.join(format!("{name}-ca.pem")),
@@ -231,6 +244,80 @@ fn https_with_http2_and_tls13_plain_http_refused_and_a_renewal_reaches_new_conne
     );
     let kept = curl(&url, &["--cacert", ca_second, "--tlsv1.3"]);
     assert_eq!(kept.status, "200", "{kept:?}");
+}
+
+/// The value of an unlabelled metric on the bridge's admin listener.
+fn gauge(bridge: &Bridge, name: &str) -> Option<f64> {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &bridge.admin_url("/metrics")])
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (10 s at most) for a gauge to read `value`; returns what it read.
+fn gauge_reads(bridge: &Bridge, name: &str, value: f64) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = gauge(bridge, name);
+        if read == Some(value) || Instant::now() > deadline {
+            return read;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_served_certificates_expiry_is_exported_and_follows_a_renewal() {
+    // The names the chart's alerts use for it, so a rename cannot leave
+    // them silent (tests/dashboards.rs checks the others on a plain bridge).
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("helm/superfone-bridge/templates/prometheusrule.yaml"),
+    )
+    .unwrap();
+    let name = "superfone_tls_certificate_expiry_timestamp_seconds";
+    assert!(rules.contains(name), "the alerts watch {name}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let first_expiry = time::macros::datetime!(2031-01-02 03:04:05 UTC);
+    let renewed_expiry = time::macros::datetime!(2032-06-07 08:09:10 UTC);
+    let first = issue_until(dir.path(), "first", &["127.0.0.1"], Some(first_expiry));
+    let served = Pki {
+        ca: first.ca.clone(),
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::copy(&first.cert, &served.cert).unwrap();
+    std::fs::copy(&first.key, &served.key).unwrap();
+    let bridge = Bridge::start(tls_bridge(&served));
+    let at = |when: time::OffsetDateTime| when.unix_timestamp() as f64;
+    assert_eq!(
+        gauge_reads(&bridge, name, at(first_expiry)),
+        Some(at(first_expiry))
+    );
+
+    let renewed = issue_until(dir.path(), "renewed", &["127.0.0.1"], Some(renewed_expiry));
+    swap(&served.key, &renewed.key);
+    swap(&served.cert, &renewed.cert);
+    assert_eq!(
+        gauge_reads(&bridge, name, at(renewed_expiry)),
+        Some(at(renewed_expiry)),
+        "the gauge follows the certificate in use"
+    );
+
+    // A renewal that cannot be used: the certificate in use, and its
+    // expiry, are kept.
+    std::fs::write(&served.cert, "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let log = bridge.log_text_with("TLS files changed but cannot be used");
+    assert!(
+        log.contains("TLS files changed but cannot be used"),
+        "{log}"
+    );
+    assert_eq!(gauge(&bridge, name), Some(at(renewed_expiry)));
 }
 
 #[test]

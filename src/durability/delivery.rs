@@ -443,6 +443,8 @@ impl Delivery {
 
     /// Updates the spool gauges once a second until `stop`.
     pub async fn report_spool(self: Arc<Self>, stop: CancellationToken) {
+        metrics::gauge!(crate::observe::metrics::SPOOL_MAX_BYTES)
+            .set(self.spool.cap_bytes() as f64);
         loop {
             let (records, oldest) = self.backlog_summary();
             metrics::gauge!(crate::observe::metrics::SPOOL_RECORDS).set(records as f64);

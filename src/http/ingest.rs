@@ -148,7 +148,9 @@ impl Ingest {
             span.record("otel.status_code", "ERROR");
         }
         crate::observe::metrics::record_request(
-            outcome.event().unwrap_or("unknown"),
+            outcome
+                .event()
+                .unwrap_or(crate::observe::metrics::UNKNOWN_EVENT),
             outcome.name(),
             started.elapsed(),
         );

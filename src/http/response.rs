@@ -137,6 +137,24 @@ impl Outcome {
         }
     }
 
+    /// Every name [`Outcome::name`] gives: the `outcome` label values the
+    /// request counter shows as 0 from the start (a new outcome joins them).
+    pub const NAMES: [&'static str; 13] = [
+        "published",
+        "spooled",
+        "parked",
+        "duplicate",
+        "request_timeout",
+        "dead_lettered",
+        "unauthorized",
+        "payload_too_large",
+        "busy",
+        "bad_request",
+        "not_found",
+        "method_not_allowed",
+        "unavailable",
+    ];
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -269,5 +287,72 @@ mod tests {
             serde_json::to_value(&unknown).unwrap()["reason"],
             "unknown_event"
         );
+    }
+
+    #[test]
+    fn every_outcome_name_is_listed() {
+        let record = RecordRef {
+            topic: "t".into(),
+            partition: Some(0),
+            offset: Some(1),
+            spool_id: None,
+        };
+        let error = || "x".to_owned();
+        let rejection = Rejection {
+            reason: DeadLetterReason::InvalidJson,
+            error: error(),
+            field: None,
+            event: None,
+        };
+        let (event, topic, group_id) = ("ALL_CALLS", || "t".to_owned(), || "g".to_owned());
+        let outcomes = [
+            Outcome::Published {
+                event,
+                topic: topic(),
+                partition: 0,
+                offset: 0,
+                schema_id: 1,
+                group_id: group_id(),
+            },
+            Outcome::Spooled {
+                event,
+                topic: topic(),
+                spool_id: 1,
+                group_id: group_id(),
+            },
+            Outcome::Parked {
+                event,
+                topic: topic(),
+                spool_id: 1,
+                group_id: group_id(),
+                error: "x",
+            },
+            Outcome::Duplicate {
+                event,
+                group_id: group_id(),
+                dedup_key: "k".into(),
+                first_delivery: FirstDelivery {
+                    record: record.clone(),
+                    group_id: group_id(),
+                },
+            },
+            Outcome::RequestTimeout { error: error() },
+            Outcome::dead_lettered(rejection, group_id(), record),
+            Outcome::Unauthorized { error: error() },
+            Outcome::PayloadTooLarge {
+                error: error(),
+                limit_bytes: 1,
+            },
+            Outcome::Busy { error: error() },
+            Outcome::BadRequest { error: error() },
+            Outcome::NotFound { error: error() },
+            Outcome::MethodNotAllowed { error: error() },
+            Outcome::Unavailable {
+                error: "x",
+                group_id: group_id(),
+            },
+        ];
+        let names: Vec<&str> = outcomes.iter().map(Outcome::name).collect();
+        assert_eq!(names, Outcome::NAMES);
     }
 }

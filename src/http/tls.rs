@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use time::OffsetDateTime;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +66,7 @@ impl Tls {
     pub fn load(settings: &TlsConfig) -> Result<Tls, TlsError> {
         let contents = read_contents(settings)?;
         let acceptor = acceptor(settings, &contents)?;
+        show_expiry(leaf_expiry(settings, &contents)?);
         Ok(Tls {
             settings: settings.clone(),
             current: RwLock::new((contents, acceptor)),
@@ -84,7 +86,9 @@ impl Tls {
             return Ok(false);
         }
         let acceptor = acceptor(&self.settings, &contents)?;
+        let expiry = leaf_expiry(&self.settings, &contents)?;
         *self.current.write().expect("tls lock") = (contents, acceptor);
+        show_expiry(expiry);
         Ok(true)
     }
 
@@ -149,20 +153,36 @@ pub struct Validity {
 pub fn validity(path: &Path) -> Result<Vec<Validity>, TlsError> {
     certificates(path, &read(path)?)?
         .iter()
-        .map(|der| {
-            let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|error| {
-                TlsError::Certificate {
-                    path: path.to_owned(),
-                    reason: error.to_string(),
-                }
-            })?;
-            Ok(Validity {
-                subject: cert.subject().to_string(),
-                not_before: cert.validity().not_before.to_datetime(),
-                not_after: cert.validity().not_after.to_datetime(),
-            })
-        })
+        .map(|der| parse_validity(path, der))
         .collect()
+}
+
+fn parse_validity(path: &Path, der: &CertificateDer<'_>) -> Result<Validity, TlsError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|error| TlsError::Certificate {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(Validity {
+        subject: cert.subject().to_string(),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+    })
+}
+
+/// When the served certificate expires: the leaf's (the file's first)
+/// notAfter. An intermediate expiring first is `check-config`'s to report.
+fn leaf_expiry(settings: &TlsConfig, contents: &Contents) -> Result<OffsetDateTime, TlsError> {
+    let path = &settings.cert_file;
+    let certs = certificates(path, &contents.cert)?;
+    Ok(parse_validity(path, &certs[0])?.not_after)
+}
+
+/// Exports the served certificate's expiry, so an alert can warn days
+/// before clients start refusing it.
+fn show_expiry(not_after: OffsetDateTime) {
+    metrics::gauge!(crate::observe::metrics::TLS_CERTIFICATE_EXPIRY)
+        .set(not_after.unix_timestamp() as f64);
 }
 
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -16,6 +16,7 @@ pub const DEDUP_HITS: &str = "superfone_dedup_hits_total";
 pub const REGISTRY_ERRORS: &str = "superfone_registry_errors_total";
 pub const SPOOL_RECORDS: &str = "superfone_spool_records";
 pub const SPOOL_BYTES: &str = "superfone_spool_bytes";
+pub const SPOOL_MAX_BYTES: &str = "superfone_spool_max_bytes";
 pub const SPOOL_OLDEST_AGE: &str = "superfone_spool_oldest_age_seconds";
 pub const SPOOL_FAILURES: &str = "superfone_spool_append_failures_total";
 pub const REPLAYED: &str = "superfone_spool_replayed_total";
@@ -31,6 +32,7 @@ pub const CONNECTIONS_SHED: &str = "superfone_connections_shed_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "superfone_connections_timed_out_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "superfone_tls_handshake_failures_total";
 pub const TLS_RELOAD_FAILURES: &str = "superfone_tls_reload_failures_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "superfone_tls_certificate_expiry_timestamp_seconds";
 pub const BODY_BUDGET_WAITS: &str = "superfone_body_budget_waits_total";
 pub const RECORDINGS: &str = "superfone_recordings_total";
 pub const RECORDING_BYTES: &str = "superfone_recording_bytes_total";
@@ -106,6 +108,12 @@ const DESCRIBED: &[Described] = &[
         kind: Kind::Gauge,
         unit: Some(Unit::Bytes),
         help: "Bytes of spool segment files on disk",
+    },
+    Described {
+        name: SPOOL_MAX_BYTES,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Bytes),
+        help: "The spool's cap (spool.max_bytes): superfone_spool_bytes / this is how full it is",
     },
     Described {
         name: SPOOL_OLDEST_AGE,
@@ -198,6 +206,12 @@ const DESCRIBED: &[Described] = &[
         help: "Changed TLS files that could not be used; the certificate in use was kept",
     },
     Described {
+        name: TLS_CERTIFICATE_EXPIRY,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "When the served certificate (the leaf of server.tls.cert_file in use) expires, as a Unix timestamp; TLS mode only",
+    },
+    Described {
         name: BODY_BUDGET_WAITS,
         kind: Kind::Counter,
         unit: None,
@@ -274,6 +288,22 @@ fn describe(metric: &Described) {
         (Kind::Gauge, None) => describe_gauge!(name, help),
         (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
         (Kind::Histogram, None) => describe_histogram!(name, help),
+    }
+}
+
+/// The `event` label of a request whose body named no known event.
+pub const UNKNOWN_EVENT: &str = "unknown";
+
+/// Shows every `event` x `outcome` series of [`REQUESTS`] as 0 from the
+/// start. A series born at its first request has no earlier sample, so
+/// `rate()` and `increase()` miss that first burst: a pod's first 503s
+/// would page no one. `outcomes` are the names the HTTP layer answers with.
+pub fn show_every_request_series(outcomes: &[&'static str]) {
+    let events = crate::vocabulary::EventKind::ALL.map(|kind| kind.as_str());
+    for event in events.into_iter().chain([UNKNOWN_EVENT]) {
+        for &outcome in outcomes {
+            counter!(REQUESTS, "event" => event, "outcome" => outcome).increment(0);
+        }
     }
 }
 
