@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::durability::dedup::{Claim, Dedup};
 use crate::durability::delivery::{Delivery, Durable, RecordRef};
 use crate::durability::spool::SpoolError;
+use crate::durability::startup::StartupGate;
 use crate::http::auth::Authenticator;
 use crate::http::body::{self, BodyBudget, BodyError, Reservation};
 use crate::http::response::Outcome;
@@ -59,6 +60,7 @@ pub struct Ingest {
     delivery: Arc<Delivery>,
     dedup: Option<Dedup>,
     body_budget: Arc<BodyBudget>,
+    startup: Arc<StartupGate>,
 }
 
 /// What a delivery carries besides its body.
@@ -90,6 +92,7 @@ impl Ingest {
         delivery: Arc<Delivery>,
         dedup: Option<Dedup>,
         body_budget: Arc<BodyBudget>,
+        startup: Arc<StartupGate>,
     ) -> Self {
         assert!(
             routes.iter().map(|r| r.kind).eq(EventKind::ALL),
@@ -102,6 +105,7 @@ impl Ingest {
             delivery,
             dedup,
             body_budget,
+            startup,
         }
     }
 
@@ -480,11 +484,15 @@ impl Ingest {
     /// Delivers one record inside a `superfone.produce` span (renamed
     /// `superfone.spool` when it is spooled) with the OpenTelemetry messaging
     /// attributes, and puts that span's W3C trace context on the record.
+    /// While the bridge starts, it first waits for the start-up checks (at
+    /// most until the ack deadline after start-up), so a healthy start
+    /// publishes its first events instead of spooling them.
     async fn deliver_record(
         &self,
         mut record: Record,
         trace: &DeliveryTrace,
     ) -> Result<Durable, SpoolError> {
+        self.startup.pass().await;
         let span = tracing::info_span!(
             "superfone.produce",
             otel.name = "superfone.produce",
