@@ -496,10 +496,9 @@ async fn check_dependencies(
     delivery: &Delivery,
     startup: &StartupGate,
 ) -> Result<(), StartupError> {
-    if delivery.schemas().pending() == 0 {
-        // Every id is kept from the last run: no record waits for the registry.
-        startup.settle(Check::Registry);
-    }
+    // Records wait for the registry even when every id is kept from the
+    // last run: a rebuilt registry numbers schemas anew, and an answering
+    // one must confirm them first.
     let kafka = async {
         let _settled = startup.settles_on_drop(Check::Kafka);
         if prepare_topics(config, publisher).await? == Topics::Ready {

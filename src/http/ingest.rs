@@ -273,7 +273,13 @@ impl Ingest {
         Ok((body, reservation))
     }
 
+    /// While the bridge starts, the body first waits for the start-up checks
+    /// (at most until the ack deadline after start-up): a healthy start
+    /// publishes its first events instead of spooling them, and encodes
+    /// them with the ids the registry confirmed, not those kept from the
+    /// last run (a rebuilt registry numbers schemas anew).
     async fn deliver_body(&self, envelope: Envelope, body: Bytes) -> Outcome {
+        self.startup.pass().await;
         // The body and its parsed tree are dropped once the record is built:
         // a large summary waits for the broker holding its record only.
         match self.prepare(&envelope, body).await {
@@ -484,15 +490,11 @@ impl Ingest {
     /// Delivers one record inside a `superfone.produce` span (renamed
     /// `superfone.spool` when it is spooled) with the OpenTelemetry messaging
     /// attributes, and puts that span's W3C trace context on the record.
-    /// While the bridge starts, it first waits for the start-up checks (at
-    /// most until the ack deadline after start-up), so a healthy start
-    /// publishes its first events instead of spooling them.
     async fn deliver_record(
         &self,
         mut record: Record,
         trace: &DeliveryTrace,
     ) -> Result<Durable, SpoolError> {
-        self.startup.pass().await;
         let span = tracing::info_span!(
             "superfone.produce",
             otel.name = "superfone.produce",
