@@ -1,16 +1,19 @@
 //! The running bridge, wired from the layers below: `App::build` needs only
-//! the local schemas and the spool: it opens the spool, then gives the
-//! brokers (topic creation) and the schema registry one bounded try each;
-//! whatever is unreachable is finished in the background while events go to
-//! the spool. `App::run_until_stopped` serves until the shutdown future
-//! resolves, drains, and flushes the producer. `drain_spool` is the same
-//! start-up for `superfone-bridge spool drain`.
+//! the local schemas and the spool: it opens the spool and binds the
+//! listeners. `App::run_until_stopped` serves at once and runs the start-up
+//! checks behind the open listener: the brokers (topic creation) and the
+//! schema registry get one bounded try each, at the same time; whatever is
+//! unreachable is finished later while events go to the spool, and a
+//! refusal stops the bridge. It serves until the shutdown future resolves,
+//! drains, and flushes the producer. `drain_spool` is the same start-up,
+//! checks first, for `superfone-bridge spool drain`.
 
 use crate::config::Config;
 use crate::durability::dedup::Dedup;
 use crate::durability::delivery::{Delivery, Recovered};
 use crate::durability::kafka::{PublishError, Publisher, TopicSpec, Topics};
 use crate::durability::spool::{Spool, SpoolError, SpoolSettings};
+use crate::durability::startup::{Check, StartupGate};
 use crate::http::acceptor::Acceptor;
 use crate::http::auth::Authenticator;
 use crate::http::body::{BodyBudget, SMALL_BODY_BYTES};
@@ -27,8 +30,9 @@ use crate::recordings::copier::{copy_recordings, CopierState};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long the final producer flush may take at shutdown.
@@ -280,17 +284,19 @@ pub struct App {
     ingest: Arc<Ingest>,
     publisher: Arc<Publisher>,
     delivery: Arc<Delivery>,
+    /// What deliveries wait for while the start-up checks run.
+    startup: Arc<StartupGate>,
     limits: server::Limits,
     tls: Option<Arc<tls::Tls>>,
     shutdown_drain: Duration,
-    /// The config, when the recording copier runs inside `serve`.
-    recordings: Option<Arc<Config>>,
+    config: Arc<Config>,
 }
 
 impl App {
-    /// Loads what must be right locally (schemas, TLS files, spool), gives
-    /// the brokers and the registry one bounded try each, then binds the
-    /// ingest and admin listeners.
+    /// Loads what must be right locally (schemas, TLS files, spool) and
+    /// binds the ingest and admin listeners. Nothing here waits for Kafka
+    /// or the registry: `run_until_stopped` asks them behind the open
+    /// listener.
     pub async fn build(config: Config, auth: Authenticator) -> Result<App, StartupError> {
         // Fail fast on broken schema files and TLS files.
         let schemas = schema::load_all(&SchemaSource::of(&config.registry))?;
@@ -303,17 +309,24 @@ impl App {
         let (spool, recovered) = open_spool(&config)?;
 
         let publisher = Arc::new(Publisher::new(&config.kafka, config.max_record_bytes())?);
-        let topics = prepare_topics(&config, &publisher).await?;
-        let schema_ids = schema_ids(&config, &schemas).await?;
+        let schema_ids = Arc::new(SchemaIds::new(
+            &config.registry,
+            &config.topics,
+            &schemas,
+            Some(&config.spool.dir),
+        ));
         let routes = routes(&config, schemas, &schema_ids);
+        // Ready once the start-up checks have found the topics (`check_dependencies`).
         let delivery = Delivery::new(
             Arc::clone(&publisher),
             spool,
             schema_ids,
             recovered,
             config.delivery.ack_deadline_ms,
-            topics,
+            Topics::Pending,
         );
+        // A delivery waits for the checks no longer than it would for an ack.
+        let startup = Arc::new(StartupGate::new(config.delivery.ack_deadline_ms));
 
         let body_budget = BodyBudget::new(config.server.max_body_bytes_in_flight, SMALL_BODY_BYTES);
         let health = health(&config, &delivery, &publisher, &body_budget);
@@ -326,6 +339,7 @@ impl App {
             Arc::clone(&delivery),
             dedup,
             body_budget,
+            Arc::clone(&startup),
         ));
         let (listener, admin_listener) = bind_listeners(&config)?;
         Ok(App {
@@ -336,10 +350,11 @@ impl App {
             ingest,
             publisher,
             delivery,
+            startup,
             limits: server::Limits::of(&config),
             tls,
             shutdown_drain: config.spool.shutdown_drain_ms,
-            recordings: config.recordings.enabled.then(|| Arc::new(config.clone())),
+            config: Arc::new(config),
         })
     }
 
@@ -359,39 +374,43 @@ impl App {
         &self.delivery
     }
 
-    /// Serves until `shutdown` resolves; then drains requests, stops the
-    /// replay, sends what is left in the spool to Kafka (`drain_spool`),
-    /// flushes the producer and syncs the spool. Whatever has not reached
-    /// Kafka by then stays in the spool for the next start.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves, with the start-up checks running
+    /// behind the open listener (`finish_start_up`); a refusal they find
+    /// stops the bridge as `shutdown` would, and is returned. Then drains
+    /// requests, stops the replay, sends what is left in the spool to Kafka
+    /// (`drain_before_exit`), flushes the producer and syncs the spool.
+    /// Whatever has not reached Kafka by then stays in the spool for the
+    /// next start.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartupError> {
+        let stop_background = CancellationToken::new();
+        let checks = tokio::spawn(finish_start_up(
+            Arc::clone(&self.config),
+            Arc::clone(&self.publisher),
+            Arc::clone(&self.delivery),
+            Arc::clone(&self.startup),
+            stop_background.clone(),
+        ));
         let stop_replay = CancellationToken::new();
         let replay = tokio::spawn(Arc::clone(&self.delivery).replay(stop_replay.clone()));
-        let stop_background = CancellationToken::new();
-        tokio::spawn(Arc::clone(&self.delivery).report_spool(stop_background.clone()));
-        tokio::spawn(Arc::clone(&self.health).watch(stop_background.clone()));
-        tokio::spawn(Arc::clone(&self.auth).watch_secrets_file(stop_background.clone()));
-        tokio::spawn(
-            Arc::clone(self.delivery.schemas()).register_until_done(stop_background.clone()),
-        );
+        self.spawn_watchers(&stop_background);
+        let stop_recordings = CancellationToken::new();
+        let recordings = self.spawn_recordings(&stop_recordings);
         tokio::spawn(admin::serve(
             self.admin_listener,
             Arc::clone(&self.health) as Arc<dyn admin::Probe>,
             metrics::handle(),
             stop_background.clone(),
         ));
-        if let Some(tls) = &self.tls {
-            tokio::spawn(Arc::clone(tls).watch(stop_background.clone()));
-        }
-        let stop_recordings = CancellationToken::new();
-        let recordings = self.recordings.clone().map(|config| {
-            tokio::spawn(copy_recordings(
-                config,
-                Arc::clone(&self.publisher),
-                Arc::new(CopierState::default()),
-                stop_recordings.clone(),
-            ))
-        });
-        server::serve(self.listener, self.ingest, shutdown, self.limits, self.tls).await;
+        let checks_running = checks.abort_handle();
+        let (tell_refusal, refusal) = tokio::sync::oneshot::channel();
+        let stopped = async move {
+            let _ = tell_refusal.send(until_stopped(shutdown, checks).await);
+        };
+        server::serve(self.listener, self.ingest, stopped, self.limits, self.tls).await;
+        checks_running.abort();
         // Copies not ended are copied again after the restart: their
         // offsets were not committed.
         stop_recordings.cancel();
@@ -414,6 +433,106 @@ impl App {
         }
         stop_background.cancel();
         tracing::info!(left_in_spool = self.delivery.backlog_len(), "stopped");
+        refusal.await.ok().flatten().map_or(Ok(()), Err)
+    }
+
+    /// The recording copier, when it runs inside `serve`, until `stop`. It
+    /// joins its group once the brokers have had their start-up check, so
+    /// the topic it reads is created by then if they answered.
+    fn spawn_recordings(&self, stop: &CancellationToken) -> Option<JoinHandle<()>> {
+        let (config, publisher) = (Arc::clone(&self.config), Arc::clone(&self.publisher));
+        let (startup, stop) = (Arc::clone(&self.startup), stop.clone());
+        self.config.recordings.enabled.then(|| {
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = startup.checked(Check::Kafka) => {}
+                    () = stop.cancelled() => return,
+                }
+                let state = Arc::new(CopierState::default());
+                copy_recordings(config, publisher, state, stop).await;
+            })
+        })
+    }
+
+    /// The tasks that keep the gauges, readiness, secrets and certificates
+    /// current until `stop`.
+    fn spawn_watchers(&self, stop: &CancellationToken) {
+        tokio::spawn(Arc::clone(&self.delivery).report_spool(stop.clone()));
+        tokio::spawn(Arc::clone(&self.health).watch(stop.clone()));
+        tokio::spawn(Arc::clone(&self.auth).watch_secrets_file(stop.clone()));
+        if let Some(tls) = &self.tls {
+            tokio::spawn(Arc::clone(tls).watch(stop.clone()));
+        }
+    }
+}
+
+/// The start-up checks, behind the open listener: `check_dependencies`,
+/// then, for the schemas still without an id from the registry, the
+/// registration in the background with backoff until `stop`. Returns a
+/// refusal, which stops the bridge.
+async fn finish_start_up(
+    config: Arc<Config>,
+    publisher: Arc<Publisher>,
+    delivery: Arc<Delivery>,
+    startup: Arc<StartupGate>,
+    stop: CancellationToken,
+) -> Result<(), StartupError> {
+    let started = Instant::now();
+    check_dependencies(&config, &publisher, &delivery, &startup).await?;
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        topics_ready = delivery.topics_ready(),
+        schemas_without_id = delivery.schemas().pending(),
+        "start-up checks done"
+    );
+    tokio::spawn(Arc::clone(delivery.schemas()).register_until_done(stop));
+    Ok(())
+}
+
+/// Gives the brokers (the topics) and the registry (the schema ids) one
+/// bounded try each, at the same time, and settles each one's part of the
+/// start-up gate as it ends. Unreachable is no error: the events go to the
+/// spool until they answer. A refusal is, and ends the other check.
+async fn check_dependencies(
+    config: &Config,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    startup: &StartupGate,
+) -> Result<(), StartupError> {
+    // Records wait for the registry even when every id is kept from the
+    // last run: a rebuilt registry numbers schemas anew, and an answering
+    // one must confirm them first.
+    let kafka = async {
+        let _settled = startup.settles_on_drop(Check::Kafka);
+        if prepare_topics(config, publisher).await? == Topics::Ready {
+            delivery.set_topics_ready();
+        }
+        Ok::<(), StartupError>(())
+    };
+    let registry = async {
+        let _settled = startup.settles_on_drop(Check::Registry);
+        prepare_schema_ids(delivery.schemas()).await
+    };
+    tokio::try_join!(kafka, registry).map(|_| ())
+}
+
+/// Resolves when `shutdown` does, or when the start-up checks end in a
+/// refusal, which it returns.
+async fn until_stopped(
+    shutdown: impl Future<Output = ()>,
+    checks: JoinHandle<Result<(), StartupError>>,
+) -> Option<StartupError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => None,
+        ended = checks => {
+            if let Ok(Err(refusal)) = ended {
+                tracing::error!(error = %refusal, "a start-up check was refused; stopping (the events taken are kept)");
+                return Some(refusal);
+            }
+            shutdown.await;
+            None
+        }
     }
 }
 

@@ -480,10 +480,11 @@ async fn run_bridge(config: Config) -> anyhow::Result<()> {
         otlp_endpoint = telemetry.exporting_to.as_deref().unwrap_or("none"),
         "ready"
     );
-    app.run_until_stopped(shutdown_signal()).await;
+    let stopped = app.run_until_stopped(shutdown_signal()).await;
     // Flushing the last spans blocks: off the runtime's workers.
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
-    Ok(())
+    // A refusal found by the start-up checks, once the listeners were open.
+    stopped.context("start-up failed")
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

@@ -105,6 +105,69 @@ async fn started_with_broker_and_registry_down_it_accepts_turns_ready_and_delive
     .await;
 }
 
+/// A cold start while the broker and the registry hang (frozen: connections
+/// open and nothing answers, as a blackholed network looks) must not keep
+/// the port closed: the start-up checks run behind an open listener, and
+/// the first event is spooled within 5 s of launch. The pod is ready the
+/// whole time (its spool takes events, as in any Kafka outage); once both
+/// thaw, the event reaches its topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_start_with_broker_and_registry_frozen_answers_within_seconds_and_delivers_after() {
+    let broker = Broker::start(free_port());
+    let registry = Registry::start(free_port());
+    broker.freeze();
+    registry.freeze();
+    let launched = Instant::now();
+    // The default start-up timeouts: 10 s for Kafka, 10 s for the registry.
+    let bridge = Bridge::start(BridgeOptions {
+        brokers: Some(broker.address()),
+        registry_url: Some(registry.url()),
+        ..BridgeOptions::default()
+    });
+    let listening = launched.elapsed();
+    let client = support::client();
+    let answer = post_sequenced(&client, &bridge, 7, 0).await;
+    let first_answer = launched.elapsed();
+    let (ready, reasons) = admin_get(&client, &bridge, "/readyz").await;
+    println!(
+        "COLD-START-FIGURES {}",
+        json!({"ready_line_ms": listening.as_millis(), "first_2xx_ms": first_answer.as_millis(),
+               "status": answer.status, "readyz_while_frozen": ready})
+    );
+    assert_eq!(answer.status, Some(202), "spooled: {:?}", answer.body);
+    assert!(
+        first_answer < Duration::from_secs(5),
+        "first answer {first_answer:?} after launch"
+    );
+    assert_eq!(ready, 200, "the spool takes events: {reasons}");
+
+    broker.resume();
+    registry.resume();
+    let records = consume_with(
+        &broker.address(),
+        &registry.url(),
+        &bridge.topic("TASK_CHANGE"),
+        1,
+    );
+    let answers = [answer];
+    let mut figures = count_answers("cold_start_frozen_dependencies", &answers);
+    check_records(&mut figures, &answers, &records);
+    figures.report();
+    assert_eq!(figures.lost, 0, "{figures:?}");
+    wait_for_admin(
+        &client,
+        &bridge,
+        "/status",
+        "an empty spool",
+        |status, body| {
+            body["spool"]["records"] == 0 && body["kafka"]["topics_ready"] == true && status == 200
+        },
+    )
+    .await;
+    let (ready, reasons) = admin_get(&client, &bridge, "/readyz").await;
+    assert_eq!(ready, 200, "{reasons}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_during_a_registry_outage_publishes_with_the_last_known_ids() {
     let broker = Broker::start(free_port());

@@ -85,6 +85,9 @@ const EVENTS: [&str; 10] = [
 fn a_deployment_a_bridge_has_set_up_passes_every_check() {
     let bridge = Bridge::start(BridgeOptions::default());
     let prefix = bridge.prefix.clone();
+    // The topics and subjects are set up behind the open listener.
+    let logs = bridge.log_text_with("start-up checks done");
+    assert!(logs.contains("start-up checks done"), "{logs}");
     drop(bridge);
     let spool = tempfile::tempdir().unwrap();
     let checked = check_online(

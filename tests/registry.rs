@@ -27,9 +27,8 @@ async fn an_incompatible_registered_schema_stops_startup_naming_the_subject() {
                         "fields": [{"name": "legacy_id", "type": "string"}]});
     assert_eq!(register(&subject, &legacy).await.0, 200);
 
-    let failure = Bridge::try_start(options)
-        .err()
-        .expect("start-up must fail");
+    // The check runs behind the open listener: the refusal stops the bridge.
+    let failure = Bridge::run_until_it_stops(options);
     assert!(!failure.status.success());
     assert!(
         failure
@@ -56,9 +55,8 @@ async fn without_auto_registration_missing_schemas_stop_startup_and_registered_o
         .with("REGISTRY__AUTO_REGISTER", "false")
     };
 
-    let failure = Bridge::try_start(lookup_only())
-        .err()
-        .expect("nothing registered yet");
+    let failure = Bridge::run_until_it_stops(lookup_only());
+    assert!(!failure.status.success(), "nothing registered yet");
     assert!(
         failure.logs.contains(&format!(
             "subject {prefix}all_calls-value has no matching schema"

@@ -16,7 +16,10 @@
 //! - One replay task sends spooled entries in spool order, in windows enqueued
 //!   in order (librdkafka's idempotent producer keeps that order per
 //!   partition), marks each acknowledged one delivered, and backs off while
-//!   Kafka refuses. An entry whose outcome is unknown (timed out) is sent again:
+//!   Kafka refuses. A window carries one entry per key (`one_per_key`): the
+//!   next of a lead waits for the next window, after its predecessor is
+//!   settled, since librdkafka times queued messages out one by one and
+//!   could land the second after timing out the first. An entry whose outcome is unknown (timed out) is sent again:
 //!   at-least-once, with the dedup header to recognise the repeat.
 //! - Nothing is kept per spooled entry: the spool's own index says what is
 //!   pending, the replay reads it back from the segments in order from
@@ -35,13 +38,13 @@
 //!   the replay goes on with the records behind it. Retrying it would block
 //!   every later record of every lead.
 
-use crate::durability::flights::{Flights, SETTLE_GRACE};
+use crate::durability::flights::{Flight, Flights, SETTLE_GRACE};
 use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Topics};
 use crate::durability::spool::{Cursor, PendingEntry, ReadLimits, Spool, SpoolError};
 use crate::pipeline::registry::{SchemaIds, Unstamped};
 use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
 use crate::vocabulary::Record;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,6 +212,16 @@ pub struct Delivery {
 
 /// The per-key ordering key: topic and record key, hashed (a collision
 /// only makes a record wait behind another lead's).
+/// The window's entries whose key has no earlier entry in it. The others
+/// stay pending, and the cursor stops at the first of them, so they go in
+/// a later window once the entry before them is settled.
+fn one_per_key(entries: &[PendingEntry]) -> impl Iterator<Item = &PendingEntry> {
+    let mut keys = HashSet::with_capacity(entries.len());
+    entries
+        .iter()
+        .filter(move |entry| keys.insert(key_of(&entry.record)))
+}
+
 fn key_of(record: &Record) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     record.topic.hash(&mut hasher);
@@ -290,17 +303,17 @@ impl Delivery {
     /// Makes the record durable: Kafka within the deadline, else the spool.
     pub async fn deliver(self: &Arc<Self>, mut record: Record) -> Result<Durable, SpoolError> {
         // Settled (acknowledged, or spooled with its key held) when dropped.
-        let _flight = self
+        let flight = self
             .flights
             .enter(key_of(&record), self.deadline + SETTLE_GRACE)
             .await;
         match self.schemas.stamp(&mut record) {
             Ok(()) => {}
-            Err(Unstamped::Waiting { .. }) => return self.spool_record(record, None).await,
+            Err(Unstamped::Waiting { .. }) => return self.spool_record(record, None, flight).await,
             Err(Unstamped::Refused { reason }) => return self.park(None, record, &reason).await,
         }
         if self.must_spool(&record) {
-            return self.spool_record(record, None).await;
+            return self.spool_record(record, None, flight).await;
         }
         let enqueued_at = Instant::now();
         let error = match self.publisher.enqueue(&record) {
@@ -315,7 +328,9 @@ impl Delivery {
                     Err(_deadline) => {
                         tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
                         self.kafka_up.store(false, Ordering::Relaxed);
-                        return self.spool_record(record, Some(acknowledgement)).await;
+                        return self
+                            .spool_record(record, Some(acknowledgement), flight)
+                            .await;
                     }
                 }
             }
@@ -327,7 +342,7 @@ impl Delivery {
         tracing::warn!(%error, "Kafka refused the record; spooling it");
         self.kafka_up.store(false, Ordering::Relaxed);
         self.publisher.recover(&error);
-        self.spool_record(record, None).await
+        self.spool_record(record, None, flight).await
     }
 
     /// Appends the record to the spool for the replay, in a task of its
@@ -336,11 +351,15 @@ impl Delivery {
     /// so a record of that key arriving meanwhile is spooled behind this
     /// one. `attempt`: a first attempt still running, which the replay
     /// waits for instead of sending the record twice; the entry is held
-    /// from the replay until that is known.
+    /// from the replay until that is known. The key's `flight` moves into
+    /// the task and ends after the append: were the request dropped
+    /// before, the next record of the key could otherwise be appended
+    /// first.
     async fn spool_record(
         self: &Arc<Self>,
         record: Record,
         attempt: Option<Acknowledgement>,
+        flight: Flight,
     ) -> Result<Durable, SpoolError> {
         let key = key_of(&record);
         self.backlog().hold_key(key);
@@ -371,6 +390,7 @@ impl Delivery {
             }
             drop(backlog);
             delivery.wake.notify_one();
+            drop(flight);
             Ok(Durable::Spooled(appended.id))
         });
         spooled.await.expect("spool task panicked")
@@ -616,7 +636,7 @@ impl Delivery {
         window: &mut Window,
     ) -> Vec<(u64, Record, Acknowledgement)> {
         let mut sent = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for entry in one_per_key(entries) {
             let (id, mut record) = (entry.id, entry.record.clone());
             match self.schemas.stamp(&mut record) {
                 Ok(()) => {}
@@ -685,5 +705,36 @@ impl Delivery {
             waiting_for = %reason, waiting, oldest_secs = oldest.unwrap_or_default().as_secs(),
             "spool replay is waiting; it retries with backoff"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, key: &str) -> PendingEntry {
+        PendingEntry {
+            id,
+            record: Record {
+                topic: "t".into(),
+                key: Some(key.into()),
+                headers: Vec::new(),
+                payload: Vec::new(),
+            },
+            at: Cursor::default(),
+        }
+    }
+
+    #[test]
+    fn a_window_sends_one_entry_of_each_key_in_spool_order() {
+        let window = [
+            entry(1, "a"),
+            entry(2, "b"),
+            entry(3, "a"),
+            entry(4, "c"),
+            entry(5, "b"),
+        ];
+        let sent: Vec<u64> = one_per_key(&window).map(|entry| entry.id).collect();
+        assert_eq!(sent, [1, 2, 4]);
     }
 }

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::durability::dedup::{Claim, Dedup};
 use crate::durability::delivery::{Delivery, Durable, RecordRef};
 use crate::durability::spool::SpoolError;
+use crate::durability::startup::StartupGate;
 use crate::http::auth::Authenticator;
 use crate::http::body::{self, BodyBudget, BodyError, Reservation};
 use crate::http::response::Outcome;
@@ -59,6 +60,7 @@ pub struct Ingest {
     delivery: Arc<Delivery>,
     dedup: Option<Dedup>,
     body_budget: Arc<BodyBudget>,
+    startup: Arc<StartupGate>,
 }
 
 /// What a delivery carries besides its body.
@@ -90,6 +92,7 @@ impl Ingest {
         delivery: Arc<Delivery>,
         dedup: Option<Dedup>,
         body_budget: Arc<BodyBudget>,
+        startup: Arc<StartupGate>,
     ) -> Self {
         assert!(
             routes.iter().map(|r| r.kind).eq(EventKind::ALL),
@@ -102,6 +105,7 @@ impl Ingest {
             delivery,
             dedup,
             body_budget,
+            startup,
         }
     }
 
@@ -271,7 +275,13 @@ impl Ingest {
         Ok((body, reservation))
     }
 
+    /// While the bridge starts, the body first waits for the start-up checks
+    /// (at most until the ack deadline after start-up): a healthy start
+    /// publishes its first events instead of spooling them, and encodes
+    /// them with the ids the registry confirmed, not those kept from the
+    /// last run (a rebuilt registry numbers schemas anew).
     async fn deliver_body(&self, envelope: Envelope, body: Bytes) -> Outcome {
+        self.startup.pass().await;
         // The body and its parsed tree are dropped once the record is built:
         // a large summary waits for the broker holding its record only.
         match self.prepare(&envelope, body).await {
