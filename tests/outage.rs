@@ -434,3 +434,83 @@ async fn kafka_back_after_a_spool_failure_is_used_again() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Entries lost to damage found while running cannot be read, so their
+/// lead is unknown; the lead must not stay behind the spool for good
+/// once everything readable has gone to Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lead_whose_spooled_entries_were_damaged_on_disk_goes_straight_to_kafka_again() {
+    let broker = Broker::start(free_port());
+    let spool = tempfile::tempdir().unwrap();
+    let mut options = own_broker_options(&broker)
+        .with("DELIVERY__ACK_DEADLINE_MS", 300)
+        .with("KAFKA__MESSAGE_TIMEOUT_MS", 1000);
+    options.spool_dir = Some(spool.path().to_owned());
+    let bridge = Bridge::start(options);
+    let client = support::client();
+    // Until the lead's events go straight to Kafka (the first ones may
+    // be spooled while the fresh broker sets up its topics).
+    let mut sequence = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_sequenced(&client, &bridge, 41, sequence).await.status != Some(200) {
+        assert!(Instant::now() < deadline, "never answered 200");
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    broker.freeze();
+    wait_for_kafka_reachable(&client, &bridge, false).await;
+    for sequence in sequence + 1..=sequence + 6 {
+        let answer = post_sequenced(&client, &bridge, 41, sequence).await;
+        assert_eq!(answer.status, Some(202), "{:?}", answer.body);
+    }
+    damage_the_middle_of_the_segment(spool.path());
+    let lost = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let logs = bridge.log_text();
+            if let Some(line) = logs.lines().find(|line| line.contains("no longer intact")) {
+                return line.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the replay read the damaged frame while Kafka was down");
+    assert!(!lost.contains("\"lost\":0"), "{lost}");
+
+    broker.resume();
+    wait_for_admin(
+        &client,
+        &bridge,
+        "/status",
+        "the spool emptied",
+        |_, body| body["spool"]["records"] == 0 && body["kafka"]["reachable"] == true,
+    )
+    .await;
+    let answer = post_sequenced(&client, &bridge, 41, sequence + 7).await;
+    assert_eq!(
+        answer.status,
+        Some(200),
+        "the lead went to Kafka, not behind a spool with nothing of it left: {:?}",
+        answer.body
+    );
+}
+
+/// Overwrites bytes in the middle of the spool's only segment, as a disk
+/// fault would.
+fn damage_the_middle_of_the_segment(dir: &std::path::Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let segment = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .expect("a spool segment");
+    let length = std::fs::metadata(&segment).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.seek(SeekFrom::Start(length / 2)).unwrap();
+    file.write_all(&[0xA5; 64]).unwrap();
+    file.sync_all().unwrap();
+}

@@ -118,11 +118,28 @@ struct Backlog {
     cursor: Cursor,
     /// When the oldest entry waiting was received, as far as known.
     oldest: Option<OffsetDateTime>,
+    /// Records whose key is held and whose spool append has not ended.
+    appending: usize,
 }
 
 impl Backlog {
     fn hold_key(&mut self, key: u64) {
         *self.keys.entry(key).or_default() += 1;
+    }
+
+    /// With nothing pending and nothing being appended, no key can have
+    /// anything waiting: counts left over belong to entries lost to damage
+    /// found at run time (unreadable, so their keys are unknown), and
+    /// would spool those leads' records for good. They are let go.
+    fn forget_keys_if_idle(&mut self, pending: u64) {
+        if pending == 0 && self.appending == 0 && !self.keys.is_empty() {
+            tracing::warn!(
+                keys = self.keys.len(),
+                "the spool is empty but keys were still held (entries lost to damage); letting them go"
+            );
+            self.keys.clear();
+            self.oldest = None;
+        }
     }
 
     fn release_key(&mut self, key: u64) {
@@ -362,7 +379,11 @@ impl Delivery {
         flight: Flight,
     ) -> Result<Durable, SpoolError> {
         let key = key_of(&record);
-        self.backlog().hold_key(key);
+        {
+            let mut backlog = self.backlog();
+            backlog.hold_key(key);
+            backlog.appending += 1;
+        }
         let delivery = Arc::clone(self);
         let spooled = tokio::spawn(async move {
             let received = received_at(&record);
@@ -370,15 +391,16 @@ impl Delivery {
                 Some(_) => delivery.spool.append_held(record).await,
                 None => delivery.spool.append(record).await,
             };
+            let mut backlog = delivery.backlog();
+            backlog.appending -= 1;
             let appended = match appended {
                 Ok(appended) => appended,
                 Err(error) => {
-                    delivery.backlog().release_key(key);
+                    backlog.release_key(key);
                     metrics::counter!(crate::observe::metrics::SPOOL_FAILURES).increment(1);
                     return Err(error);
                 }
             };
-            let mut backlog = delivery.backlog();
             backlog.oldest = backlog.oldest.or(received);
             if let Some(attempt) = attempt {
                 let (landed, outcome) = oneshot::channel();
@@ -548,7 +570,9 @@ impl Delivery {
             }
         };
         let Some(head) = read.entries.first() else {
-            self.backlog().cursor = read.end;
+            let mut backlog = self.backlog();
+            backlog.cursor = read.end;
+            backlog.forget_keys_if_idle(self.spool.pending());
             return None;
         };
         let head_attempt = {
