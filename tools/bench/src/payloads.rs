@@ -119,11 +119,25 @@ impl Payloads {
         self.templates.is_empty()
     }
 
+    /// The lead of request `seq`. Each row of `len()` consecutive requests
+    /// (one of each template) spreads over leads `contacts / len()` apart,
+    /// so requests in flight together are about different leads, as a
+    /// webhook stream's mostly are; over a full cycle every lead gets every
+    /// template. (A lead's records are made durable one at a time, each
+    /// after its predecessor's ack: a load that sent a lead's ten events at
+    /// once, as the bench's rows did until stop 35, measured that wait.)
+    fn contact(&self, seq: u64) -> u64 {
+        let count = self.templates.len() as u64;
+        let spread = (self.contacts / count).max(1);
+        let (row, column) = (seq / count, seq % count);
+        CONTACT_BASE + (row + column * spread) % self.contacts
+    }
+
     /// Request `seq`: the templates in rotation, leads in rotation.
     pub fn body(&self, seq: u64) -> Bytes {
         let count = self.templates.len() as u64;
         let template = &self.templates[(seq % count) as usize];
-        let contact = CONTACT_BASE + (seq / count) % self.contacts;
+        let contact = self.contact(seq);
         let mut out = String::with_capacity(1536);
         for part in &template.parts {
             match part {
@@ -219,6 +233,35 @@ mod tests {
     }
 
     #[test]
+    fn requests_in_flight_together_are_about_different_leads_and_each_lead_gets_every_event() {
+        let payloads = Payloads::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"),
+            5_000,
+        )
+        .unwrap();
+        let count = payloads.len() as u64;
+        for start in (0..20_000).step_by(97) {
+            let leads: std::collections::HashSet<u64> = (start..start + 256)
+                .map(|seq| payloads.contact(seq))
+                .collect();
+            assert_eq!(leads.len(), 256, "256 consecutive requests from {start}");
+        }
+        let mut templates_of_lead = std::collections::HashMap::<u64, Vec<u64>>::new();
+        for seq in 0..5_000 * count {
+            templates_of_lead
+                .entry(payloads.contact(seq))
+                .or_default()
+                .push(seq % count);
+        }
+        assert_eq!(templates_of_lead.len(), 5_000);
+        for (lead, mut templates) in templates_of_lead {
+            templates.sort_unstable();
+            templates.dedup();
+            assert_eq!(templates.len() as u64, count, "lead {lead}");
+        }
+    }
+
+    #[test]
     fn bodies_are_valid_json_with_varied_identities() {
         let payloads = fixtures();
         assert_eq!(payloads.len(), 10);
@@ -242,7 +285,7 @@ mod tests {
             if event == "CUSTOMER_CREATE" {
                 assert_eq!(body["contact_id"], NEW_CONTACT_BASE + seq);
             } else if !body["contact_id"].is_null() {
-                assert_eq!(body["contact_id"], CONTACT_BASE + (seq / 10) % 100);
+                assert_eq!(body["contact_id"], payloads.contact(seq));
             }
             assert!(!String::from_utf8_lossy(&payloads.body(seq)).contains("@@bench"));
         }
