@@ -124,6 +124,7 @@ pub async fn drain_spool(config: &Config, timeout: Duration) -> Result<DrainRepo
         recovered,
         config.delivery.ack_deadline_ms,
         Topics::Ready,
+        Arc::new(StartupGate::passed()),
     );
     let left = delivery.drain(timeout).await;
     if let Some(waiting_for) = delivery.waiting_for() {
@@ -203,8 +204,16 @@ async fn prepare_topics(config: &Config, publisher: &Publisher) -> Result<Topics
             Topics::Ready
         });
     }
-    create_topics(config, publisher, timeout).await?;
-    Ok(Topics::Ready)
+    match create_topics(config, publisher, timeout).await {
+        Ok(()) => Ok(Topics::Ready),
+        // Brokers that answered the check and then timed out, or have no
+        // controller yet: the health watcher creates the topics later.
+        Err(StartupError::Kafka(error)) if !error.is_creation_refusal() => {
+            tracing::warn!(%error, "cannot create the topics yet; events go to the spool until they exist");
+            Ok(Topics::Pending)
+        }
+        Err(refusal) => Err(refusal),
+    }
 }
 
 /// On reachable brokers: creates the missing topics (if
@@ -317,6 +326,8 @@ impl App {
         ));
         let routes = routes(&config, schemas, &schema_ids);
         // Ready once the start-up checks have found the topics (`check_dependencies`).
+        // A delivery waits for the checks no longer than it would for an ack.
+        let startup = Arc::new(StartupGate::new(config.delivery.ack_deadline_ms));
         let delivery = Delivery::new(
             Arc::clone(&publisher),
             spool,
@@ -324,9 +335,8 @@ impl App {
             recovered,
             config.delivery.ack_deadline_ms,
             Topics::Pending,
+            Arc::clone(&startup),
         );
-        // A delivery waits for the checks no longer than it would for an ack.
-        let startup = Arc::new(StartupGate::new(config.delivery.ack_deadline_ms));
 
         let body_budget = BodyBudget::new(config.server.max_body_bytes_in_flight, SMALL_BODY_BYTES);
         let health = health(&config, &delivery, &publisher, &body_budget);

@@ -82,6 +82,15 @@ async fn bridge_killed_with_the_broker_down_replays_its_spool_after_restart() {
     let first_broker = Broker::start(port);
     let bridge = Bridge::start(options(&first_broker));
     let topic = bridge.topic("TASK_CHANGE");
+    // The start-up checks run behind the open listener; phase A wants them done.
+    support::wait_for_admin(
+        &support::client(),
+        &bridge,
+        "/status",
+        "topics and schema ids ready",
+        |_, body| body["kafka"]["topics_ready"] == true && body["registry"]["pending"] == 0,
+    )
+    .await;
 
     // Phase A, broker up: everything published, read back before the broker goes.
     let answers_a = stream_events(bridge.ingest_url(), 0..50, 20, 8, Arc::new(|_| {})).await;

@@ -41,6 +41,7 @@
 use crate::durability::flights::{Flight, Flights, SETTLE_GRACE};
 use crate::durability::kafka::{Acknowledgement, Delivered, PublishError, Publisher, Topics};
 use crate::durability::spool::{Cursor, PendingEntry, ReadLimits, Spool, SpoolError};
+use crate::durability::startup::StartupGate;
 use crate::pipeline::registry::{SchemaIds, Unstamped};
 use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
 use crate::vocabulary::Record;
@@ -114,8 +115,11 @@ struct Backlog {
     /// First attempts still running for spooled entries: each resolves
     /// `true` if it reached Kafka.
     first_attempts: HashMap<u64, oneshot::Receiver<bool>>,
-    /// Where the replay stands: every entry before it is done.
+    /// Where the replay reads on: every entry before it is done, or in `carry`.
     cursor: Cursor,
+    /// Entries read and still pending, left for the next window by
+    /// `one_per_key` (at most a window's): not read again from disk.
+    carry: Vec<PendingEntry>,
     /// When the oldest entry waiting was received, as far as known.
     oldest: Option<OffsetDateTime>,
     /// Records whose key is held and whose spool append has not ended.
@@ -123,8 +127,10 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn hold_key(&mut self, key: u64) {
-        *self.keys.entry(key).or_default() += 1;
+    fn hold_key(&mut self, key: Option<u64>) {
+        if let Some(key) = key {
+            *self.keys.entry(key).or_default() += 1;
+        }
     }
 
     /// With nothing pending and nothing being appended, no key can have
@@ -142,7 +148,8 @@ impl Backlog {
         }
     }
 
-    fn release_key(&mut self, key: u64) {
+    fn release_key(&mut self, key: Option<u64>) {
+        let Some(key) = key else { return };
         if let Some(count) = self.keys.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
@@ -182,7 +189,9 @@ pub struct Recovered {
 impl Recovered {
     /// Counts one pending entry (call in spool order).
     pub fn add(&mut self, record: &Record) {
-        *self.keys.entry(key_of(record)).or_default() += 1;
+        if let Some(key) = key_of(record) {
+            *self.keys.entry(key).or_default() += 1;
+        }
         if self.entries == 0 {
             self.oldest = received_at(record);
         }
@@ -221,6 +230,8 @@ pub struct Delivery {
     stuck_reported: Mutex<Option<Instant>>,
     /// The record of each key being made durable: the next one waits.
     flights: Flights,
+    /// What a delivery waits for while the bridge starts.
+    startup: Arc<StartupGate>,
     /// Held by whoever sends from the spool (the replay task, a shutdown
     /// drain): a drain after a replay that did not stop in time waits for
     /// its window instead of sending it a second time beside it.
@@ -236,14 +247,18 @@ fn one_per_key(entries: &[PendingEntry]) -> impl Iterator<Item = &PendingEntry> 
     let mut keys = HashSet::with_capacity(entries.len());
     entries
         .iter()
-        .filter(move |entry| keys.insert(key_of(&entry.record)))
+        .filter(move |entry| key_of(&entry.record).is_none_or(|key| keys.insert(key)))
 }
 
-fn key_of(record: &Record) -> u64 {
+/// The record's lead (its topic and Kafka key, hashed). A record without a
+/// key (a dead letter of an unparsable body) has no order to keep: it
+/// never waits for another, nor holds one back.
+fn key_of(record: &Record) -> Option<u64> {
+    let key = record.key.as_ref()?;
     let mut hasher = std::hash::DefaultHasher::new();
     record.topic.hash(&mut hasher);
-    record.key.hash(&mut hasher);
-    hasher.finish()
+    key.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 impl Delivery {
@@ -256,6 +271,7 @@ impl Delivery {
         recovered: Recovered,
         deadline: Duration,
         topics: Topics,
+        startup: Arc<StartupGate>,
     ) -> Arc<Self> {
         let delivery = Delivery {
             publisher,
@@ -273,6 +289,7 @@ impl Delivery {
             waiting_for: Mutex::new(None),
             stuck_reported: Mutex::new(None),
             flights: Flights::default(),
+            startup,
             replay_turn: tokio::sync::Mutex::new(()),
         };
         Arc::new(delivery)
@@ -314,28 +331,49 @@ impl Delivery {
         }
         let waiting = self.spool.pending() > 0;
         (!self.kafka_up.load(Ordering::Relaxed) && waiting)
-            || self.backlog().keys.contains_key(&key_of(record))
+            || key_of(record).is_some_and(|key| self.backlog().keys.contains_key(&key))
     }
 
-    /// Makes the record durable: Kafka within the deadline, else the spool.
-    pub async fn deliver(self: &Arc<Self>, mut record: Record) -> Result<Durable, SpoolError> {
+    /// Makes the record durable: Kafka by `arrived` plus the ack deadline,
+    /// else the spool. The deadline counts from the request's arrival, so
+    /// the wait for the record of the same lead ahead of it comes out of
+    /// it rather than adding to it: an answer takes the deadline plus a
+    /// spool write at most (twice the deadline while the bridge starts).
+    pub async fn deliver(
+        self: &Arc<Self>,
+        mut record: Record,
+        arrived: Instant,
+    ) -> Result<Durable, SpoolError> {
+        let answer_by = tokio::time::Instant::from_std(arrived + self.deadline);
+        let key = key_of(&record);
         // Settled (acknowledged, or spooled with its key held) when dropped.
-        let flight = self
-            .flights
-            .enter(key_of(&record), self.deadline + SETTLE_GRACE)
-            .await;
+        // Taken in arrival order, before the start-up gate, so the records
+        // it releases together keep their lead's order.
+        let flight = match key {
+            Some(key) => {
+                let max_wait = (answer_by + SETTLE_GRACE)
+                    .saturating_duration_since(tokio::time::Instant::now());
+                Some(self.flights.enter(key, max_wait).await)
+            }
+            None => None,
+        };
+        // A start-up wait (at most a deadline, once per start) is not
+        // counted: a healthy start publishes its first events.
+        let at_gate = tokio::time::Instant::now();
+        self.startup.pass().await;
+        let answer_by = answer_by + at_gate.elapsed();
         match self.schemas.stamp(&mut record) {
             Ok(()) => {}
             Err(Unstamped::Waiting { .. }) => return self.spool_record(record, None, flight).await,
             Err(Unstamped::Refused { reason }) => return self.park(None, record, &reason).await,
         }
-        if self.must_spool(&record) {
+        if self.must_spool(&record) || tokio::time::Instant::now() >= answer_by {
             return self.spool_record(record, None, flight).await;
         }
         let enqueued_at = Instant::now();
         let error = match self.publisher.enqueue(&record) {
             Ok(mut acknowledgement) => {
-                match tokio::time::timeout(self.deadline, &mut acknowledgement).await {
+                match tokio::time::timeout_at(answer_by, &mut acknowledgement).await {
                     Ok(Ok(delivered)) => {
                         crate::observe::metrics::record_produce(enqueued_at.elapsed());
                         self.kafka_up.store(true, Ordering::Relaxed);
@@ -343,8 +381,13 @@ impl Delivery {
                     }
                     Ok(Err(error)) => error,
                     Err(_deadline) => {
-                        tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
-                        self.kafka_up.store(false, Ordering::Relaxed);
+                        // Only a wait of half the deadline or more says
+                        // Kafka is slow: a record left little time by the
+                        // lead's records before it says nothing of Kafka.
+                        if enqueued_at.elapsed() >= self.deadline / 2 {
+                            tracing::warn!(deadline = ?self.deadline, "Kafka did not acknowledge in time; spooling the record");
+                            self.kafka_up.store(false, Ordering::Relaxed);
+                        }
                         return self
                             .spool_record(record, Some(acknowledgement), flight)
                             .await;
@@ -376,7 +419,7 @@ impl Delivery {
         self: &Arc<Self>,
         record: Record,
         attempt: Option<Acknowledgement>,
-        flight: Flight,
+        flight: Option<Flight>,
     ) -> Result<Durable, SpoolError> {
         let key = key_of(&record);
         {
@@ -451,13 +494,13 @@ impl Delivery {
 
     /// The entry reached Kafka (or was parked): it leaves the spool, and
     /// its key one count.
-    fn complete(&self, id: u64, key: u64) {
+    fn complete(&self, id: u64, key: Option<u64>) {
         self.spool.mark_delivered(id);
         self.settled(id, key);
     }
 
     /// An entry left the spool (delivered or parked): its key lets go of it.
-    fn settled(&self, id: u64, key: u64) {
+    fn settled(&self, id: u64, key: Option<u64>) {
         let mut backlog = self.backlog();
         backlog.release_key(key);
         backlog.first_attempts.remove(&id);
@@ -560,18 +603,19 @@ impl Delivery {
             ));
             return None;
         }
-        let from = self.backlog().cursor;
-        let read = match self.read_window(from).await {
+        let (from, carried) = self.take_carry();
+        let (entries, end) = match self.read_window(from, carried).await {
             Ok(read) => read,
-            Err(error) => {
+            Err((error, carried)) => {
                 // Read again from the same place: nothing behind it overtakes.
+                self.backlog().carry = carried;
                 self.report_waiting(Some(format!("the spool, to read entries back: {error}")));
                 return Some(false);
             }
         };
-        let Some(head) = read.entries.first() else {
+        let Some(head) = entries.first() else {
             let mut backlog = self.backlog();
-            backlog.cursor = read.end;
+            backlog.cursor = end;
             backlog.forget_keys_if_idle(self.spool.pending());
             return None;
         };
@@ -581,14 +625,17 @@ impl Delivery {
             backlog.first_attempts.remove(&head.id)
         };
         if let Some(attempt) = head_attempt {
+            // Read again from the head (it may have come from the carry).
+            self.backlog().cursor = head.at.min(from);
             self.settle_first_attempt(head, attempt).await;
             return Some(true);
         }
-        let (entries, end) = self.up_to_first_attempt(read.entries, read.end);
+        let (entries, end) = self.up_to_first_attempt(entries, end);
         let mut window = Window::default();
         let sent = self.send_window(&entries, &mut window).await;
         self.await_window(sent, &mut window).await;
-        self.advance_cursor(&entries, end);
+        let clean = window.waiting_for.is_none() && !window.kafka_failed;
+        self.advance_cursor(entries, end, clean);
         self.kafka_up.store(!window.kafka_failed, Ordering::Relaxed);
         let progressed = window.waiting_for.is_none();
         self.report_waiting(window.waiting_for);
@@ -616,14 +663,29 @@ impl Delivery {
         }
     }
 
-    /// Moves the cursor to the first entry of the window still pending,
-    /// or past the window when all of it is done.
-    fn advance_cursor(&self, entries: &[PendingEntry], end: Cursor) {
-        let cursor = entries
-            .iter()
-            .find(|entry| self.spool.is_pending(entry.id))
-            .map_or(end, |entry| entry.at);
-        self.backlog().cursor = cursor;
+    /// Moves the cursor past the window when everything sent went well,
+    /// carrying the entries `one_per_key` left; after a failure, back to
+    /// the window's first entry still pending, to read it all again.
+    fn advance_cursor(&self, entries: Vec<PendingEntry>, end: Cursor, clean: bool) {
+        let still: Vec<PendingEntry> = entries
+            .into_iter()
+            .filter(|entry| self.spool.is_pending(entry.id))
+            .collect();
+        let mut backlog = self.backlog();
+        if clean {
+            backlog.cursor = end;
+            backlog.carry = still;
+        } else {
+            backlog.cursor = still.first().map_or(end, |entry| entry.at);
+        }
+    }
+
+    /// The cursor, and the carried entries still pending.
+    fn take_carry(&self) -> (Cursor, Vec<PendingEntry>) {
+        let mut backlog = self.backlog();
+        let mut carried = std::mem::take(&mut backlog.carry);
+        carried.retain(|entry| self.spool.is_pending(entry.id));
+        (backlog.cursor, carried)
     }
 
     /// The head's first attempt (from the request that spooled it) is still
@@ -637,18 +699,36 @@ impl Delivery {
     }
 
     /// The next window's records, read back from the spool off the runtime.
+    /// The window: the `carried` entries, then as many read from `from` on
+    /// as the window has room for; and where the read ended. On a read
+    /// error, the carried entries come back with it.
     async fn read_window(
         &self,
         from: Cursor,
-    ) -> Result<crate::durability::spool::PendingRead, SpoolError> {
+        mut carried: Vec<PendingEntry>,
+    ) -> Result<(Vec<PendingEntry>, Cursor), (SpoolError, Vec<PendingEntry>)> {
+        let carried_bytes: u64 = carried
+            .iter()
+            .map(|entry| entry.record.payload.len() as u64)
+            .sum();
+        if carried.len() >= REPLAY_WINDOW || carried_bytes >= REPLAY_WINDOW_BYTES {
+            return Ok((carried, from));
+        }
         let spool = self.spool.clone();
         let limits = ReadLimits {
-            entries: REPLAY_WINDOW,
-            bytes: REPLAY_WINDOW_BYTES,
+            entries: REPLAY_WINDOW - carried.len(),
+            bytes: REPLAY_WINDOW_BYTES - carried_bytes,
         };
-        tokio::task::spawn_blocking(move || spool.read_pending(from, limits))
+        let read = tokio::task::spawn_blocking(move || spool.read_pending(from, limits))
             .await
-            .expect("spool read task panicked")
+            .expect("spool read task panicked");
+        match read {
+            Ok(read) => {
+                carried.extend(read.entries);
+                Ok((carried, read.end))
+            }
+            Err(error) => Err((error, carried)),
+        }
     }
 
     /// Enqueues the window's records in spool order, each stamped with its

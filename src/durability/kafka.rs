@@ -120,6 +120,28 @@ impl PublishError {
     }
 }
 
+/// Codes with which brokers that answered refuse to create a topic as
+/// configured: no retry changes the answer, the deployment must.
+const CREATE_REFUSAL_CODES: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::TopicAuthorizationFailed,
+    RDKafkaErrorCode::ClusterAuthorizationFailed,
+    RDKafkaErrorCode::PolicyViolation,
+    RDKafkaErrorCode::InvalidConfig,
+    RDKafkaErrorCode::InvalidTopic,
+    RDKafkaErrorCode::InvalidPartitions,
+    RDKafkaErrorCode::InvalidReplicationFactor,
+    RDKafkaErrorCode::InvalidReplicaAssignment,
+    RDKafkaErrorCode::InvalidRequest,
+];
+
+impl PublishError {
+    /// The brokers refused to create a topic as configured. Anything else
+    /// at creation (a timeout, no controller yet) passes with a retry.
+    pub fn is_creation_refusal(&self) -> bool {
+        matches!(self, PublishError::CreateTopic { code, .. } if CREATE_REFUSAL_CODES.contains(code))
+    }
+}
+
 /// The topics the bridge creates when they are missing, with a
 /// `max.message.bytes` that fits `max_record_bytes`.
 #[derive(Debug, Clone)]

@@ -38,6 +38,14 @@ impl StartupGate {
         }
     }
 
+    /// A gate with every check settled (`spool drain` ran them itself).
+    pub fn passed() -> StartupGate {
+        let gate = StartupGate::new(Duration::ZERO);
+        gate.settle(Check::Kafka);
+        gate.settle(Check::Registry);
+        gate
+    }
+
     fn token(&self, check: Check) -> &CancellationToken {
         match check {
             Check::Kafka => &self.kafka,
@@ -58,6 +66,11 @@ impl StartupGate {
     /// Waits until `check` has settled, however long it takes.
     pub async fn checked(&self, check: Check) {
         self.token(check).cancelled().await;
+    }
+
+    /// Whether `check` has settled.
+    pub fn has_settled(&self, check: Check) -> bool {
+        self.token(check).is_cancelled()
     }
 
     /// Whether every check has settled.

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::durability::dedup::{Claim, Dedup};
 use crate::durability::delivery::{Delivery, Durable, RecordRef};
 use crate::durability::spool::SpoolError;
-use crate::durability::startup::StartupGate;
+use crate::durability::startup::{Check, StartupGate};
 use crate::http::auth::Authenticator;
 use crate::http::body::{self, BodyBudget, BodyError, Reservation};
 use crate::http::response::Outcome;
@@ -65,6 +65,8 @@ pub struct Ingest {
 
 /// What a delivery carries besides its body.
 struct Envelope {
+    /// When the request came in: the ack deadline counts from here.
+    arrived: std::time::Instant,
     group_id: Option<String>,
     received_at: String,
     /// The request's Content-Type, if it had one.
@@ -202,6 +204,7 @@ impl Ingest {
                 .map(str::to_owned)
         };
         let envelope = Envelope {
+            arrived: std::time::Instant::now(),
             group_id: header_text(&self.settings.group_id_header),
             received_at: OffsetDateTime::now_utc()
                 .format(&Rfc3339)
@@ -275,13 +278,10 @@ impl Ingest {
         Ok((body, reservation))
     }
 
-    /// While the bridge starts, the body first waits for the start-up checks
-    /// (at most until the ack deadline after start-up): a healthy start
-    /// publishes its first events instead of spooling them, and encodes
-    /// them with the ids the registry confirmed, not those kept from the
-    /// last run (a rebuilt registry numbers schemas anew).
+    /// The delivery waits for the start-up checks (in `Delivery::deliver`,
+    /// in its lead's line), so a healthy start publishes its first events
+    /// instead of spooling them.
     async fn deliver_body(&self, envelope: Envelope, body: Bytes) -> Outcome {
-        self.startup.pass().await;
         // The body and its parsed tree are dropped once the record is built:
         // a large summary waits for the broker holding its record only.
         match self.prepare(&envelope, body).await {
@@ -331,7 +331,14 @@ impl Ingest {
         // The ids are registered in the background: the lookup is a cache
         // hit (or a miss, and the record is stamped later); the delivery span
         // says which schema version encoded the record.
-        let (schema_id, schema_header) = route.schema.schema_header();
+        // Until the registry's check has settled, the id is left for
+        // `stamp` to write once it has: an id kept from the last run may
+        // be stale (a rebuilt registry numbers schemas anew).
+        let (schema_id, schema_header) = if self.startup.has_settled(Check::Registry) {
+            route.schema.schema_header()
+        } else {
+            route.schema.pending_header()
+        };
         current.record("superfone.schema_id", schema_id);
         current.record("superfone.registry.cached", schema_id != 0);
         let payload = match route.converter.encode(schema_id, object) {
@@ -393,7 +400,7 @@ impl Ingest {
                 }
             },
         };
-        let durable = match self.deliver_record(record, &envelope.trace).await {
+        let durable = match self.deliver_record(record, envelope).await {
             Ok(durable) => durable,
             Err(error) => return unavailable(&error, group_id),
         };
@@ -472,7 +479,7 @@ impl Ingest {
             headers,
             payload: body.to_vec(),
         };
-        match self.deliver_record(record, &envelope.trace).await {
+        match self.deliver_record(record, envelope).await {
             Ok(durable) => {
                 tracing::warn!(
                     reason = rejection.reason.as_str(),
@@ -495,8 +502,9 @@ impl Ingest {
     async fn deliver_record(
         &self,
         mut record: Record,
-        trace: &DeliveryTrace,
+        envelope: &Envelope,
     ) -> Result<Durable, SpoolError> {
+        let trace = &envelope.trace;
         let span = tracing::info_span!(
             "superfone.produce",
             otel.name = "superfone.produce",
@@ -511,7 +519,11 @@ impl Ingest {
             superfone.spool_id = field::Empty,
         );
         record.headers.extend(trace.record_headers(&span));
-        let result = self.delivery.deliver(record).instrument(span.clone()).await;
+        let result = self
+            .delivery
+            .deliver(record, envelope.arrived)
+            .instrument(span.clone())
+            .await;
         match &result {
             Ok(Durable::Published(delivered)) => {
                 span.record(

@@ -187,11 +187,17 @@ impl Subject {
     pub fn schema_header(&self) -> (u32, (String, String)) {
         match self.id() {
             Some(id) => (id, (SCHEMA_ID_HEADER.to_owned(), id.to_string())),
-            None => (
-                0,
-                (SCHEMA_PENDING_HEADER.to_owned(), self.fingerprint.clone()),
-            ),
+            None => self.pending_header(),
         }
+    }
+
+    /// The header `stamp` replaces with the id it has when the record is
+    /// sent (framed with 0 until then).
+    pub fn pending_header(&self) -> (u32, (String, String)) {
+        (
+            0,
+            (SCHEMA_PENDING_HEADER.to_owned(), self.fingerprint.clone()),
+        )
     }
 
     fn refusal(&self) -> Option<String> {

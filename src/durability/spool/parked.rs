@@ -122,8 +122,12 @@ impl Writer {
         status.parked.fetch_add(1, Ordering::Relaxed);
         if spooled {
             let delivered = self.index().deliver(id, &self.status.pending);
+            // Parked it is: the caller lets go of its key. Without the ack
+            // on disk, a restart sends the entry once more (at-least-once).
             if delivered {
-                self.record_delivered(&[id])?;
+                if let Err(error) = self.record_delivered(&[id]) {
+                    tracing::error!(%error, id, "parked a spooled entry, but could not record it as done; a restart sends it again");
+                }
             }
         }
         Ok(id)

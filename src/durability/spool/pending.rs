@@ -21,7 +21,8 @@ use std::sync::Mutex;
 
 /// Where the replay stands in the spool: a segment (by its first id) and
 /// an offset in it. Every entry before it is delivered or parked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Ordered as the spool is: segments by first id, then offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Cursor {
     segment: u64,
     offset: u64,
@@ -100,8 +101,17 @@ impl PendingReader<'_> {
                 let at = read.end;
                 match self.next_frame(&mut segment, &mut read.end)? {
                     Next::End => match self.after_segment(segment.first, read.end.offset) {
-                        // Committed to since it was opened: read on in it.
-                        After::Grown(bytes) => segment.committed = bytes,
+                        // Committed to since it was opened: read on in it,
+                        // from the file, not from the buffer: it may hold
+                        // bytes of a write that failed and was cut back,
+                        // since overwritten by a later commit.
+                        After::Grown(bytes) => {
+                            segment.committed = bytes;
+                            segment
+                                .reader
+                                .seek(SeekFrom::Start(read.end.offset))
+                                .map_err(io_error(&segment_path(self.dir, segment.first)))?;
+                        }
                         After::Next(next) => {
                             read.end = Cursor {
                                 segment: next,
