@@ -29,8 +29,11 @@ if command -v python3 >/dev/null; then
 fi
 
 # Checks for the Debian packages given (default: BUILD_PACKAGES) and for
-# cargo. Missing packages are installed when running as root; otherwise the
-# exact command to run is printed and the script stops.
+# cargo. Missing packages are installed when running as root, or on CI
+# (CI set, as GitHub's runners and .ci/run do) with passwordless sudo;
+# otherwise the exact command to run is printed and the script stops.
+# Ubuntu 24.04 renamed some libraries with a t64 suffix (libpython3.12t64):
+# apt installs them under the old name, so either name counts as installed.
 require_system_packages() {
   local wanted=("$@") missing=() package
   ((${#wanted[@]})) || wanted=("${BUILD_PACKAGES[@]}")
@@ -44,13 +47,17 @@ require_system_packages() {
     return 0
   fi
   for package in "${wanted[@]}"; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    dpkg -s "$package" >/dev/null 2>&1 || dpkg -s "${package}t64" >/dev/null 2>&1 || missing+=("$package")
   done
   ((${#missing[@]})) || return 0
-  if [[ "$(id -u)" -eq 0 ]]; then
-    log "installing ${missing[*]} (apt)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  local sudo=()
+  if [[ "$(id -u)" -ne 0 && -n "${CI:-}" ]] && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n env DEBIAN_FRONTEND=noninteractive)
+  fi
+  if [[ "$(id -u)" -eq 0 || ${#sudo[@]} -gt 0 ]]; then
+    log "installing ${missing[*]} (apt${sudo:+ through sudo})"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     log "missing Debian packages; install them, then run this again:"
     printf '  sudo apt-get update && sudo apt-get install -y --no-install-recommends %s\n' "${missing[*]}" >&2
