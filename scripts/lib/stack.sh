@@ -33,7 +33,7 @@ fi
 # (CI set, as GitHub's runners and .ci/run do) with passwordless sudo;
 # otherwise the exact command to run is printed and the script stops.
 # Ubuntu 24.04 renamed some libraries with a t64 suffix (libpython3.12t64):
-# apt installs them under the old name, so either name counts as installed.
+# either name counts as installed, and the t64 one is installed where it exists.
 require_system_packages() {
   local wanted=("$@") missing=() package
   ((${#wanted[@]})) || wanted=("${BUILD_PACKAGES[@]}")
@@ -57,6 +57,11 @@ require_system_packages() {
   if [[ "$(id -u)" -eq 0 || ${#sudo[@]} -gt 0 ]]; then
     log "installing ${missing[*]} (apt${sudo:+ through sudo})"
     "${sudo[@]}" apt-get update -qq
+    for package in "${!missing[@]}"; do
+      if apt-cache show "${missing[package]}t64" >/dev/null 2>&1; then
+        missing[package]="${missing[package]}t64"
+      fi
+    done
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     log "missing Debian packages; install them, then run this again:"
