@@ -224,7 +224,12 @@ fn check_config_refuses_to_forward_the_auth_header_or_cookies() {
         )
     };
     const FORWARD: &str = "SUPERFONE_BRIDGE_INGEST__FORWARD_HEADERS";
-    for name in ["Authorization", "cookie", "set-cookie", "proxy-authorization"] {
+    for name in [
+        "Authorization",
+        "cookie",
+        "set-cookie",
+        "proxy-authorization",
+    ] {
         let (code, stderr) = check(&[(FORWARD, &format!("x-team,{name}"))]);
         assert_eq!(code, Some(1), "{name}: {stderr}");
         assert!(
@@ -238,7 +243,10 @@ fn check_config_refuses_to_forward_the_auth_header_or_cookies() {
         ("SUPERFONE_BRIDGE_AUTH__HEADER", "x-api-key"),
     ]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("it is the auth header (auth.header)"), "{stderr}");
+    assert!(
+        stderr.contains("it is the auth header (auth.header)"),
+        "{stderr}"
+    );
     let (code, stderr) = check(&[(FORWARD, "x-team,x-region")]);
     assert_eq!(code, Some(0), "{stderr}");
 
