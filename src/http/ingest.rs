@@ -172,7 +172,8 @@ impl Ingest {
             }
             Err(notification::OtherPath) => Outcome::NotFound {
                 error: format!(
-                    "no such path; Superfone notifications go to {0} or {0}/<notification name>",
+                    "no such path; Superfone notifications go to {0} or {0}/<name>, \
+                     a name being 1 to 64 of a-z, 0-9 and -",
                     self.settings.ingest_path
                 ),
             },
@@ -383,21 +384,19 @@ impl Ingest {
         let dedup_key =
             event::dedup_key(kind, object).per_notification(envelope.notification.as_deref());
         current.record("superfone.dedup_key", dedup_key.key.as_str());
+        let mut headers = event_headers(
+            kind,
+            object,
+            &group_id,
+            &envelope.received_at,
+            schema_header,
+            &dedup_key.key,
+        );
+        headers.extend_from_slice(&envelope.origin_headers);
         let record = Record {
             topic: route.topic.clone(),
             key,
-            headers: [
-                event_headers(
-                    kind,
-                    object,
-                    &group_id,
-                    &envelope.received_at,
-                    schema_header,
-                    &dedup_key.key,
-                ),
-                envelope.origin_headers.clone(),
-            ]
-            .concat(),
+            headers,
             payload,
         };
         Ok(Prepared {
