@@ -47,6 +47,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[auth]`: how requests prove they come from Superfone.
     pub auth: AuthConfig,
+    /// `[ingest]`: what of a request, besides its body, reaches the record.
+    pub ingest: IngestConfig,
     /// `[kafka]`: the producer and the topics it creates.
     pub kafka: KafkaConfig,
     /// `[topics]`: topic names.
@@ -486,6 +488,80 @@ impl AuthConfig {
     }
 }
 
+/// Request headers that may never be forwarded onto a record, whatever the
+/// allow-list says: credentials (the auth header is added from `auth.header`).
+/// A record is read by everyone who may read the topic, so a secret there
+/// would outlive its rotation.
+const NEVER_FORWARDED: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+/// Forwarded headers at most: with `MAX_FORWARDED_NAME_BYTES` names and
+/// values cut at 1 KiB (`crate::http::notification`), they take at most
+/// about 18 KiB of a record's `RECORD_OVERHEAD_BYTES`.
+pub const MAX_FORWARDED_HEADERS: usize = 16;
+/// The longest header name that may be forwarded.
+pub const MAX_FORWARDED_NAME_BYTES: usize = 64;
+
+/// What of a request, besides its body, is kept on its record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Request headers copied onto the Kafka record as
+    /// `superfone-h-<name in lower case>`, e.g. the custom headers a
+    /// Superfone notification is configured with. Case does not matter. At
+    /// most 16; the auth header, `authorization`, `proxy-authorization`,
+    /// `cookie` and `set-cookie` are refused. In the environment, separated
+    /// by commas.
+    #[serde(deserialize_with = "comma_separated")]
+    pub forward_headers: Vec<String>,
+}
+
+impl IngestConfig {
+    /// Each name a header name, listed once, and no credential among them.
+    fn validate(&self, auth_header: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.forward_headers.len() > MAX_FORWARDED_HEADERS {
+            return invalid(format!(
+                "ingest.forward_headers names {} headers; at most {MAX_FORWARDED_HEADERS} \
+                 (each may take 1 KiB of the record)",
+                self.forward_headers.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.forward_headers {
+            let lower = name.to_ascii_lowercase();
+            let valid = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            if !valid || name.len() > MAX_FORWARDED_NAME_BYTES {
+                return invalid(format!(
+                    "ingest.forward_headers: `{name}` is not a header name of at most \
+                     {MAX_FORWARDED_NAME_BYTES} bytes"
+                ));
+            }
+            if lower == auth_header.to_ascii_lowercase() {
+                return invalid(format!(
+                    "ingest.forward_headers may not name `{name}`: it is the auth header \
+                     (auth.header), and its secret would be on every record, readable by \
+                     every consumer of the topic"
+                ));
+            }
+            if NEVER_FORWARDED.contains(&lower.as_str()) {
+                return invalid(format!(
+                    "ingest.forward_headers may not name `{name}`: it carries credentials or \
+                     session cookies, which would be on every record, readable by every \
+                     consumer of the topic"
+                ));
+            }
+            if !seen.insert(lower) {
+                return invalid(format!("ingest.forward_headers names `{name}` twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `linger.ms`: 1 ms, not librdkafka's 5 (`KafkaConfig::linger_ms` says why).
 const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 /// `message.timeout.ms`: librdkafka's own 300 s is far beyond a webhook.
@@ -677,9 +753,15 @@ impl KafkaConfig {
 pub struct TopicsConfig {
     /// Prefix of the default topic names.
     pub prefix: String,
+    /// One topic for all ten events (e.g. `superfone.events`), so every
+    /// event of a lead is on one partition in the order the bridge received
+    /// them. Needs `registry.subject_strategy = "topic_record"`: the ten
+    /// schemas cannot share the one subject `<topic>-value`.
+    pub single: Option<String>,
     /// Dead-letter topic; default `<prefix>dead_letter`.
     pub dead_letter: Option<String>,
-    /// Per-event topic names, keyed by event (e.g. `ALL_CALLS = "calls"`).
+    /// Per-event topic names, keyed by event (e.g. `ALL_CALLS = "calls"`);
+    /// they win over `single`.
     pub names: BTreeMap<String, String>,
 }
 
@@ -687,6 +769,7 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {
             prefix: "superfone.".into(),
+            single: None,
             dead_letter: None,
             names: BTreeMap::new(),
         }
@@ -697,6 +780,7 @@ impl TopicsConfig {
     pub fn topic_for(&self, kind: EventKind) -> String {
         self.names
             .get(kind.as_str())
+            .or(self.single.as_ref())
             .cloned()
             .unwrap_or_else(|| format!("{}{}", self.prefix, kind.slug()))
     }
@@ -711,6 +795,78 @@ impl TopicsConfig {
             .clone()
             .unwrap_or_else(|| format!("{}dead_letter", self.prefix))
     }
+
+    /// Each topic, named once, with the events it carries: ten topics of
+    /// one event by default, one of ten with `single`.
+    pub fn event_topics(&self) -> BTreeMap<String, Vec<EventKind>> {
+        let mut topics: BTreeMap<String, Vec<EventKind>> = BTreeMap::new();
+        for kind in EventKind::ALL {
+            topics.entry(self.topic_for(kind)).or_default().push(kind);
+        }
+        topics
+    }
+
+    /// Names, topics shared, and the subject strategy they need (the
+    /// strategy is `registry.subject_strategy`).
+    fn validate(&self, strategy: SubjectStrategy) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        for name in self.names.keys() {
+            if EventKind::from_name(name).is_none() {
+                return invalid(format!("topics.names has unknown event `{name}`"));
+            }
+        }
+        let event_topics = self.event_topics();
+        let all = event_topics
+            .keys()
+            .cloned()
+            .chain([self.dead_letter_topic(), self.recording_copies_topic()]);
+        for topic in all {
+            let legal = topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if topic.is_empty() || topic.len() > 249 || !legal {
+                return invalid(format!(
+                    "topic name `{topic}` is not a legal Kafka topic name"
+                ));
+            }
+        }
+        for other in [self.dead_letter_topic(), self.recording_copies_topic()] {
+            if let Some(kinds) = event_topics.get(&other) {
+                return invalid(format!(
+                    "topic `{other}` is named for {} and is also the dead-letter or the \
+                     recording-copies topic, whose records are no events",
+                    kinds[0]
+                ));
+            }
+        }
+        let Some((topic, kinds)) = event_topics.iter().find(|(_, kinds)| kinds.len() > 1) else {
+            return Ok(());
+        };
+        let events = kinds
+            .iter()
+            .map(|kind| kind.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.single.is_none() {
+            // Without the one-topic mode, a name given twice is a typo more
+            // often than a wish, and it would mix events on a topic whose
+            // consumers expect one.
+            return invalid(format!(
+                "topics.names puts {events} on the one topic `{topic}`: one topic for \
+                 several events is the one-topic mode, set topics.single (with \
+                 registry.subject_strategy = \"topic_record\") if that is meant"
+            ));
+        }
+        if strategy == SubjectStrategy::Topic {
+            return invalid(format!(
+                "topic `{topic}` carries {events}: under registry.subject_strategy = \"topic\" \
+                 their schemas would share the one subject `{topic}-value`, each refused as \
+                 incompatible with the other; set registry.subject_strategy = \"topic_record\" \
+                 (subjects `{topic}-<record name>`)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -718,8 +874,13 @@ impl TopicsConfig {
 pub enum SubjectStrategy {
     /// `<topic>-value` (Confluent's default TopicNameStrategy).
     Topic,
-    /// The record's full name, e.g. `com.superfone.events.AllCalls`.
+    /// The record's full name, e.g. `com.superfone.events.AllCalls`
+    /// (Confluent's RecordNameStrategy).
     Record,
+    /// `<topic>-<record full name>`, e.g.
+    /// `superfone.events-com.superfone.events.AllCalls` (Confluent's
+    /// TopicRecordNameStrategy): what a topic carrying several events needs.
+    TopicRecord,
 }
 
 /// How long one registry request may take: the bridge's own choice.
@@ -848,25 +1009,8 @@ impl Config {
                 self.server.group_id_header
             ));
         }
-        for name in self.topics.names.keys() {
-            if EventKind::from_name(name).is_none() {
-                return invalid(format!("topics.names has unknown event `{name}`"));
-            }
-        }
-        let topics = EventKind::ALL
-            .into_iter()
-            .map(|kind| self.topics.topic_for(kind))
-            .chain(std::iter::once(self.topics.dead_letter_topic()));
-        for topic in topics {
-            let legal = topic
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if topic.is_empty() || topic.len() > 249 || !legal {
-                return invalid(format!(
-                    "topic name `{topic}` is not a legal Kafka topic name"
-                ));
-            }
-        }
+        self.ingest.validate(&self.auth.header)?;
+        self.topics.validate(self.registry.subject_strategy)?;
         if self.delivery.ack_deadline_ms.is_zero() || self.delivery.max_connections == 0 {
             return invalid(
                 "delivery.ack_deadline_ms and delivery.max_connections must be positive".into(),
@@ -1123,6 +1267,91 @@ mod tests {
         ];
         for partitioner in partitioners {
             assert_eq!(serde_json::json!(partitioner), partitioner.as_str());
+        }
+    }
+
+    /// A record is read by every consumer of its topic: credentials are
+    /// never forwarded onto it, whatever their case.
+    #[test]
+    fn credential_headers_are_never_forwarded() {
+        let mut config = Config::default();
+        config.ingest.forward_headers = vec!["X-Team".into(), "x-region".into()];
+        config.validate().unwrap();
+        for name in [
+            "Authorization",
+            "cookie",
+            "Set-Cookie",
+            "proxy-authorization",
+        ] {
+            config.ingest.forward_headers = vec!["x-team".into(), name.into()];
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("ingest.forward_headers"), "{error}");
+            assert!(
+                error.contains(name) && error.contains("readable by"),
+                "{error}"
+            );
+        }
+        config.auth.header = "X-Api-Key".into();
+        config.ingest.forward_headers = vec!["x-api-key".into()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("auth header (auth.header)"), "{error}");
+        for (names, why) in [
+            (vec!["x-a", "X-A"], "twice"),
+            (vec!["bad header"], "not a header name"),
+            (vec!["x"; 17], "at most 16"),
+        ] {
+            config.ingest.forward_headers = names.into_iter().map(String::from).collect();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(why), "{error}");
+        }
+    }
+
+    /// Ten schemas on one topic need a subject each: `topic_record`.
+    #[test]
+    fn one_topic_for_all_events_needs_the_topic_record_strategy() {
+        let mut config = Config::default();
+        config.topics.single = Some("superfone.events".into());
+        let error = config.validate().unwrap_err().to_string();
+        for words in ["superfone.events-value", "topic_record", "ALL_CALLS"] {
+            assert!(error.contains(words), "{words}: {error}");
+        }
+        config.registry.subject_strategy = SubjectStrategy::TopicRecord;
+        config.validate().unwrap();
+        assert!(EventKind::ALL
+            .into_iter()
+            .all(|kind| config.topics.topic_for(kind) == "superfone.events"));
+        assert_eq!(config.topics.event_topics().len(), 1);
+        // A name given to an event still wins, and may be given twice here.
+        config
+            .topics
+            .names
+            .insert("TASK_CHANGE".into(), "tasks".into());
+        config
+            .topics
+            .names
+            .insert("TASK_CREATE".into(), "tasks".into());
+        config.validate().unwrap();
+        assert_eq!(config.topics.topic_for(EventKind::TaskCreate), "tasks");
+        config.topics.dead_letter = Some("superfone.events".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("dead-letter"), "{error}");
+    }
+
+    #[test]
+    fn a_topic_named_twice_is_refused_without_the_one_topic_mode() {
+        let mut config = Config::default();
+        config.registry.subject_strategy = SubjectStrategy::TopicRecord;
+        config
+            .topics
+            .names
+            .insert("ALL_CALLS".into(), "calls".into());
+        config
+            .topics
+            .names
+            .insert("MISSED_CALL".into(), "calls".into());
+        let error = config.validate().unwrap_err().to_string();
+        for words in ["ALL_CALLS, MISSED_CALL", "`calls`", "topics.single"] {
+            assert!(error.contains(words), "{words}: {error}");
         }
     }
 

@@ -153,13 +153,16 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// The topics `config` names: one per event, the dead-letter topic and,
-    /// when the recording copier runs, its pointer records'.
+    /// The topics `config` names, each once: one per event (or one for
+    /// all, `topics.single`), the dead-letter topic and, when the recording
+    /// copier runs, its pointer records'.
     pub fn of(config: &Config) -> TopicSpec {
-        let mut names: Vec<String> = EventKind::ALL
-            .iter()
-            .map(|kind| config.topics.topic_for(*kind))
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for topic in EventKind::ALL.map(|kind| config.topics.topic_for(kind)) {
+            if !names.contains(&topic) {
+                names.push(topic);
+            }
+        }
         names.push(config.topics.dead_letter_topic());
         if config.recordings.enabled {
             names.push(config.topics.recording_copies_topic());

@@ -10,6 +10,7 @@ use crate::durability::spool::SpoolError;
 use crate::durability::startup::{Check, StartupGate};
 use crate::http::auth::Authenticator;
 use crate::http::body::{self, BodyBudget, BodyError, Reservation};
+use crate::http::notification;
 use crate::http::response::Outcome;
 use crate::observe::telemetry::{self, DeliveryTrace};
 use crate::pipeline::dead_letter::Rejection;
@@ -36,12 +37,14 @@ pub struct IngestSettings {
     pub group_id_header: HeaderName,
     pub dead_letter_topic: String,
     pub body_read_timeout: std::time::Duration,
+    /// Request headers copied onto the record (`ingest.forward_headers`).
+    pub forward_headers: Vec<HeaderName>,
 }
 
 impl IngestSettings {
     /// The settings `config` gives (`[server]`, `[delivery]`, `[topics]`).
-    /// Fails on a `server.group_id_header` that is no header name, which
-    /// `Config::validate` refuses first.
+    /// Fails on a `server.group_id_header` (or a forwarded header) that is
+    /// no header name, which `Config::validate` refuses first.
     pub fn of(config: &Config) -> Result<Self, InvalidHeaderName> {
         Ok(IngestSettings {
             ingest_path: config.server.ingest_path.clone(),
@@ -49,6 +52,12 @@ impl IngestSettings {
             group_id_header: config.server.group_id_header.parse()?,
             dead_letter_topic: config.topics.dead_letter_topic(),
             body_read_timeout: config.delivery.body_read_timeout_ms,
+            forward_headers: config
+                .ingest
+                .forward_headers
+                .iter()
+                .map(|name| name.parse())
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -71,6 +80,11 @@ struct Envelope {
     received_at: String,
     /// The request's Content-Type, if it had one.
     content_type: Option<String>,
+    /// The notification named by the path, if any.
+    notification: Option<String>,
+    /// Which notification sent it, and the forwarded request headers: on
+    /// the record, and on its dead letter.
+    origin_headers: Vec<(String, String)>,
     trace: DeliveryTrace,
 }
 
@@ -129,6 +143,7 @@ impl Ingest {
             http.route = %self.settings.ingest_path,
             http.response.status_code = field::Empty,
             superfone.group_id = field::Empty,
+            superfone.notification = field::Empty,
             superfone.event = field::Empty,
             superfone.contact_id = field::Empty,
             superfone.dedup_key = field::Empty,
@@ -146,7 +161,25 @@ impl Ingest {
         let started = std::time::Instant::now();
         let in_flight = metrics::gauge!(crate::observe::metrics::IN_FLIGHT);
         in_flight.increment(1.0);
-        let outcome = self.deliver(request, trace).instrument(span.clone()).await;
+        let path = request.uri().path();
+        let notification = notification::notification_in_path(&self.settings.ingest_path, path)
+            .map(|name| name.map(str::to_owned));
+        if let Ok(Some(name)) = &notification {
+            span.record("superfone.notification", name.as_str());
+        }
+        let outcome = match &notification {
+            Ok(name) => {
+                let deliver = self.deliver(request, name.clone(), trace);
+                deliver.instrument(span.clone()).await
+            }
+            Err(notification::OtherPath) => Outcome::NotFound {
+                error: format!(
+                    "no such path; Superfone notifications go to {0} or {0}/<name>, \
+                     a name being 1 to 64 of a-z, 0-9 and -",
+                    self.settings.ingest_path
+                ),
+            },
+        };
         in_flight.decrement(1.0);
         span.record("http.response.status_code", outcome.status().as_u16());
         span.record("superfone.outcome", outcome.name());
@@ -160,22 +193,21 @@ impl Ingest {
             outcome.name(),
             started.elapsed(),
         );
-        outcome.into_response(trace_id)
+        outcome.into_response(trace_id, notification.ok().flatten().as_deref())
     }
 
-    async fn deliver<B>(&self, request: Request<B>, trace: DeliveryTrace) -> Outcome
+    /// One request to the ingest path, sent by `notification` when its
+    /// path named one.
+    async fn deliver<B>(
+        &self,
+        request: Request<B>,
+        notification: Option<String>,
+        trace: DeliveryTrace,
+    ) -> Outcome
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        if request.uri().path() != self.settings.ingest_path {
-            return Outcome::NotFound {
-                error: format!(
-                    "no such path; Superfone notifications go to {}",
-                    self.settings.ingest_path
-                ),
-            };
-        }
         if request.method() != Method::POST {
             return Outcome::MethodNotAllowed {
                 error: "only POST is accepted".into(),
@@ -210,6 +242,12 @@ impl Ingest {
                 .format(&Rfc3339)
                 .unwrap_or_default(),
             content_type: header_text(&CONTENT_TYPE),
+            origin_headers: notification::delivery_headers(
+                notification.as_deref(),
+                request.headers(),
+                &self.settings.forward_headers,
+            ),
+            notification,
             trace,
         };
         // Held until the answer: the delivery's memory is counted until then.
@@ -350,19 +388,22 @@ impl Ingest {
                     .await);
             }
         };
-        let dedup_key = event::dedup_key(kind, object);
+        let dedup_key =
+            event::dedup_key(kind, object).per_notification(envelope.notification.as_deref());
         current.record("superfone.dedup_key", dedup_key.key.as_str());
+        let mut headers = event_headers(
+            kind,
+            object,
+            &group_id,
+            &envelope.received_at,
+            schema_header,
+            &dedup_key.key,
+        );
+        headers.extend_from_slice(&envelope.origin_headers);
         let record = Record {
             topic: route.topic.clone(),
             key,
-            headers: event_headers(
-                kind,
-                object,
-                &group_id,
-                &envelope.received_at,
-                schema_header,
-                &dedup_key.key,
-            ),
+            headers,
             payload,
         };
         Ok(Prepared {
@@ -467,6 +508,7 @@ impl Ingest {
         if let Some(kind) = rejection.event {
             headers.push((EVENT_HEADER.to_owned(), kind.as_str().to_owned()));
         }
+        headers.extend(envelope.origin_headers.iter().cloned());
         headers.extend(
             rejection
                 .headers()

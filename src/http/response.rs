@@ -199,11 +199,22 @@ impl Outcome {
     }
 
     /// The HTTP response; `trace_id` goes into the body and the
-    /// `x-superfone-trace-id` header, so the vendor's log leads to the trace.
-    pub fn into_response(self, trace_id: Option<String>) -> Response<Full<Bytes>> {
+    /// `x-superfone-trace-id` header, so the vendor's log leads to the trace;
+    /// `notification`, the name the path gave, into the body, so each
+    /// notification's delivery log says which one it was.
+    pub fn into_response(
+        self,
+        trace_id: Option<String>,
+        notification: Option<&str>,
+    ) -> Response<Full<Bytes>> {
         let mut body = serde_json::to_value(&self).expect("outcome serializes");
-        if let (Some(trace_id), Some(object)) = (&trace_id, body.as_object_mut()) {
-            object.insert("trace_id".into(), trace_id.clone().into());
+        if let Some(object) = body.as_object_mut() {
+            if let Some(name) = notification {
+                object.insert("notification".into(), name.into());
+            }
+            if let Some(trace_id) = &trace_id {
+                object.insert("trace_id".into(), trace_id.clone().into());
+            }
         }
         let body = serde_json::to_vec(&body).expect("outcome serializes");
         let mut response = Response::new(Full::new(Bytes::from(body)));

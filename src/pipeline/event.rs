@@ -89,12 +89,28 @@ pub fn body_group_id(payload: &Map<String, Value>) -> Option<&str> {
 pub struct DedupKey {
     /// `contact_id=555` for CUSTOMER_*, `task_id=4567` for TASK_*, the call
     /// (`cdr_id=...`, else `cdr_uuid=...`) for call events; `body` when the
-    /// payload names none.
+    /// payload names none; with a notification, prefixed
+    /// `notification=<name>|` (`per_notification`).
     pub entity: String,
     /// `<EVENT>|<entity>|<content hash>`: also the `superfone-dedup-key`
     /// header, so consumers can recognise a repeat of the previous record of
     /// the same entity.
     pub key: String,
+}
+
+impl DedupKey {
+    /// The event as one notification sent it. Superfone fires each
+    /// notification of an event on its own, so two of them send the same
+    /// event twice on purpose: the dedup window keeps the entity per
+    /// notification, and each notification's stream stays complete (a
+    /// repeat through one notification is still a repeat). The key, the
+    /// event's identity for consumers, stays the same.
+    pub fn per_notification(mut self, notification: Option<&str>) -> DedupKey {
+        if let Some(name) = notification {
+            self.entity = format!("notification={name}|{}", self.entity);
+        }
+        self
+    }
 }
 
 /// The identity of an event. Superfone may deliver one event twice; a
@@ -248,6 +264,18 @@ mod tests {
         assert_ne!(change(json!("Interested")), change(json!("Not interested")));
         let no_id = key(EventKind::AllCalls, json!({"cdr_phone": "+91"}));
         assert_eq!(no_id.entity, "body");
+    }
+
+    #[test]
+    fn a_notification_keeps_its_own_entity_and_the_same_key() {
+        let payload = json!({"contact_id": 555, "updated_key": "city"});
+        let plain = dedup_key(EventKind::CustomerChange, payload.as_object().unwrap());
+        let sales = plain.clone().per_notification(Some("sales"));
+        let support = plain.clone().per_notification(Some("support"));
+        assert_eq!(sales.entity, "notification=sales|contact_id=555");
+        assert_ne!(sales.entity, support.entity);
+        assert_eq!((&sales.key, &support.key), (&plain.key, &plain.key));
+        assert_eq!(plain.clone().per_notification(None), plain);
     }
 
     #[test]

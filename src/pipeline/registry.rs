@@ -59,9 +59,17 @@ impl RegistryError {
 }
 
 pub fn subject_for(strategy: SubjectStrategy, topic: &str, schema: &EventSchema) -> String {
+    subject_name(strategy, topic, &schema.full_name)
+}
+
+/// The subject of the record type `full_name` on `topic`, named as
+/// Confluent's serializers name it under each strategy, so their
+/// deserializers and `use.latest.version` find the same subject.
+pub fn subject_name(strategy: SubjectStrategy, topic: &str, full_name: &str) -> String {
     match strategy {
         SubjectStrategy::Topic => format!("{topic}-value"),
-        SubjectStrategy::Record => schema.full_name.clone(),
+        SubjectStrategy::Record => full_name.to_owned(),
+        SubjectStrategy::TopicRecord => format!("{topic}-{full_name}"),
     }
 }
 
@@ -626,4 +634,26 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names Confluent's `TopicNameStrategy`, `RecordNameStrategy` and
+    /// `TopicRecordNameStrategy` give (io.confluent.kafka.serializers.subject).
+    #[test]
+    fn subjects_are_named_as_confluents_strategies_name_them() {
+        let name = "com.superfone.events.AllCalls";
+        let topic = "superfone.events";
+        assert_eq!(
+            subject_name(SubjectStrategy::Topic, topic, name),
+            "superfone.events-value"
+        );
+        assert_eq!(subject_name(SubjectStrategy::Record, topic, name), name);
+        assert_eq!(
+            subject_name(SubjectStrategy::TopicRecord, topic, name),
+            "superfone.events-com.superfone.events.AllCalls"
+        );
+    }
 }

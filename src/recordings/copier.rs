@@ -1,7 +1,8 @@
 //! The copier's loop: a member of the consumer group `recordings.group_id`
 //! (`superfone-bridge-recordings`) on the recording-event topic (Kafka spreads
 //! the partitions over replicas; nothing else coordinates them). Each
-//! record becomes a job that runs on its own task, so a slow or retrying
+//! recording event (the others, on the one topic of `topics.single`, are
+//! passed over by their `superfone-event` header) becomes a job that runs on its own task, so a slow or retrying
 //! copy never holds back the ones behind it; each job ends in a pointer
 //! record acknowledged by Kafka (`Finisher`), and only then may the
 //! partition's committed offset pass it (`OffsetTracker`).
@@ -188,6 +189,12 @@ impl Copier {
                         let record = TakenRecord::of(&message);
                         let position = record.position;
                         tracker.started(position.partition, position.offset);
+                        if !RecordingJob::is_recording_event(&record.headers) {
+                            // Another event of the one topic (`topics.single`):
+                            // nothing to copy, its offset may be passed.
+                            self.commit_past(&mut tracker, position);
+                            continue;
+                        }
                         self.report_pending(&tracker);
                         self.pause_if_full(&tracker, &mut reading);
                         copies.start(record, &self.finisher, &self.decoder);

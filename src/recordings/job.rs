@@ -4,7 +4,8 @@
 
 use crate::pipeline::recording_link as expiry;
 use crate::recordings::pointer::{CopyReport, CopyStatus};
-use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+use crate::vocabulary::headers::{EVENT_HEADER, GROUP_ID_HEADER, RECEIVED_AT_HEADER};
+use crate::vocabulary::EventKind;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -49,6 +50,19 @@ pub enum JobError {
 }
 
 impl RecordingJob {
+    /// Whether a record of the recording-event topic is a recording event:
+    /// in the one-topic mode (`topics.single`) the topic carries all ten
+    /// events, and the others, told by their `superfone-event` header, are
+    /// no recording to copy (taken for one, each would end in a `failed`
+    /// pointer record: no link). A record without the header is taken for
+    /// one, as it always was.
+    pub fn is_recording_event(headers: &[(String, String)]) -> bool {
+        headers
+            .iter()
+            .find(|(name, _)| name == EVENT_HEADER)
+            .is_none_or(|(_, event)| event == EventKind::CdrRecordingAvailable.as_str())
+    }
+
     /// Reads the job from a decoded event (`value`, its Avro as JSON) and
     /// the record's headers.
     pub fn from_event(
@@ -132,6 +146,19 @@ mod tests {
         partition: 2,
         offset: 40,
     };
+
+    #[test]
+    fn only_recording_events_are_recordings_on_the_one_topic() {
+        let with_event = |event: &str| vec![(EVENT_HEADER.to_owned(), event.to_owned())];
+        assert!(RecordingJob::is_recording_event(&with_event(
+            "CDR_RECORDING_AVAILABLE"
+        )));
+        assert!(!RecordingJob::is_recording_event(&with_event("ALL_CALLS")));
+        assert!(
+            RecordingJob::is_recording_event(&headers()),
+            "no event header"
+        );
+    }
 
     fn headers() -> Vec<(String, String)> {
         [

@@ -74,14 +74,15 @@ pub struct PointerRecords {
 
 impl PointerRecords {
     /// Registers the pointer schema (or looks it up, with auto-registration
-    /// off) under `<topic>-value` or its record name, as the config's
+    /// off) under `<topic>-value`, its record name or `<topic>-<record name>`, as the config's
     /// subject strategy says.
     pub async fn register(config: &Config) -> Result<PointerRecords, RegistryError> {
         let topic = config.topics.recording_copies_topic();
-        let subject = match config.registry.subject_strategy {
-            crate::config::SubjectStrategy::Topic => format!("{topic}-value"),
-            crate::config::SubjectStrategy::Record => RECORDING_COPY_NAME.to_owned(),
-        };
+        let subject = registry::subject_name(
+            config.registry.subject_strategy,
+            &topic,
+            RECORDING_COPY_NAME,
+        );
         let schema_id = registry::register_one(
             &config.registry,
             &subject,

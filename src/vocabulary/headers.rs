@@ -8,6 +8,12 @@ pub const EVENT_HEADER: &str = "superfone-event";
 pub const GROUP_ID_HEADER: &str = "superfone-group-id";
 /// When the bridge received the delivery, RFC 3339 UTC.
 pub const RECEIVED_AT_HEADER: &str = "superfone-received-at";
+/// The notification that sent the delivery: the name in its path,
+/// `/superfone/events/<name>`; absent when it was posted to the bare path.
+pub const NOTIFICATION_HEADER: &str = "superfone-notification";
+/// Prefix of a request header copied onto the record
+/// (`ingest.forward_headers`): `superfone-h-<name in lower case>`.
+pub const FORWARDED_HEADER_PREFIX: &str = "superfone-h-";
 /// Identifies the event for duplicate suppression, here and downstream.
 pub const DEDUP_KEY_HEADER: &str = "superfone-dedup-key";
 /// The registry id the value was framed with.

@@ -6,10 +6,11 @@ use crate::ops::tools::topics::{header, topic_consumer};
 use crate::ops::tools::ToolError;
 use crate::pipeline::event;
 use crate::vocabulary::headers::REPLAYED_FROM_HEADER;
+use crate::vocabulary::headers::{FORWARDED_HEADER_PREFIX, NOTIFICATION_HEADER};
 use crate::vocabulary::headers::{GROUP_ID_HEADER, RECEIVED_AT_HEADER};
 use rdkafka::consumer::CommitMode;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -78,6 +79,7 @@ pub async fn replay_dead_letters(
                         message.offset()
                     ),
                 ));
+                record.headers.extend(origin_headers(&message));
                 Ok((kind, record))
             });
         let line = match converted {
@@ -103,4 +105,20 @@ pub async fn replay_dead_letters(
         consumer.commit(&position, CommitMode::Sync)?;
     }
     Ok((replayed, still_invalid))
+}
+
+/// Which notification sent a dead letter, and its forwarded request
+/// headers: the replayed event keeps them, as it would have had them.
+fn origin_headers(message: &BorrowedMessage<'_>) -> Vec<(String, String)> {
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|h| h.key == NOTIFICATION_HEADER || h.key.starts_with(FORWARDED_HEADER_PREFIX))
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+            (h.key.to_owned(), value.into_owned())
+        })
+        .collect()
 }

@@ -127,6 +127,10 @@ pub(super) async fn read(config: &Config) -> Result<History, ToolError> {
         ..History::default()
     };
     for message in &events {
+        // The one topic of `topics.single` carries the other events too.
+        if !RecordingJob::is_recording_event(&headers_of(message)) {
+            continue;
+        }
         let seen = Seen::of(message);
         let Some(job) = event_job(&decoder, message).await else {
             history.unreadable += 1;
