@@ -409,3 +409,69 @@ async fn a_lead_keeps_its_order_when_kafka_returns_between_two_message_timeouts(
     figures.report();
     assert_eq!(figures.lost, 0, "{figures:?}");
 }
+
+/// Several events of one lead arriving together while Kafka is slow (every
+/// ack takes most of the deadline): each waits for the one before it, and
+/// that wait must come out of its deadline, not add to it, or the last ones
+/// are answered after Superfone has given up (5 s) and are lost to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_one_lead_under_a_slow_kafka_is_answered_within_the_deadline() {
+    const LEAD: i64 = 9;
+    const DEADLINE_MS: u64 = 1_500;
+    let port = free_port();
+    let gate = support::store::Gate::start(port);
+    let broker = Broker::start_advertising(port, gate.port);
+    let bridge = Bridge::start(
+        BridgeOptions {
+            brokers: Some(format!("127.0.0.1:{}", gate.port)),
+            ..BridgeOptions::default()
+        }
+        .with("DELIVERY__ACK_DEADLINE_MS", DEADLINE_MS)
+        .with("KAFKA__MESSAGE_TIMEOUT_MS", 20_000),
+    );
+    let client = support::client();
+    let mut sequence = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while post_sequenced(&client, &bridge, LEAD, sequence)
+        .await
+        .status
+        != Some(200)
+    {
+        assert!(std::time::Instant::now() < deadline, "never answered 200");
+        sequence += 1;
+    }
+
+    // A produce round trip now takes about 1 s: most of the deadline.
+    gate.slow_down(Duration::from_millis(500));
+    let mut burst = Vec::new();
+    for next in sequence + 1..=sequence + 6 {
+        let (client, url) = (client.clone(), bridge.ingest_url());
+        burst.push(tokio::spawn(async move {
+            post_sequenced_to(&client, &url, LEAD, next).await
+        }));
+        // Arrival order is the order to keep.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut answers = Vec::new();
+    for answer in burst {
+        answers.push(answer.await.unwrap());
+    }
+    gate.slow_down(Duration::ZERO);
+    let slowest = answers.iter().map(|a| a.latency).max().unwrap();
+    for answer in &answers {
+        assert!(answer.accepted(), "{answer:?}");
+    }
+    assert!(
+        slowest < Duration::from_millis(DEADLINE_MS + 1_000),
+        "the deadline plus a spool write at most: the slowest answer took {slowest:?} ({:?})",
+        answers
+            .iter()
+            .map(|a| (a.status, a.latency))
+            .collect::<Vec<_>>()
+    );
+    let mut figures = count_answers("lead_burst_under_slow_kafka", &answers);
+    let records = consume_from(&broker.address(), &bridge.topic("TASK_CHANGE"), 6);
+    check_records(&mut figures, &answers, &records);
+    figures.report();
+    assert_eq!(figures.lost, 0, "{figures:?}");
+}

@@ -203,14 +203,35 @@ struct State {
     /// Entity -> the number of its latest slot.
     latest: HashTable<u64>,
     hasher: RandomState,
-    /// Entities with a delivery under way; their next events wait on it.
-    in_flight: HashMap<Fingerprint, watch::Receiver<bool>>,
+    /// Entities with a delivery under way: the last event in line, which
+    /// the next one waits for. Each waits for the one before it only, so
+    /// they go in arrival order (all waiting on one would race when it ends).
+    in_flight: HashMap<Fingerprint, Turn>,
+    next_turn: u64,
     /// The few topic names, shared by every slot.
     topics: Vec<String>,
     started: Instant,
 }
 
+/// The last event of an entity in line: its number, and whether it is done.
+struct Turn {
+    number: u64,
+    done: watch::Receiver<bool>,
+}
+
 impl State {
+    /// The event `number` of `entity` is done: if it is the last in line,
+    /// the entity has nothing in flight any more.
+    fn end_turn(&mut self, entity: Fingerprint, number: u64) {
+        if self
+            .in_flight
+            .get(&entity)
+            .is_some_and(|last| last.number == number)
+        {
+            self.in_flight.remove(&entity);
+        }
+    }
+
     fn new(capacity: usize) -> Self {
         State {
             // The slots and the table are allocated once for the bound:
@@ -221,6 +242,7 @@ impl State {
             latest: HashTable::with_capacity(capacity),
             hasher: RandomState::new(),
             in_flight: HashMap::new(),
+            next_turn: 0,
             topics: Vec::new(),
             started: Instant::now(),
         }
@@ -349,6 +371,8 @@ pub enum Claim {
 pub struct Pending {
     entity: Fingerprint,
     event: Fingerprint,
+    /// Its place in the entity's line (`State::in_flight`).
+    turn: u64,
     done: Option<watch::Sender<bool>>,
     dedup: Dedup,
 }
@@ -371,60 +395,69 @@ impl Dedup {
     }
 
     /// Claims the event `key` of `entity`: a duplicate if it equals the
-    /// entity's latest event, else new. Waits while another event of the
-    /// same entity is being delivered.
+    /// entity's latest event, else new. Waits, in arrival order, while
+    /// events of the same entity before it are being delivered.
     pub async fn claim(&self, entity: &str, key: &str) -> Claim {
         let (entity, event) = (fingerprint(entity), fingerprint(key));
-        loop {
-            let mut delivering = {
-                let mut state = self.state.lock().expect("dedup lock");
-                self.expire(&mut state);
-                match state.in_flight.get(&entity) {
-                    Some(receiver) => receiver.clone(),
-                    None => {
-                        if let Some(latest) = state.latest(entity) {
-                            if latest.event == event {
-                                return Claim::Duplicate(state.first_delivery(latest));
-                            }
-                        }
-                        let (sender, receiver) = watch::channel(false);
-                        state.in_flight.insert(entity, receiver);
-                        return Claim::New(Pending {
-                            entity,
-                            event,
-                            done: Some(sender),
-                            dedup: self.clone(),
-                        });
-                    }
-                }
+        let (sender, receiver) = watch::channel(false);
+        let (pending, before) = {
+            let mut state = self.state.lock().expect("dedup lock");
+            self.expire(&mut state);
+            let number = state.next_turn;
+            state.next_turn += 1;
+            let before = state.in_flight.insert(
+                entity,
+                Turn {
+                    number,
+                    done: receiver,
+                },
+            );
+            // Dropped (the request gone), it lets the next one go.
+            let pending = Pending {
+                entity,
+                event,
+                turn: number,
+                done: Some(sender),
+                dedup: self.clone(),
             };
-            // Delivered or failed (sender dropped): compare again with the latest.
-            let _ = delivering.wait_for(|done| *done).await;
+            (pending, before)
+        };
+        if let Some(mut before) = before {
+            // Delivered or failed (sender dropped): compare with the latest.
+            let _ = before.done.wait_for(|done| *done).await;
         }
+        let state = self.state.lock().expect("dedup lock");
+        if let Some(latest) = state.latest(entity) {
+            if latest.event == event {
+                let first = state.first_delivery(latest);
+                drop(state);
+                drop(pending);
+                return Claim::Duplicate(first);
+            }
+        }
+        Claim::New(pending)
     }
 
     /// Remembers an event whose record is durable, outside a claim.
     #[cfg(test)]
     fn remember(&self, entity: &str, key: &str, topic: &str, durable: Durable, group_id: &str) {
-        self.remember_fingerprints(
-            fingerprint(entity),
-            fingerprint(key),
-            topic,
-            durable,
-            group_id,
-        );
+        let mut state = self.state.lock().expect("dedup lock");
+        let (entity, event) = (fingerprint(entity), fingerprint(key));
+        state.remember(entity, event, topic, durable, group_id);
+        self.expire(&mut state);
     }
 
     fn remember_fingerprints(
         &self,
-        entity: Fingerprint,
+        turn: (Fingerprint, u64),
         event: Fingerprint,
         topic: &str,
         durable: Durable,
         group_id: &str,
     ) {
+        let (entity, number) = turn;
         let mut state = self.state.lock().expect("dedup lock");
-        state.in_flight.remove(&entity);
+        state.end_turn(entity, number);
         state.remember(entity, event, topic, durable, group_id);
         self.expire(&mut state);
     }
@@ -456,8 +489,13 @@ impl Pending {
     /// The record is durable: it is now its entity's latest event; release
     /// the events of the entity waiting on it.
     pub fn remember(mut self, topic: &str, durable: Durable, group_id: &str) {
-        self.dedup
-            .remember_fingerprints(self.entity, self.event, topic, durable, group_id);
+        self.dedup.remember_fingerprints(
+            (self.entity, self.turn),
+            self.event,
+            topic,
+            durable,
+            group_id,
+        );
         if let Some(done) = self.done.take() {
             let _ = done.send(true);
         }
@@ -466,9 +504,11 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.done.is_some() {
+        if let Some(done) = self.done.take() {
             let mut state = self.dedup.state.lock().expect("dedup lock");
-            state.in_flight.remove(&self.entity);
+            state.end_turn(self.entity, self.turn);
+            drop(state);
+            let _ = done.send(true);
         }
     }
 }
@@ -489,6 +529,31 @@ mod tests {
             Claim::New(pending) => pending,
             Claim::Duplicate(first) => panic!("{key} taken for a duplicate of {first:?}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn events_of_one_entity_get_their_turn_in_arrival_order() {
+        let dedup = Dedup::new(Duration::from_secs(60), 100);
+        let first = claim_new(&dedup, "task 7", "e0").await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for n in 1..=8 {
+            let (dedup, order) = (dedup.clone(), Arc::clone(&order));
+            waiting.push(tokio::spawn(async move {
+                let pending = claim_new(&dedup, "task 7", &format!("e{n}")).await;
+                order.lock().unwrap().push(n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                pending.remember("t", kafka(n), "g");
+            }));
+            // Each has taken its place in line before the next one comes.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.remember("t", kafka(0), "g");
+        for task in waiting {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (1..=8).collect::<Vec<_>>());
+        assert!(dedup.state.lock().unwrap().in_flight.is_empty());
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,8 @@ pub struct Gate {
     pub port: u16,
     open: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
+    /// Milliseconds each chunk waits before it is passed on, each way.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Gate {
@@ -119,8 +121,10 @@ impl Gate {
             port,
             open: Arc::new(AtomicBool::new(true)),
             live: Arc::new(Mutex::new(Vec::new())),
+            delay_ms: Arc::new(AtomicU64::new(0)),
         };
         let (open, live) = (Arc::clone(&gate.open), Arc::clone(&gate.live));
+        let delay = Arc::clone(&gate.delay_ms);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -134,8 +138,12 @@ impl Gate {
                 let mut live = live.lock().unwrap();
                 live.push(client.try_clone().unwrap());
                 live.push(server.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Arc::clone(&delay),
+                );
+                pipe(server, client, Arc::clone(&delay));
             }
         });
         gate
@@ -156,11 +164,31 @@ impl Gate {
     pub fn open(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+
+    /// Holds every chunk `delay` before passing it on, each way: a slow
+    /// network or an overloaded server.
+    pub fn slow_down(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, delay_ms: Arc<AtomicU64>) {
+    use std::io::{Read, Write};
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(read) = from.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            let delay = delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
+            if to.write_all(&buffer[..read]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Write);
     });
 }
