@@ -396,6 +396,15 @@ async fn a_topic_too_small_for_the_body_limit_is_reported_at_start_up() {
         }
         .with("SERVER__MAX_BODY_BYTES", 100_000),
     );
+    // It creates the topics behind its open listener: once they exist.
+    support::wait_for_admin(
+        &support::client(),
+        &small,
+        "/status",
+        "topics created",
+        |_, body| body["kafka"]["topics_ready"] == true,
+    )
+    .await;
     drop(small);
     let bridge = Bridge::start(BridgeOptions {
         prefix: prefix.clone(),

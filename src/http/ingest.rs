@@ -74,7 +74,7 @@ pub struct Ingest {
 
 /// What a delivery carries besides its body.
 struct Envelope {
-    /// When the request came in: the ack deadline counts from here.
+    /// When the request's body was in: the ack deadline counts from here.
     arrived: std::time::Instant,
     group_id: Option<String>,
     received_at: String,
@@ -235,7 +235,7 @@ impl Ingest {
                 .filter(|value| !value.is_empty())
                 .map(str::to_owned)
         };
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             arrived: std::time::Instant::now(),
             group_id: header_text(&self.settings.group_id_header),
             received_at: OffsetDateTime::now_utc()
@@ -256,6 +256,9 @@ impl Ingest {
             Ok(read) => read,
             Err(outcome) => return outcome,
         };
+        // The ack deadline counts from here: the body read has a timeout of
+        // its own (it may have waited for the memory budget).
+        envelope.arrived = std::time::Instant::now();
         self.deliver_body(envelope, body).await
     }
 
