@@ -567,6 +567,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::schema::{load_all, SchemaSource};
+    use crate::vocabulary::EventKind;
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::types::Value as Avro;
     use serde_json::json;
@@ -743,6 +744,101 @@ mod tests {
         assert!(fields[1..]
             .iter()
             .all(|(_, v)| *v == Avro::Union(0, Box::new(Avro::Null))));
+    }
+
+    const WITH_ABSENT: &str = r#"{"type":"record","name":"A","fields":[
+        {"name":"id","type":"long"},
+        {"name":"a","type":["null","string"],"default":null},
+        {"name":"rec","type":["null",{"type":"record","name":"R","fields":[
+            {"name":"x","type":["null","long"],"default":null},
+            {"name":"y","type":"long"}]}],"default":null},
+        {"name":"tags","type":["null",{"type":"array","items":{"type":"record","name":"Tag","fields":[
+            {"name":"t","type":"string"},
+            {"name":"t2","type":["null","string"],"default":null}]}}],"default":null},
+        {"name":"unmapped_fields_json","type":["null","string"],"default":null},
+        {"name":"absent_fields","type":{"type":"array","items":"string"},"default":[]}]}"#;
+
+    fn absent_fields(fields: &[(String, Avro)]) -> Vec<String> {
+        let (_, value) = fields
+            .iter()
+            .find(|(name, _)| name == ABSENT_FIELD)
+            .expect("absent_fields written");
+        let Avro::Array(items) = value else {
+            panic!("{value:?}")
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Avro::String(text) => text.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Absent is not null: a nullable member the payload did not have is
+    /// listed by its JSON Pointer, at any depth; one sent as `null` is not.
+    /// The unmapped and absent fields themselves are never listed, and a
+    /// member of either name in the payload is unknown.
+    #[test]
+    fn absent_nullable_members_are_listed_and_explicit_nulls_are_not() {
+        let schema = Schema::parse_str(WITH_ABSENT).unwrap();
+        let fields = round_trip(&schema, json!({"id": 1})).unwrap();
+        assert_eq!(absent_fields(&fields), ["/a", "/rec", "/tags"]);
+        let fields = round_trip(
+            &schema,
+            json!({"id": 1, "a": null, "rec": {"y": 2}, "tags": [{"t": "x", "t2": null}, {"t": "y"}]}),
+        )
+        .unwrap();
+        assert_eq!(fields[1].1, Avro::Union(0, Box::new(Avro::Null)));
+        assert_eq!(absent_fields(&fields), ["/rec/x", "/tags/1/t2"]);
+        let fields = round_trip(
+            &schema,
+            json!({"id": 1, "a": "z", "rec": null, "tags": null, "absent_fields": ["/a"]}),
+        )
+        .unwrap();
+        assert!(absent_fields(&fields).is_empty());
+        assert_eq!(
+            unmapped_json(&fields),
+            Some(json!({"/absent_fields": ["/a"]}))
+        );
+    }
+
+    /// A union branch that fails leaves none of its absent members behind.
+    #[test]
+    fn a_failed_union_branch_lists_no_absent_members() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"F","fields":[
+            {"name":"f","superfone.json":true,"type":["null",
+                {"type":"record","name":"P","fields":[
+                    {"name":"opt","type":["null","long"],"default":null},
+                    {"name":"b","type":"long"}]},
+                {"type":"map","values":"string"}]},
+            {"name":"absent_fields","type":{"type":"array","items":"string"},"default":[]}]}"#,
+        )
+        .unwrap();
+        let fields = round_trip(&schema, json!({"f": {"b": "not a long"}})).unwrap();
+        assert!(matches!(fields[0].1, Avro::Union(2, _)), "{:?}", fields[0].1);
+        assert!(absent_fields(&fields).is_empty());
+        let fields = round_trip(&schema, json!({"f": {"b": 1}})).unwrap();
+        assert_eq!(absent_fields(&fields), ["/f/opt"]);
+    }
+
+    /// The docs' CUSTOMER_CHANGE carries only some of the lead's fields: a
+    /// payload without `contact_emails` and one with `"contact_emails": null`
+    /// encode differently.
+    #[test]
+    fn customer_change_without_emails_differs_from_null_emails() {
+        let schemas = load_all(&SchemaSource::Embedded).unwrap();
+        let schema = &schemas[EventKind::CustomerChange as usize].schema;
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/customer_change.json");
+        let mut payload: Json = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+        payload.as_object_mut().unwrap().remove("contact_emails");
+        let without = round_trip(schema, payload.clone()).unwrap();
+        payload["contact_emails"] = Json::Null;
+        let with_null = round_trip(schema, payload).unwrap();
+        assert!(absent_fields(&without).contains(&"/contact_emails".to_owned()));
+        assert!(!absent_fields(&with_null).contains(&"/contact_emails".to_owned()));
     }
 
     /// Every vendor fixture encodes to a datum apache-avro reads back whole,
