@@ -43,6 +43,32 @@ enum Command {
     /// Call recordings copied to the store of `[recordings]`.
     #[command(subcommand)]
     Recordings(RecordingsCommand),
+    /// The event schemas against what Superfone sends.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Per event, each member the schema does not know (from the topics'
+    /// unmapped_fields_json): its JSON Pointer, count, JSON types, first and
+    /// last seen. Reads with a throwaway consumer group, commits nothing.
+    Drift(DriftArgs),
+}
+
+#[derive(Args)]
+struct DriftArgs {
+    /// Read every record of each topic, not each partition's last --max.
+    #[arg(long)]
+    from_beginning: bool,
+    /// At most this many records per topic.
+    #[arg(long, default_value_t = 10_000)]
+    max: usize,
+    /// Write the schemas, those of drifted events with the new members added
+    /// as nullable fields, into this directory (for review; usable as
+    /// registry.schemas_dir).
+    #[arg(long)]
+    write_patch: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +194,7 @@ fn main() -> anyhow::Result<()> {
         Command::Recordings(RecordingsCommand::Run) => run_recordings(config),
         Command::Recordings(RecordingsCommand::List(args)) => list_recordings(&config, &args),
         Command::Recordings(RecordingsCommand::Retry(args)) => retry_recordings(&config, args),
+        Command::Schema(SchemaCommand::Drift(args)) => schema_drift(&config, args),
     }
 }
 
@@ -448,6 +475,18 @@ fn retry_recordings(config: &Config, args: RecordingsRetryArgs) -> anyhow::Resul
         "{} recording(s) not stored",
         retried.not_stored
     );
+    Ok(())
+}
+
+/// `schema drift`: unknown members per event, and the draft patch.
+fn schema_drift(config: &Config, args: DriftArgs) -> anyhow::Result<()> {
+    let options = tools::DriftOptions {
+        from_beginning: args.from_beginning,
+        max: args.max,
+        write_patch: args.write_patch,
+    };
+    let found = runtime()?.block_on(tools::drift(config, options, std::io::stdout()))?;
+    eprintln!("{found} unknown member(s)");
     Ok(())
 }
 

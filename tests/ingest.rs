@@ -90,11 +90,19 @@ fn assert_round_trip(input: &Map<String, Value>, decoded: &Map<String, Value>) {
             ),
         }
     }
+    // Absent is not null: each nullable member the input lacked is null and
+    // listed in absent_fields (the field itself is never null).
+    let absent = decoded["absent_fields"].as_array().expect("absent_fields");
     for (field, actual) in decoded {
-        if !input.contains_key(field) {
+        if !input.contains_key(field) && field != "absent_fields" {
             assert!(
                 actual.is_null(),
                 "{event}.{field} absent from the input but decoded as {actual}"
+            );
+            assert_eq!(
+                absent.contains(&Value::from(format!("/{field}"))),
+                field != "unmapped_fields_json",
+                "{event}.{field}: absent_fields {absent:?}"
             );
         }
     }

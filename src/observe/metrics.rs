@@ -14,6 +14,7 @@ pub const PRODUCE_DURATION: &str = "superfone_produce_duration_seconds";
 pub const IN_FLIGHT: &str = "superfone_requests_in_flight";
 pub const DEDUP_HITS: &str = "superfone_dedup_hits_total";
 pub const REGISTRY_ERRORS: &str = "superfone_registry_errors_total";
+pub const UNMAPPED_MEMBERS: &str = "superfone_unmapped_members_total";
 pub const SPOOL_RECORDS: &str = "superfone_spool_records";
 pub const SPOOL_BYTES: &str = "superfone_spool_bytes";
 pub const SPOOL_MAX_BYTES: &str = "superfone_spool_max_bytes";
@@ -96,6 +97,12 @@ const DESCRIBED: &[Described] = &[
         kind: Kind::Counter,
         unit: None,
         help: "Schema registry calls that failed",
+    },
+    Described {
+        name: UNMAPPED_MEMBERS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Payload members the event's schema does not know, kept in unmapped_fields_json, by event: the vendor added fields (superfone-bridge schema drift)",
     },
     Described {
         name: SPOOL_RECORDS,
@@ -275,6 +282,9 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         BODY_BUDGET_WAITS,
     ] {
         counter!(name).increment(0);
+    }
+    for kind in crate::vocabulary::EventKind::ALL {
+        counter!(UNMAPPED_MEMBERS, "event" => kind.as_str()).increment(0);
     }
     Ok(handle)
 }

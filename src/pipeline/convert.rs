@@ -11,8 +11,14 @@
 //! - fields marked `"superfone.json": true` (`updated_value`, the values of
 //!   `contact_custom_fields`) carry any JSON losslessly as its JSON text;
 //! - payload members the schema does not know are not dropped: they go to
-//!   `unmapped_fields_json`, keyed by their JSON Pointer.
+//!   `unmapped_fields_json`, keyed by their JSON Pointer (and are counted in
+//!   `superfone_unmapped_members_total`);
+//! - a nullable member the payload did not have at all is written as null,
+//!   like an explicit `null`, and its JSON Pointer is listed in
+//!   `absent_fields`, so absent and null stay apart.
 
+use crate::observe::metrics::UNMAPPED_MEMBERS;
+use crate::vocabulary::EventKind;
 use apache_avro::schema::{Name, Schema};
 use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
@@ -21,6 +27,9 @@ use time::OffsetDateTime;
 
 /// The top-level field that collects members unknown to the schema.
 pub const UNMAPPED_FIELD: &str = "unmapped_fields_json";
+/// The top-level field listing the nullable members the payload lacked
+/// (an array of strings; a schema without it lists nothing).
+pub const ABSENT_FIELD: &str = "absent_fields";
 /// Field attribute marking a subtree whose strings hold JSON text.
 const JSON_TEXT_ATTRIBUTE: &str = "superfone.json";
 /// First byte of a Confluent-framed value.
@@ -38,6 +47,11 @@ pub struct ConvertError {
 /// Converts payloads of one event. Built once per event at start-up.
 pub struct Converter {
     name: String,
+    /// The `event` label of the unmapped-members counter; none for records
+    /// that are not Superfone events (the recording pointer).
+    event: Option<&'static str>,
+    /// The event's record has an `absent_fields` field to fill.
+    lists_absent: bool,
     /// Every record type of the schema; the event's own record is first.
     records: Vec<RecordPlan>,
 }
@@ -86,6 +100,39 @@ struct RecordPlan {
 struct FieldPlan {
     name: String,
     plan: Plan,
+}
+
+impl Plan {
+    fn is_nullable(&self) -> bool {
+        matches!(
+            self,
+            Plan::Union {
+                null_index: Some(_),
+                ..
+            }
+        )
+    }
+}
+
+/// A top-level field written once the whole payload has been walked.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Unmapped,
+    Absent,
+}
+
+impl Slot {
+    /// The slot `field` is, at the top level of the event's record.
+    fn of(top_level: bool, field: &FieldPlan) -> Option<Slot> {
+        match (top_level, field.name.as_str(), &field.plan) {
+            (false, _, _) => None,
+            (true, UNMAPPED_FIELD, _) => Some(Slot::Unmapped),
+            (true, ABSENT_FIELD, Plan::Array(items)) if matches!(**items, Plan::String) => {
+                Some(Slot::Absent)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Compiles a schema into plans, one record plan per named record.
@@ -196,9 +243,26 @@ impl Converter {
         if let Schema::Record(record) = &schema {
             compiler.record(&schema, &record.name);
         }
+        let lists_absent = compiler.records.first().is_some_and(|record| {
+            record
+                .fields
+                .iter()
+                .any(|field| matches!(Slot::of(true, field), Some(Slot::Absent)))
+        });
         Converter {
             name: schema.name().map(ToString::to_string).unwrap_or_default(),
+            event: None,
+            lists_absent,
             records: compiler.records,
+        }
+    }
+
+    /// The converter of one Superfone event, counting the members its
+    /// schema does not know under that event's name.
+    pub fn for_event(kind: EventKind, schema: Schema) -> Self {
+        Converter {
+            event: Some(kind.as_str()),
+            ..Converter::new(schema)
         }
     }
 
@@ -213,6 +277,9 @@ impl Converter {
             out: Vec::with_capacity(512),
             path: Vec::new(),
             unmapped: Vec::new(),
+            absent: Vec::new(),
+            absent_count: 0,
+            scratch: String::new(),
         };
         if self.records.is_empty() {
             return Err(writer.error("event schema is not a record"));
@@ -220,6 +287,9 @@ impl Converter {
         writer.out.push(WIRE_MAGIC_BYTE);
         writer.out.extend_from_slice(&schema_id.to_be_bytes());
         writer.event(payload)?;
+        if let (Some(event), unmapped @ 1..) = (self.event, writer.unmapped.len()) {
+            metrics::counter!(UNMAPPED_MEMBERS, "event" => event).increment(unmapped as u64);
+        }
         Ok(writer.out)
     }
 }
@@ -232,51 +302,60 @@ enum Segment<'a> {
 }
 
 /// One payload's walk: the bytes written so far, where the walk is (for
-/// error messages and JSON Pointers) and the members the schema lacks.
+/// error messages and JSON Pointers), the members the schema lacks and the
+/// nullable members the payload lacks.
 struct Writer<'a> {
     converter: &'a Converter,
     out: Vec<u8>,
     path: Vec<Segment<'a>>,
     unmapped: Vec<(String, &'a Json)>,
+    /// The absent members' pointers, each an Avro string, and how many.
+    absent: Vec<u8>,
+    absent_count: usize,
+    scratch: String,
 }
 
 impl<'a> Writer<'a> {
-    /// The event's own record. `unmapped_fields_json` is written last of all,
-    /// at its place in the record, once every nested member has been seen.
+    /// The event's own record. `unmapped_fields_json` and `absent_fields`
+    /// are written last of all, at their places in the record, once every
+    /// nested member has been seen.
     fn event(&mut self, payload: &'a Map<String, Json>) -> Result<(), ConvertError> {
-        if let Some(at) = self.record(0, payload, true)? {
-            let mut slot = Vec::new();
-            match self.unmapped_text() {
-                None => write_long(&mut slot, 0),
-                Some(text) => {
-                    write_long(&mut slot, 1);
-                    write_string(&mut slot, &text);
-                }
-            }
-            self.out.splice(at..at, slot);
+        let slots = self.record(0, payload, true)?;
+        // Slots come in schema order at rising offsets: filled from the last,
+        // each earlier offset still holds, and two at one offset keep their order.
+        for (at, slot) in slots.into_iter().rev() {
+            let bytes = match slot {
+                Slot::Unmapped => self.unmapped_datum(),
+                Slot::Absent => self.absent_datum(),
+            };
+            self.out.splice(at..at, bytes);
         }
         Ok(())
     }
 
-    /// Writes record `index` from `object` and notes its unknown members. At
-    /// the top level the unmapped field is left out (a member of that name
-    /// is unknown) and where it belongs is returned.
+    /// Writes record `index` from `object`, notes its unknown members and the
+    /// nullable ones it lacks. At the top level the unmapped and absent
+    /// fields are left out (a member of either name is unknown) and where
+    /// they belong is returned.
     fn record(
         &mut self,
         index: usize,
         object: &'a Map<String, Json>,
         top_level: bool,
-    ) -> Result<Option<usize>, ConvertError> {
+    ) -> Result<Vec<(usize, Slot)>, ConvertError> {
         let fields = &self.converter.records[index].fields;
-        let mut unmapped_at = None;
+        let mut slots = Vec::new();
         let mut known_members = 0;
         for field in fields {
-            if top_level && field.name == UNMAPPED_FIELD {
-                unmapped_at = Some(self.out.len());
+            if let Some(slot) = Slot::of(top_level, field) {
+                slots.push((self.out.len(), slot));
                 continue;
             }
             let json = object.get(&field.name);
             known_members += usize::from(json.is_some());
+            if json.is_none() && self.converter.lists_absent && field.plan.is_nullable() {
+                self.note_absent(&field.name);
+            }
             self.nested(Segment::Member(&field.name), |writer| {
                 writer.value(&field.plan, json)
             })?;
@@ -285,15 +364,40 @@ impl<'a> Writer<'a> {
         // there is nothing unknown to look for.
         if known_members < object.len() {
             for (member, value) in object {
-                let known = !(top_level && member == UNMAPPED_FIELD)
-                    && fields.iter().any(|field| field.name == *member);
+                let known = fields
+                    .iter()
+                    .any(|field| field.name == *member && Slot::of(top_level, field).is_none());
                 if !known {
                     let pointer = self.pointer_to(member);
                     self.unmapped.push((pointer, value));
                 }
             }
         }
-        Ok(unmapped_at)
+        Ok(slots)
+    }
+
+    /// `unmapped_fields_json`: null, or the unknown members' JSON text.
+    fn unmapped_datum(&self) -> Vec<u8> {
+        let mut datum = Vec::new();
+        match self.unmapped_text() {
+            None => write_long(&mut datum, 0),
+            Some(text) => {
+                write_long(&mut datum, 1);
+                write_string(&mut datum, &text);
+            }
+        }
+        datum
+    }
+
+    /// `absent_fields`: one block of JSON Pointers (none: the end alone).
+    fn absent_datum(&self) -> Vec<u8> {
+        let mut datum = Vec::new();
+        if self.absent_count > 0 {
+            write_long(&mut datum, self.absent_count as i64);
+            datum.extend_from_slice(&self.absent);
+        }
+        datum.push(0);
+        datum
     }
 
     /// The unknown members as one JSON object, keyed by JSON Pointer.
@@ -409,8 +513,9 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// A union takes null when the member is absent or null, otherwise the
-    /// first branch the value fits; a branch that fails is unwritten.
+    /// A union takes null when the member is absent or null (`record` lists
+    /// the absent ones), otherwise the first branch the value fits; a branch
+    /// that fails is unwritten.
     fn union(
         &mut self,
         null_index: Option<u32>,
@@ -425,6 +530,7 @@ impl<'a> Writer<'a> {
             (None, None) => Err(self.error("required field is missing")),
             (Some(json), _) => {
                 let (written, unmapped) = (self.out.len(), self.unmapped.len());
+                let (absent, absent_count) = (self.absent.len(), self.absent_count);
                 let mut last_error = None;
                 for (index, variant) in variants {
                     write_long(&mut self.out, i64::from(*index));
@@ -433,6 +539,8 @@ impl<'a> Writer<'a> {
                         Err(error) => {
                             self.out.truncate(written);
                             self.unmapped.truncate(unmapped);
+                            self.absent.truncate(absent);
+                            self.absent_count = absent_count;
                             last_error = Some(error);
                         }
                     }
@@ -479,20 +587,47 @@ impl<'a> Writer<'a> {
 
     fn pointer_to(&self, member: &str) -> String {
         let mut out = String::new();
-        for segment in self.path.iter().chain([&Segment::Member(member)]) {
-            out.push('/');
-            match segment {
-                Segment::Index(index) => out.push_str(&index.to_string()),
-                Segment::Member(name) => out.push_str(&name.replace('~', "~0").replace('/', "~1")),
-            }
-        }
+        write_pointer(&self.path, member, &mut out);
         out
+    }
+
+    /// Lists `member`, which the current object lacks, in `absent_fields`:
+    /// its pointer Avro-encoded straight away, through one reused buffer.
+    fn note_absent(&mut self, member: &str) {
+        let mut pointer = std::mem::take(&mut self.scratch);
+        pointer.clear();
+        write_pointer(&self.path, member, &mut pointer);
+        write_string(&mut self.absent, &pointer);
+        self.absent_count += 1;
+        self.scratch = pointer;
     }
 
     fn error(&self, problem: impl Into<String>) -> ConvertError {
         ConvertError {
             field: self.field_path(),
             problem: problem.into(),
+        }
+    }
+}
+
+/// The JSON Pointer (RFC 6901) of `member` under `path`, appended to `out`.
+fn write_pointer(path: &[Segment<'_>], member: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    for segment in path.iter().chain([&Segment::Member(member)]) {
+        out.push('/');
+        match segment {
+            Segment::Index(index) => {
+                let _ = write!(out, "{index}");
+            }
+            Segment::Member(name) => {
+                for c in name.chars() {
+                    match c {
+                        '~' => out.push_str("~0"),
+                        '/' => out.push_str("~1"),
+                        c => out.push(c),
+                    }
+                }
+            }
         }
     }
 }
@@ -567,6 +702,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::schema::{load_all, SchemaSource};
+    use crate::vocabulary::EventKind;
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::types::Value as Avro;
     use serde_json::json;
@@ -743,6 +879,105 @@ mod tests {
         assert!(fields[1..]
             .iter()
             .all(|(_, v)| *v == Avro::Union(0, Box::new(Avro::Null))));
+    }
+
+    const WITH_ABSENT: &str = r#"{"type":"record","name":"A","fields":[
+        {"name":"id","type":"long"},
+        {"name":"a","type":["null","string"],"default":null},
+        {"name":"rec","type":["null",{"type":"record","name":"R","fields":[
+            {"name":"x","type":["null","long"],"default":null},
+            {"name":"y","type":"long"}]}],"default":null},
+        {"name":"tags","type":["null",{"type":"array","items":{"type":"record","name":"Tag","fields":[
+            {"name":"t","type":"string"},
+            {"name":"t2","type":["null","string"],"default":null}]}}],"default":null},
+        {"name":"unmapped_fields_json","type":["null","string"],"default":null},
+        {"name":"absent_fields","type":{"type":"array","items":"string"},"default":[]}]}"#;
+
+    fn absent_fields(fields: &[(String, Avro)]) -> Vec<String> {
+        let (_, value) = fields
+            .iter()
+            .find(|(name, _)| name == ABSENT_FIELD)
+            .expect("absent_fields written");
+        let Avro::Array(items) = value else {
+            panic!("{value:?}")
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Avro::String(text) => text.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Absent is not null: a nullable member the payload did not have is
+    /// listed by its JSON Pointer, at any depth; one sent as `null` is not.
+    /// The unmapped and absent fields themselves are never listed, and a
+    /// member of either name in the payload is unknown.
+    #[test]
+    fn absent_nullable_members_are_listed_and_explicit_nulls_are_not() {
+        let schema = Schema::parse_str(WITH_ABSENT).unwrap();
+        let fields = round_trip(&schema, json!({"id": 1})).unwrap();
+        assert_eq!(absent_fields(&fields), ["/a", "/rec", "/tags"]);
+        let fields = round_trip(
+            &schema,
+            json!({"id": 1, "a": null, "rec": {"y": 2}, "tags": [{"t": "x", "t2": null}, {"t": "y"}]}),
+        )
+        .unwrap();
+        assert_eq!(fields[1].1, Avro::Union(0, Box::new(Avro::Null)));
+        assert_eq!(absent_fields(&fields), ["/rec/x", "/tags/1/t2"]);
+        let fields = round_trip(
+            &schema,
+            json!({"id": 1, "a": "z", "rec": null, "tags": null, "absent_fields": ["/a"]}),
+        )
+        .unwrap();
+        assert!(absent_fields(&fields).is_empty());
+        assert_eq!(
+            unmapped_json(&fields),
+            Some(json!({"/absent_fields": ["/a"]}))
+        );
+    }
+
+    /// A union branch that fails leaves none of its absent members behind.
+    #[test]
+    fn a_failed_union_branch_lists_no_absent_members() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"F","fields":[
+            {"name":"f","superfone.json":true,"type":["null",
+                {"type":"record","name":"P","fields":[
+                    {"name":"opt","type":["null","long"],"default":null},
+                    {"name":"b","type":"long"}]},
+                {"type":"map","values":"string"}]},
+            {"name":"absent_fields","type":{"type":"array","items":"string"},"default":[]}]}"#,
+        )
+        .unwrap();
+        let fields = round_trip(&schema, json!({"f": {"b": "not a long"}})).unwrap();
+        assert!(
+            matches!(fields[0].1, Avro::Union(2, _)),
+            "{:?}",
+            fields[0].1
+        );
+        assert!(absent_fields(&fields).is_empty());
+        let fields = round_trip(&schema, json!({"f": {"b": 1}})).unwrap();
+        assert_eq!(absent_fields(&fields), ["/f/opt"]);
+    }
+
+    /// The docs' CUSTOMER_CHANGE carries only some of the lead's fields: a
+    /// payload without `contact_emails` and one with `"contact_emails": null`
+    /// encode differently.
+    #[test]
+    fn customer_change_without_emails_differs_from_null_emails() {
+        let schemas = load_all(&SchemaSource::Embedded).unwrap();
+        let schema = &schemas[EventKind::CustomerChange as usize].schema;
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/customer_change.json");
+        let mut payload: Json = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+        payload.as_object_mut().unwrap().remove("contact_emails");
+        let without = round_trip(schema, payload.clone()).unwrap();
+        payload["contact_emails"] = Json::Null;
+        let with_null = round_trip(schema, payload).unwrap();
+        assert!(absent_fields(&without).contains(&"/contact_emails".to_owned()));
+        assert!(!absent_fields(&with_null).contains(&"/contact_emails".to_owned()));
     }
 
     /// Every vendor fixture encodes to a datum apache-avro reads back whole,

@@ -10,3 +10,4 @@ pub mod recording_link;
 pub mod registry;
 pub mod route;
 pub mod schema;
+pub mod schema_patch;

@@ -12,6 +12,7 @@
 //! publishes straight away.
 
 use crate::config::{RegistryConfig, SubjectStrategy, TopicsConfig};
+use crate::pipeline::convert::ABSENT_FIELD;
 use crate::pipeline::schema::EventSchema;
 use crate::vocabulary::headers::{SCHEMA_ID_HEADER, SCHEMA_PENDING_HEADER};
 use crate::vocabulary::EventKind;
@@ -223,6 +224,41 @@ pub enum Unstamped {
     Refused { reason: String },
 }
 
+/// Writes `id` into a record waiting for one: its wire header and, in
+/// place of the pending header, `superfone-schema-id`.
+pub fn stamp_with(record: &mut Record, id: u32) -> Result<(), Unstamped> {
+    let Some(position) = record
+        .headers
+        .iter()
+        .position(|(name, _)| name == SCHEMA_PENDING_HEADER)
+    else {
+        return Ok(());
+    };
+    write_id(record, position, id)
+}
+
+fn write_id(record: &mut Record, position: usize, id: u32) -> Result<(), Unstamped> {
+    let Some(wire_id) = record.payload.get_mut(1..5) else {
+        return Err(Unstamped::Refused {
+            reason: "value too short for a Confluent wire header".into(),
+        });
+    };
+    wire_id.copy_from_slice(&id.to_be_bytes());
+    record.headers[position] = (SCHEMA_ID_HEADER.to_owned(), id.to_string());
+    Ok(())
+}
+
+/// An event schema's text as the bridge made it before `absent_fields`
+/// was added (the same text without that field: it was appended last and
+/// names no shared type); `None` for a schema without it.
+fn without_absent_fields(text: &str) -> Option<String> {
+    let mut json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let fields = json.get_mut("fields")?.as_array_mut()?;
+    let before = fields.len();
+    fields.retain(|field| field["name"] != ABSENT_FIELD);
+    (fields.len() < before).then(|| json.to_string())
+}
+
 /// The fingerprint of a schema text: 16 hex digits of its SHA-256.
 fn fingerprint(text: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -411,14 +447,35 @@ impl SchemaIds {
                 subject: subject.name.clone(),
             });
         };
-        let Some(wire_id) = record.payload.get_mut(1..5) else {
-            return Err(Unstamped::Refused {
-                reason: "value too short for a Confluent wire header".into(),
-            });
+        write_id(record, position, id)
+    }
+
+    /// The id for a record that the version of this bridge before
+    /// `absent_fields` spooled while its schema had no id: `stamp` refuses
+    /// it (its fingerprint is of that earlier text), so it was parked.
+    /// Registers (or looks up) the earlier text under the event's subject,
+    /// a version the new one reads (BACKWARD), so the record can go out byte
+    /// for byte as it was encoded (`stamp_with`). `None`: the record is not
+    /// one of those.
+    pub async fn earlier_version_id(&self, record: &Record) -> Result<Option<u32>, RegistryError> {
+        let Some(pending) = record.header(SCHEMA_PENDING_HEADER) else {
+            return Ok(None);
         };
-        wire_id.copy_from_slice(&id.to_be_bytes());
-        record.headers[position] = (SCHEMA_ID_HEADER.to_owned(), id.to_string());
-        Ok(())
+        let earlier = self.subjects.iter().find_map(|subject| {
+            let text = without_absent_fields(&subject.schema.text)?;
+            (fingerprint(&text) == pending).then_some((subject, text))
+        });
+        let Some((subject, text)) = earlier else {
+            return Ok(None);
+        };
+        let id = register_one(
+            &self.config,
+            &subject.name,
+            &subject.schema.full_name,
+            &text,
+        )
+        .await?;
+        Ok(Some(id))
     }
 
     /// Each subject's id (or why it has none), for `/status`.

@@ -101,7 +101,7 @@ pub fn routes(config: &Config, schemas: Vec<EventSchema>, ids: &SchemaIds) -> Ve
             kind: schema.kind,
             topic: config.topics.topic_for(schema.kind),
             schema: Arc::clone(subject),
-            converter: Converter::new(schema.schema),
+            converter: Converter::for_event(schema.kind, schema.schema),
         })
         .collect()
 }

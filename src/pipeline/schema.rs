@@ -134,6 +134,22 @@ impl SchemaSource {
     }
 }
 
+impl SchemaSource {
+    /// Every `.avsc` of the source as written (not inlined), named by its
+    /// path inside a schemas directory: `all_calls.avsc`, `types/Label.avsc`.
+    pub fn files(&self) -> Result<Vec<(String, String)>, SchemaError> {
+        let mut files = EventKind::ALL
+            .into_iter()
+            .map(|kind| self.event_text(kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (name, text) in self.type_texts()? {
+            let file = Path::new(&name).file_name().map(|f| f.to_string_lossy());
+            files.push((format!("types/{}", file.unwrap_or_default()), text));
+        }
+        Ok(files)
+    }
+}
+
 fn read(path: &Path) -> Result<String, SchemaError> {
     std::fs::read_to_string(path).map_err(|source| SchemaError::Read {
         path: path.to_owned(),

@@ -4,10 +4,13 @@
 //! re-submits dead letters after a schema fix (`dead_letter.rs`); `spool
 //! parked` lists, exports and retries the records Kafka refused for good
 //! (`parked.rs`); `recordings list` and `recordings retry` show and mend
-//! the copies of call recordings (`recordings/`). `topics.rs` holds what
+//! the copies of call recordings (`recordings/`); `schema drift` reports
+//! the members the schemas do not know and drafts the schema patch
+//! (`drift.rs`). `topics.rs` holds what
 //! the Kafka readers share.
 
 mod dead_letter;
+mod drift;
 mod parked;
 mod recordings;
 mod send;
@@ -15,6 +18,7 @@ mod tail;
 mod topics;
 
 pub use dead_letter::{replay_dead_letters, ReplayOptions, REPLAY_GROUP};
+pub use drift::{drift, DriftOptions};
 pub use parked::{parked, retry_parked, ParkedFormat};
 pub use recordings::{
     list_recordings, retry_recordings, Listed, RecordingsList, Retried, RetryOptions,
@@ -33,6 +37,11 @@ pub enum ToolError {
     NoSecret,
     #[error("cannot read {path}: {source}")]
     Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
         path: PathBuf,
         source: std::io::Error,
     },

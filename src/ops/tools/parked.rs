@@ -3,11 +3,12 @@
 
 use crate::config::Config;
 use crate::ops::tools::ToolError;
-use crate::pipeline::registry::SchemaIds;
+use crate::pipeline::registry::{self, SchemaIds};
 use crate::pipeline::schema::SchemaSource;
 use crate::vocabulary::headers::{
     EVENT_HEADER, GROUP_ID_HEADER, PARKED_AT_HEADER, PARKED_REASON_HEADER, SCHEMA_PENDING_HEADER,
 };
+use crate::vocabulary::Record;
 use base64::Engine;
 use serde_json::json;
 use std::io::Write;
@@ -52,6 +53,18 @@ pub fn parked(
     Ok(entries.len())
 }
 
+/// Writes its registry id into a record that waits for one: the current
+/// schema's, or, for a record the version before `absent_fields` spooled,
+/// that earlier schema's (registered again under the subject if need be).
+async fn stamp(ids: &SchemaIds, record: &mut Record) -> Result<(), String> {
+    let stamped = match ids.earlier_version_id(record).await {
+        Ok(Some(id)) => registry::stamp_with(record, id),
+        Ok(None) => ids.stamp(record),
+        Err(error) => return Err(error.to_string()),
+    };
+    stamped.map_err(|unstamped| format!("{unstamped:?}"))
+}
+
 /// Re-publishes parked records (all, or those in `only`) once the cause is
 /// fixed (a topic's limit raised, an ACL granted, a schema accepted): their
 /// parked headers removed, stamped with their registry id if they still
@@ -92,9 +105,7 @@ pub async fn retry_parked(
             .headers
             .retain(|(name, _)| name != PARKED_REASON_HEADER && name != PARKED_AT_HEADER);
         let stamped = match &schema_ids {
-            Some(ids) => ids
-                .stamp(&mut record)
-                .map_err(|unstamped| format!("{unstamped:?}")),
+            Some(ids) => stamp(ids, &mut record).await,
             None => Ok(()),
         };
         let result = match stamped {

@@ -1,4 +1,4 @@
-//! What the Kafka readers (`tail`, `dead-letter replay`, `recordings`)
+//! What the Kafka readers (`tail`, `dead-letter replay`, `recordings`, `schema drift`)
 //! share: which topic a target names, a consumer assigned every partition
 //! of it, reading a topic to its end, and reading a header.
 
@@ -97,17 +97,26 @@ pub(super) async fn read_to_end(
     config: &Config,
     topic: &str,
 ) -> Result<Vec<OwnedMessage>, ToolError> {
+    read_to_end_from(config, topic, Offset::Beginning, None).await
+}
+
+/// Like `read_to_end`, from `start` in each partition (`OffsetTail(n)`: its
+/// last n records), keeping at most `max` records.
+pub(super) async fn read_to_end_from(
+    config: &Config,
+    topic: &str,
+    start: Offset,
+    max: Option<usize>,
+) -> Result<Vec<OwnedMessage>, ToolError> {
     let started = OffsetDateTime::now_utc();
     let late = (started + LATE).unix_timestamp() * 1000;
     let group_id = format!("superfone-bridge-read-{}", uuid::Uuid::now_v7());
     let consumer: StreamConsumer = consumer_config(config, &group_id)
         .set("enable.partition.eof", "true")
         .create()?;
-    let mut reading: BTreeSet<i32> = assign_all(&consumer, topic, Offset::Beginning)?
-        .into_iter()
-        .collect();
+    let mut reading: BTreeSet<i32> = assign_all(&consumer, topic, start)?.into_iter().collect();
     let mut records = Vec::new();
-    while !reading.is_empty() {
+    while !reading.is_empty() && max.is_none_or(|max| records.len() < max) {
         let message = match tokio::time::timeout(STALLED, consumer.recv()).await {
             Err(_) => {
                 return Err(ToolError::Stalled {
