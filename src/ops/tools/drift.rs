@@ -12,7 +12,7 @@ use crate::pipeline::avro_json;
 use crate::pipeline::convert::UNMAPPED_FIELD;
 use crate::pipeline::schema::SchemaSource;
 use crate::pipeline::schema_patch::{self, json_type, SeenMember};
-use crate::vocabulary::headers::RECEIVED_AT_HEADER;
+use crate::vocabulary::headers::{EVENT_HEADER, RECEIVED_AT_HEADER};
 use crate::vocabulary::EventKind;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::Offset;
@@ -56,6 +56,14 @@ pub async fn drift(
             Err(ToolError::NoSuchTopic(_)) => continue,
             read => read?,
         };
+        // On a topic shared by every event (`topics.single`), only this
+        // event's records say what this event's schema lacks.
+        let messages: Vec<&OwnedMessage> = messages
+            .iter()
+            .filter(|message| {
+                header(message, EVENT_HEADER).is_none_or(|event| event == kind.as_str())
+            })
+            .collect();
         let mut members = EventDrift::new();
         for message in &messages {
             note_unknown_members(&decoder, message, &mut members).await;
@@ -121,16 +129,20 @@ async fn note_unknown_members(
     }
 }
 
+/// The record's header `name`, as text.
+fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| std::str::from_utf8(h.value?).ok().map(str::to_owned))
+    })
+}
+
 /// When the bridge received the record (its header, RFC 3339 UTC, which
 /// sorts as text), else the record's Kafka timestamp.
 fn received_at(message: &OwnedMessage) -> String {
-    let header = message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == RECEIVED_AT_HEADER)
-            .and_then(|h| std::str::from_utf8(h.value?).ok().map(str::to_owned))
-    });
-    header.unwrap_or_else(|| {
+    header(message, RECEIVED_AT_HEADER).unwrap_or_else(|| {
         let millis = message.timestamp().to_millis().unwrap_or_default();
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
             .ok()
