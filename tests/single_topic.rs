@@ -46,6 +46,28 @@ fn record_name(event: &str) -> String {
     )
 }
 
+/// The binary's command line in the one-topic mode under `prefix`, with a
+/// secret strong enough for `check-config --online`.
+fn one_topic_tool(prefix: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"));
+    command
+        .env_remove("SUPERFONE_BRIDGE_CONFIG")
+        .env_remove("RUST_LOG")
+        .env(
+            "SUPERFONE_AUTH_SECRETS",
+            "4f1c9a7e2b8d3f60a5c7e9b1d2f4a6c8e0b3d5f7a9c1e3b5",
+        )
+        .env("SUPERFONE_BRIDGE_KAFKA__BROKERS", stack().brokers)
+        .env("SUPERFONE_BRIDGE_REGISTRY__URL", stack().registry_url)
+        .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", prefix)
+        .env("SUPERFONE_BRIDGE_TOPICS__SINGLE", format!("{prefix}events"))
+        .env(
+            "SUPERFONE_BRIDGE_REGISTRY__SUBJECT_STRATEGY",
+            "topic_record",
+        );
+    command
+}
+
 async fn latest_id(client: &reqwest::Client, subject: &str) -> u64 {
     let url = format!(
         "{}/subjects/{subject}/versions/latest",
@@ -131,21 +153,8 @@ async fn four_leads_mixed_events_are_each_on_one_partition_in_arrival_order() {
 
     // check-config --online sees one event topic and a subject per record.
     let spool = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_superfone-bridge"))
+    let output = one_topic_tool(&prefix)
         .args(["check-config", "--online"])
-        .env_remove("SUPERFONE_BRIDGE_CONFIG")
-        .env(
-            "SUPERFONE_AUTH_SECRETS",
-            "4f1c9a7e2b8d3f60a5c7e9b1d2f4a6c8e0b3d5f7a9c1e3b5",
-        )
-        .env("SUPERFONE_BRIDGE_KAFKA__BROKERS", stack().brokers)
-        .env("SUPERFONE_BRIDGE_REGISTRY__URL", stack().registry_url)
-        .env("SUPERFONE_BRIDGE_TOPICS__PREFIX", &prefix)
-        .env("SUPERFONE_BRIDGE_TOPICS__SINGLE", format!("{prefix}events"))
-        .env(
-            "SUPERFONE_BRIDGE_REGISTRY__SUBJECT_STRATEGY",
-            "topic_record",
-        )
         .env("SUPERFONE_BRIDGE_SPOOL__DIR", spool.path())
         .output()
         .unwrap();
@@ -165,6 +174,81 @@ async fn four_leads_mixed_events_are_each_on_one_partition_in_arrival_order() {
     );
     let subject = format!("subject {prefix}events-{}", record_name("ALL_CALLS"));
     assert!(stdout.contains(&subject), "{stdout}");
+}
+
+/// `schema drift` on the one topic credits an unknown member to the event
+/// whose records carry it (told by the `superfone-event` header), not to
+/// the other nine events read from the same topic; `--write-patch` patches
+/// that event's schema only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_drift_on_the_one_topic_credits_a_member_to_its_own_event_only() {
+    let prefix = support::unique_prefix();
+    let bridge = Bridge::start(one_topic(&prefix));
+    let client = support::client();
+    let mut task = fixture("TASK_CHANGE");
+    task["vendor_new_thing"] = json!("new");
+    for event in [task, fixture("ALL_CALLS")] {
+        let (status, reply) = post(&client, &bridge, event.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["topic"], format!("{prefix}events"), "{reply}");
+    }
+    drop(bridge);
+
+    let patch = tempfile::tempdir().unwrap();
+    let drift = |extra: &[&str]| -> Vec<Value> {
+        support::stdout_of(
+            one_topic_tool(&prefix)
+                .args(["schema", "drift", "--from-beginning"])
+                .args(extra),
+        )
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+    };
+    let lines = drift(&[]);
+    let reported: Vec<_> = lines
+        .iter()
+        .map(|l| (&l["event"], &l["pointer"], &l["count"], &l["records_read"]))
+        .collect();
+    assert_eq!(
+        reported,
+        [(
+            &json!("TASK_CHANGE"),
+            &json!("/vendor_new_thing"),
+            &json!(1),
+            &json!(1)
+        )],
+        "{lines:#?}"
+    );
+
+    let lines = drift(&["--write-patch", patch.path().to_str().unwrap()]);
+    let patched: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("patched").is_some())
+        .map(|l| (&l["event"], &l["added"]))
+        .collect();
+    assert_eq!(
+        patched,
+        [(&json!("TASK_CHANGE"), &json!(["/vendor_new_thing"]))],
+        "{lines:#?}"
+    );
+    let mut schemas = 0;
+    for entry in std::fs::read_dir(patch.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".avsc") {
+            continue;
+        }
+        schemas += 1;
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+        let gained = schema["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|field| field["name"] == "vendor_new_thing");
+        assert_eq!(gained, name == "task_change.avsc", "{name}");
+    }
+    assert_eq!(schemas, 10, "one schema per event");
 }
 
 /// The recording copier reads the one topic and copies the recording
