@@ -50,6 +50,7 @@ fn unreachable_dependencies(broker_port: u16, registry_port: u16) -> BridgeOptio
     .with("REGISTRY__TIMEOUT_MS", 1000)
     .with("DELIVERY__ACK_DEADLINE_MS", 500)
     .with("KAFKA__MESSAGE_TIMEOUT_MS", 2000)
+    .without_waiting_for_checks()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -119,11 +120,14 @@ async fn a_cold_start_with_broker_and_registry_frozen_answers_within_seconds_and
     registry.freeze();
     let launched = Instant::now();
     // The default start-up timeouts: 10 s for Kafka, 10 s for the registry.
-    let bridge = Bridge::start(BridgeOptions {
-        brokers: Some(broker.address()),
-        registry_url: Some(registry.url()),
-        ..BridgeOptions::default()
-    });
+    let bridge = Bridge::start(
+        BridgeOptions {
+            brokers: Some(broker.address()),
+            registry_url: Some(registry.url()),
+            ..BridgeOptions::default()
+        }
+        .without_waiting_for_checks(),
+    );
     let listening = launched.elapsed();
     let client = support::client();
     let answer = post_sequenced(&client, &bridge, 7, 0).await;

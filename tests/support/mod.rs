@@ -64,6 +64,10 @@ pub struct BridgeOptions {
     /// Name the config file by `SUPERFONE_BRIDGE_CONFIG`, as a container
     /// would, instead of by `--config`.
     pub config_in_env: bool,
+    /// `start` returns once the start-up checks are done (they run behind
+    /// the open listener), so the first events find the topics and schema
+    /// ids. Off for tests of a start with its dependencies down.
+    pub wait_for_checks: bool,
 }
 
 impl Default for BridgeOptions {
@@ -76,6 +80,7 @@ impl Default for BridgeOptions {
             registry_url: None,
             command: vec!["serve".into()],
             config_in_env: false,
+            wait_for_checks: true,
         }
     }
 }
@@ -87,6 +92,12 @@ impl BridgeOptions {
             .push((format!("SUPERFONE_BRIDGE_{key}"), value.to_string()));
         self
     }
+
+    /// `start` returns as soon as the listener is open.
+    pub fn without_waiting_for_checks(mut self) -> Self {
+        self.wait_for_checks = false;
+        self
+    }
 }
 
 pub struct Bridge {
@@ -96,6 +107,23 @@ pub struct Bridge {
     pub prefix: String,
     pub logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
+}
+
+/// Waits (at most 30 s) for the bridge's "start-up checks done" line, or
+/// its exit (a refusal, which the test then sees).
+fn wait_for_start_up_checks(child: &mut Child, logs: &Logs) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let done = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("start-up checks done"));
+        if done || child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A bridge that refused to start.
@@ -176,6 +204,9 @@ impl Bridge {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((addr, admin_addr)) = ready.recv_timeout(Duration::from_millis(50)) {
+                if options.wait_for_checks {
+                    wait_for_start_up_checks(&mut child, &logs);
+                }
                 return Ok(Bridge {
                     child,
                     addr,
