@@ -27,6 +27,11 @@ use time::OffsetDateTime;
 
 /// The top-level field that collects members unknown to the schema.
 pub const UNMAPPED_FIELD: &str = "unmapped_fields_json";
+/// Members about the delivery, not the event: kept in `unmapped_fields_json`
+/// like any unknown member, but no sign that the vendor added a field (the
+/// correlation id is the `superfone-group-id` header already), so neither
+/// counted nor proposed by `schema drift`.
+pub const DELIVERY_MEMBERS: &[&str] = &["/group_id_ref"];
 /// The top-level field listing the nullable members the payload lacked
 /// (an array of strings; a schema without it lists nothing).
 pub const ABSENT_FIELD: &str = "absent_fields";
@@ -287,7 +292,12 @@ impl Converter {
         writer.out.push(WIRE_MAGIC_BYTE);
         writer.out.extend_from_slice(&schema_id.to_be_bytes());
         writer.event(payload)?;
-        if let (Some(event), unmapped @ 1..) = (self.event, writer.unmapped.len()) {
+        let vendor_added = writer
+            .unmapped
+            .iter()
+            .filter(|(pointer, _)| !DELIVERY_MEMBERS.contains(&pointer.as_str()))
+            .count();
+        if let (Some(event), unmapped @ 1..) = (self.event, vendor_added) {
             metrics::counter!(UNMAPPED_MEMBERS, "event" => event).increment(unmapped as u64);
         }
         Ok(writer.out)
@@ -701,6 +711,13 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_delivery_members_are_named_as_unknown_top_level_members_are() {
+        let mut pointer = String::new();
+        write_pointer(&[], "group_id_ref", &mut pointer);
+        assert!(DELIVERY_MEMBERS.contains(&pointer.as_str()), "{pointer}");
+    }
     use crate::pipeline::schema::{load_all, SchemaSource};
     use crate::vocabulary::EventKind;
     use apache_avro::reader::datum::GenericDatumReader;

@@ -123,16 +123,27 @@ fn new_field(name: &str, member: &SeenMember) -> Value {
         member.count,
         types.join(", ")
     );
+    // A number or boolean member keeps a JSON-text branch: seen as integers
+    // so far, a later 1.5 or "12" must still go out, not fail the whole
+    // event (a 422, which Superfone never retries) as it did not before.
+    let (union, json_branch) = match (json_text, avro) {
+        (true, _) | (false, "string") => (json!(["null", "string"]), json_text),
+        (false, typed) => (json!(["null", typed, "string"]), true),
+    };
     if json_text {
         doc.push_str(" Carried as its JSON text; parse it with any JSON parser.");
+    } else if json_branch {
+        doc.push_str(
+            " A value of another JSON type arrives as its JSON text, in the string branch.",
+        );
     }
     doc.push_str(" null when the payload has null or omits it.");
     let mut field = Map::new();
     field.insert("name".into(), json!(name));
-    field.insert("type".into(), json!(["null", avro]));
+    field.insert("type".into(), union);
     field.insert("doc".into(), json!(doc));
     field.insert("default".into(), Value::Null);
-    if json_text {
+    if json_branch {
         field.insert("superfone.json".into(), json!(true));
     }
     Value::Object(field)
@@ -207,5 +218,22 @@ mod tests {
             .contains("first seen 2026-12-01T10:00:00Z"));
         assert_eq!(schema["fields"][2]["superfone.json"], json!(true));
         apache_avro::Schema::parse_str(&patched.text).unwrap();
+    }
+
+    /// Seen as integers, then sent as 1.5 or "12": still encoded (as JSON
+    /// text), where a plain ["null","long"] would fail the event.
+    #[test]
+    fn a_typed_member_takes_a_later_value_of_another_type_as_json_text() {
+        let text = r#"{"type":"record","name":"E","fields":[
+            {"name":"event","type":"string"},
+            {"name":"unmapped_fields_json","type":["null","string"],"default":null}]}"#;
+        let patched = patch_event(text, &[seen("/call_tag", &["integer"])]).unwrap();
+        let schema = apache_avro::Schema::parse_str(&patched.text).unwrap();
+        let converter = crate::pipeline::convert::Converter::new(schema);
+        for value in [json!(7), json!(1.5), json!("12"), json!(null)] {
+            let payload = json!({"event": "X", "call_tag": value});
+            let encoded = converter.encode(1, payload.as_object().unwrap());
+            assert!(encoded.is_ok(), "{value}: {encoded:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::ops::tools::topics::read_to_end_from;
 use crate::ops::tools::ToolError;
 use crate::pipeline::avro_json;
-use crate::pipeline::convert::UNMAPPED_FIELD;
+use crate::pipeline::convert::{DELIVERY_MEMBERS, UNMAPPED_FIELD};
 use crate::pipeline::schema::SchemaSource;
 use crate::pipeline::schema_patch::{self, json_type, SeenMember};
 use crate::vocabulary::headers::{EVENT_HEADER, RECEIVED_AT_HEADER};
@@ -109,6 +109,9 @@ async fn note_unknown_members(
     };
     let at = received_at(message);
     for (pointer, member) in unknown {
+        if DELIVERY_MEMBERS.contains(&pointer.as_str()) {
+            continue;
+        }
         let seen = members
             .entry(pointer.clone())
             .or_insert_with(|| SeenMember {
