@@ -127,6 +127,33 @@ fn a_deployment_a_bridge_has_set_up_passes_every_check() {
     );
 }
 
+/// A forwarded header whose name says it carries a credential is copied
+/// onto every record for every consumer: `check-config` says so.
+#[test]
+fn a_forwarded_header_named_like_a_credential_is_a_warning() {
+    let spool = tempfile::tempdir().unwrap();
+    let check_forwarding = |names: &str| {
+        check_online(
+            &support::unique_prefix(),
+            spool.path(),
+            &[
+                ("SUPERFONE_AUTH_SECRETS", STRONG_SECRET),
+                ("SUPERFONE_BRIDGE_INGEST__FORWARD_HEADERS", names),
+            ],
+        )
+    };
+    let plain = check_forwarding("x-team,x-region");
+    let line = plain.line("ingest.forward_headers");
+    assert!(line.starts_with("ok") && line.contains("x-team"), "{line}");
+    let risky = check_forwarding("x-team,X-Api-Key,x-session-id");
+    let line = risky.line("ingest.forward_headers");
+    assert!(
+        line.starts_with("warn") && line.contains("x-api-key") && line.contains("x-session-id"),
+        "{line}"
+    );
+    assert!(!line.contains("x-team"), "{line}");
+}
+
 #[test]
 fn a_recording_store_that_cannot_be_written_fails_its_check_with_the_reason() {
     let spool = tempfile::tempdir().unwrap();

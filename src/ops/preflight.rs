@@ -88,7 +88,54 @@ pub async fn run(config: &Config) -> Report {
     check_registry(config, &mut report).await;
     check_recording_store(config, &mut report).await;
     check_recording_policy(config, &mut report);
+    check_forwarded_headers(config, &mut report);
     report
+}
+
+/// Words in a header name that say it carries a credential.
+const CREDENTIAL_WORDS: &[&str] = &[
+    "key",
+    "token",
+    "secret",
+    "auth",
+    "session",
+    "password",
+    "signature",
+];
+
+/// Forwarded headers land on every record, for every consumer of the
+/// topics: one named like a credential is most likely a mistake. (The
+/// auth header and cookies are refused outright by the config itself.)
+fn check_forwarded_headers(config: &Config, report: &mut Report) {
+    let names: Vec<String> = config
+        .ingest
+        .forward_headers
+        .iter()
+        .map(|name| name.to_ascii_lowercase())
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let risky: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| CREDENTIAL_WORDS.iter().any(|word| name.contains(word)))
+        .collect();
+    if risky.is_empty() {
+        return report.push(
+            "ingest.forward_headers",
+            Verdict::Ok,
+            format!("copied onto every record: {}", names.join(", ")),
+        );
+    }
+    report.push(
+        "ingest.forward_headers",
+        Verdict::Warn,
+        format!(
+            "{} named like a credential: every consumer of the topics would read it; forward it only if it is none",
+            risky.join(", ")
+        ),
+    );
 }
 
 /// The test and dev escape hatches of the recording source, on where
