@@ -36,13 +36,13 @@
 
 use crate::config::DedupConfig;
 use crate::durability::delivery::{Durable, RecordRef};
+use crate::durability::flights::{Flight, Flights};
 use crate::durability::kafka::Delivered;
 use hashbrown::HashTable;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Where the first delivery of a key went, repeated to its duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -203,35 +203,12 @@ struct State {
     /// Entity -> the number of its latest slot.
     latest: HashTable<u64>,
     hasher: RandomState,
-    /// Entities with a delivery under way: the last event in line, which
-    /// the next one waits for. Each waits for the one before it only, so
-    /// they go in arrival order (all waiting on one would race when it ends).
-    in_flight: HashMap<Fingerprint, Turn>,
-    next_turn: u64,
     /// The few topic names, shared by every slot.
     topics: Vec<String>,
     started: Instant,
 }
 
-/// The last event of an entity in line: its number, and whether it is done.
-struct Turn {
-    number: u64,
-    done: watch::Receiver<bool>,
-}
-
 impl State {
-    /// The event `number` of `entity` is done: if it is the last in line,
-    /// the entity has nothing in flight any more.
-    fn end_turn(&mut self, entity: Fingerprint, number: u64) {
-        if self
-            .in_flight
-            .get(&entity)
-            .is_some_and(|last| last.number == number)
-        {
-            self.in_flight.remove(&entity);
-        }
-    }
-
     fn new(capacity: usize) -> Self {
         State {
             // The slots and the table are allocated once for the bound:
@@ -241,8 +218,6 @@ impl State {
             group_ids: NumberedQueue::with_capacity(0),
             latest: HashTable::with_capacity(capacity),
             hasher: RandomState::new(),
-            in_flight: HashMap::new(),
-            next_turn: 0,
             topics: Vec::new(),
             started: Instant::now(),
         }
@@ -355,6 +330,10 @@ pub struct Dedup {
     window: Duration,
     max_entries: usize,
     state: Arc<Mutex<State>>,
+    /// Entities with a delivery under way, their events in line: each
+    /// waits for the one before it only, so they go in arrival order (all
+    /// waiting on one would race when it ends).
+    line: Flights<Fingerprint>,
 }
 
 /// The outcome of claiming an event.
@@ -371,9 +350,9 @@ pub enum Claim {
 pub struct Pending {
     entity: Fingerprint,
     event: Fingerprint,
-    /// Its place in the entity's line (`State::in_flight`).
-    turn: u64,
-    done: Option<watch::Sender<bool>>,
+    /// Its place in the entity's line: dropped (remembered, or the
+    /// request gone), it lets the next event of the entity go.
+    turn: Flight<Fingerprint>,
     dedup: Dedup,
 }
 
@@ -384,6 +363,7 @@ impl Dedup {
             window,
             max_entries,
             state: Arc::new(Mutex::new(State::new(capacity))),
+            line: Flights::default(),
         }
     }
 
@@ -399,33 +379,15 @@ impl Dedup {
     /// events of the same entity before it are being delivered.
     pub async fn claim(&self, entity: &str, key: &str) -> Claim {
         let (entity, event) = (fingerprint(entity), fingerprint(key));
-        let (sender, receiver) = watch::channel(false);
-        let (pending, before) = {
-            let mut state = self.state.lock().expect("dedup lock");
-            self.expire(&mut state);
-            let number = state.next_turn;
-            state.next_turn += 1;
-            let before = state.in_flight.insert(
-                entity,
-                Turn {
-                    number,
-                    done: receiver,
-                },
-            );
-            // Dropped (the request gone), it lets the next one go.
-            let pending = Pending {
-                entity,
-                event,
-                turn: number,
-                done: Some(sender),
-                dedup: self.clone(),
-            };
-            (pending, before)
+        self.expire(&mut self.state.lock().expect("dedup lock"));
+        // The one before it ends once delivered or failed: no bound here.
+        let turn = self.line.enter(entity, Duration::MAX).await;
+        let pending = Pending {
+            entity,
+            event,
+            turn,
+            dedup: self.clone(),
         };
-        if let Some(mut before) = before {
-            // Delivered or failed (sender dropped): compare with the latest.
-            let _ = before.done.wait_for(|done| *done).await;
-        }
         let state = self.state.lock().expect("dedup lock");
         if let Some(latest) = state.latest(entity) {
             if latest.event == event {
@@ -449,15 +411,13 @@ impl Dedup {
 
     fn remember_fingerprints(
         &self,
-        turn: (Fingerprint, u64),
+        entity: Fingerprint,
         event: Fingerprint,
         topic: &str,
         durable: Durable,
         group_id: &str,
     ) {
-        let (entity, number) = turn;
         let mut state = self.state.lock().expect("dedup lock");
-        state.end_turn(entity, number);
         state.remember(entity, event, topic, durable, group_id);
         self.expire(&mut state);
     }
@@ -465,7 +425,7 @@ impl Dedup {
     /// Entities remembered or in flight.
     pub fn len(&self) -> usize {
         let state = self.state.lock().expect("dedup lock");
-        state.latest.len() + state.in_flight.len()
+        state.latest.len() + self.line.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -488,28 +448,11 @@ impl Dedup {
 impl Pending {
     /// The record is durable: it is now its entity's latest event; release
     /// the events of the entity waiting on it.
-    pub fn remember(mut self, topic: &str, durable: Durable, group_id: &str) {
-        self.dedup.remember_fingerprints(
-            (self.entity, self.turn),
-            self.event,
-            topic,
-            durable,
-            group_id,
-        );
-        if let Some(done) = self.done.take() {
-            let _ = done.send(true);
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            let mut state = self.dedup.state.lock().expect("dedup lock");
-            state.end_turn(self.entity, self.turn);
-            drop(state);
-            let _ = done.send(true);
-        }
+    pub fn remember(self, topic: &str, durable: Durable, group_id: &str) {
+        self.dedup
+            .remember_fingerprints(self.entity, self.event, topic, durable, group_id);
+        // Remembered first, so the next event of the entity compares with it.
+        drop(self.turn);
     }
 }
 
@@ -553,7 +496,7 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), (1..=8).collect::<Vec<_>>());
-        assert!(dedup.state.lock().unwrap().in_flight.is_empty());
+        assert!(dedup.line.is_empty());
     }
 
     #[tokio::test]

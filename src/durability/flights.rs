@@ -13,6 +13,7 @@
 //! next record goes on anyway (logged), rather than hold a request forever.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,30 +28,45 @@ struct Latest {
     settled: watch::Receiver<bool>,
 }
 
-#[derive(Default)]
-struct State {
-    latest: HashMap<u64, Latest>,
+struct State<K> {
+    latest: HashMap<K, Latest>,
     next_number: u64,
 }
 
 /// One entry per key with a record in flight; none per record settled.
-#[derive(Default, Clone)]
-pub struct Flights(Arc<Mutex<State>>);
+/// The keys are records' leads here, and dedup entities in `dedup`, whose
+/// events take their turn the same way.
+pub struct Flights<K = u64>(Arc<Mutex<State<K>>>);
+
+impl<K> Default for Flights<K> {
+    fn default() -> Self {
+        Flights(Arc::new(Mutex::new(State {
+            latest: HashMap::new(),
+            next_number: 0,
+        })))
+    }
+}
+
+impl<K> Clone for Flights<K> {
+    fn clone(&self) -> Self {
+        Flights(Arc::clone(&self.0))
+    }
+}
 
 /// A record's place in its key's line: dropping it (settled, or the
 /// request gone) lets the next one go.
-pub struct Flight {
-    flights: Flights,
-    key: u64,
+pub struct Flight<K: Hash + Eq + Copy = u64> {
+    flights: Flights<K>,
+    key: K,
     number: u64,
     settled: watch::Sender<bool>,
 }
 
-impl Flights {
+impl<K: Hash + Eq + Copy> Flights<K> {
     /// Takes the key's place as its latest record, after waiting (at most
     /// `max_wait`: the ack deadline plus `SETTLE_GRACE`) for the one before
     /// it to settle.
-    pub async fn enter(&self, key: u64, max_wait: Duration) -> Flight {
+    pub async fn enter(&self, key: K, max_wait: Duration) -> Flight<K> {
         let (settled, receiver) = watch::channel(false);
         let (number, before) = {
             let mut state = self.0.lock().expect("flights lock");
@@ -92,7 +108,7 @@ impl Flights {
     }
 }
 
-impl Drop for Flight {
+impl<K: Hash + Eq + Copy> Drop for Flight<K> {
     fn drop(&mut self) {
         self.settled.send_replace(true);
         let mut state = self.flights.0.lock().expect("flights lock");
