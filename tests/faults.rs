@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::faults::{
     check_records, count_answers, once_after, own_broker_options, post_sequenced,
-    post_sequenced_to, read_back_and_check,
+    post_sequenced_to, post_until_published, read_back_and_check,
 };
 use support::{
     consume_from, free_port, post, signal, stream_events, Answer, Bridge, BridgeOptions, Broker,
@@ -368,16 +368,11 @@ async fn slow_and_oversized_clients_do_not_starve_a_normal_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lead_keeps_its_order_when_kafka_returns_between_two_message_timeouts() {
     const LEAD: i64 = 7;
-    let port = free_port();
-    let gate = support::store::Gate::start(port);
-    let broker = Broker::start_advertising(port, gate.port);
+    let (gate, broker, options) = broker_behind_a_gate();
     let bridge = Bridge::start(
-        BridgeOptions {
-            brokers: Some(format!("127.0.0.1:{}", gate.port)),
-            ..BridgeOptions::default()
-        }
-        .with("DELIVERY__ACK_DEADLINE_MS", 3000)
-        .with("KAFKA__MESSAGE_TIMEOUT_MS", 6000),
+        options
+            .with("DELIVERY__ACK_DEADLINE_MS", 3000)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 6000),
     );
     let client = support::client();
     let warm = post_sequenced(&client, &bridge, 1, 0).await;
@@ -418,28 +413,14 @@ async fn a_lead_keeps_its_order_when_kafka_returns_between_two_message_timeouts(
 async fn a_burst_of_one_lead_under_a_slow_kafka_is_answered_within_the_deadline() {
     const LEAD: i64 = 9;
     const DEADLINE_MS: u64 = 1_500;
-    let port = free_port();
-    let gate = support::store::Gate::start(port);
-    let broker = Broker::start_advertising(port, gate.port);
+    let (gate, broker, options) = broker_behind_a_gate();
     let bridge = Bridge::start(
-        BridgeOptions {
-            brokers: Some(format!("127.0.0.1:{}", gate.port)),
-            ..BridgeOptions::default()
-        }
-        .with("DELIVERY__ACK_DEADLINE_MS", DEADLINE_MS)
-        .with("KAFKA__MESSAGE_TIMEOUT_MS", 20_000),
+        options
+            .with("DELIVERY__ACK_DEADLINE_MS", DEADLINE_MS)
+            .with("KAFKA__MESSAGE_TIMEOUT_MS", 20_000),
     );
     let client = support::client();
-    let mut sequence = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while post_sequenced(&client, &bridge, LEAD, sequence)
-        .await
-        .status
-        != Some(200)
-    {
-        assert!(std::time::Instant::now() < deadline, "never answered 200");
-        sequence += 1;
-    }
+    let sequence = post_until_published(&client, &bridge, LEAD).await;
 
     // A produce round trip now takes about 1 s: most of the deadline.
     gate.slow_down(Duration::from_millis(500));
@@ -474,4 +455,17 @@ async fn a_burst_of_one_lead_under_a_slow_kafka_is_answered_within_the_deadline(
     check_records(&mut figures, &answers, &records);
     figures.report();
     assert_eq!(figures.lost, 0, "{figures:?}");
+}
+
+/// A broker of its own reached through a gate (it advertises the gate's
+/// port, so every connection goes through it), and bridge options using it.
+fn broker_behind_a_gate() -> (support::store::Gate, Broker, BridgeOptions) {
+    let port = free_port();
+    let gate = support::store::Gate::start(port);
+    let broker = Broker::start_advertising(port, gate.port);
+    let options = BridgeOptions {
+        brokers: Some(format!("127.0.0.1:{}", gate.port)),
+        ..BridgeOptions::default()
+    };
+    (gate, broker, options)
 }

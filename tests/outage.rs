@@ -11,7 +11,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::faults::{
-    check_records, count_answers, own_broker_options, post_sequenced, read_back_and_check,
+    check_records, count_answers, own_broker_options, post_sequenced, post_until_published,
+    read_back_and_check,
 };
 use support::{
     admin_get, consume_with, count_records, fixture, free_port, peak_rss_mib, post, stream_events,
@@ -452,15 +453,7 @@ async fn a_lead_whose_spooled_entries_were_damaged_on_disk_goes_straight_to_kafk
     options.spool_dir = Some(spool.path().to_owned());
     let bridge = Bridge::start(options);
     let client = support::client();
-    // Until the lead's events go straight to Kafka (the first ones may
-    // be spooled while the fresh broker sets up its topics).
-    let mut sequence = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while post_sequenced(&client, &bridge, 41, sequence).await.status != Some(200) {
-        assert!(Instant::now() < deadline, "never answered 200");
-        sequence += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let sequence = post_until_published(&client, &bridge, 41).await;
 
     broker.freeze();
     wait_for_kafka_reachable(&client, &bridge, false).await;

@@ -126,6 +126,24 @@ pub async fn post_sequenced(
     post_sequenced_to(client, &bridge.ingest_url(), contact, sequence).await
 }
 
+/// Posts the lead's events from sequence 0 on until one is answered 200
+/// from Kafka (the first ones may be spooled while a fresh broker sets up
+/// its topics); returns that event's sequence.
+pub async fn post_until_published(client: &reqwest::Client, bridge: &Bridge, contact: i64) -> i64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut sequence = 0;
+    while post_sequenced(client, bridge, contact, sequence)
+        .await
+        .status
+        != Some(200)
+    {
+        assert!(std::time::Instant::now() < deadline, "never answered 200");
+        sequence += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    sequence
+}
+
 /// `post_sequenced` to an ingest URL (from a task that does not hold the bridge).
 pub async fn post_sequenced_to(
     client: &reqwest::Client,
